@@ -1,0 +1,120 @@
+"""Actor: a bounded mailbox, a handle loop, lifecycle hooks, and a nursery for helpers.
+
+Messages are handled one at a time, in order. Work that must run concurrently with the
+handle loop (a step loop, a timer) is started from `started()` in `self.nursery`, which
+lives exactly as long as the actor. An exception escaping `handle` crashes the actor: the
+request being handled is answered with the error, queued requests get ActorUnavailable,
+and the supervisor decides what happens next ("let it crash").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+
+from ._envelope import Envelope, error_for_caller
+from ._errors import ActorCrashed, ActorUnavailable, describe, is_cancellation
+from ._info import ActorInfo, State
+from ._mailbox import Mailbox
+from ._registry import Registry, registry
+
+
+class Actor:
+    mailbox_capacity: int = 256
+    kind: str = "actor"
+
+    def __init__(self, name: str, *, in_registry: Registry | None = None) -> None:
+        self.name = name
+        self.state: State = "starting"
+        self.registry = in_registry or registry
+        self.mailbox = Mailbox(name, self.mailbox_capacity)
+        self.messages_out = 0
+        self.last_error = ""
+        self._nursery: trio.Nursery | None = None
+
+    # hooks to override -----------------------------------------------------------
+    async def started(self) -> None:
+        """Runs before the first message; `self.nursery` is open."""
+
+    async def stopping(self) -> None:
+        """Runs once the mailbox is drained (graceful stop) or after a crash, shielded."""
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        """Handle one message. For calls the return value is the reply; streams use
+        `envelope.send()` and end with `envelope.reply()` (done here if you do not)."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle {type(message)}")
+
+    def details(self) -> dict[str, float | int | str]:
+        """Extra numbers for introspection (queue lengths, tok/s...)."""
+        return {}
+
+    # runtime ---------------------------------------------------------------------
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError(f"actor {self.name!r} is not running")
+        return self._nursery
+
+    def request_stop(self) -> None:
+        """Graceful stop: refuse new messages, finish the queued ones, then exit."""
+        if self.state in ("starting", "running"):
+            self.state = "stopping"
+            self.mailbox.close()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.started()
+                self.registry.register(self.name, self.mailbox)
+                if self.state == "starting":
+                    self.state = "running"
+                task_status.started()
+                await self._handle_loop()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if not is_cancellation(exc):
+                self.state = "crashed"
+                self.last_error = describe(exc)
+            raise
+        finally:
+            self.registry.unregister(self.name, self.mailbox)
+            self.mailbox.fail_pending(ActorUnavailable(self.name, "stopped before handling"))
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.stopping()
+            self._nursery = None
+            if self.state != "crashed":
+                self.state = "stopped"
+
+    async def _handle_loop(self) -> None:
+        while True:
+            try:
+                envelope = await self.mailbox.get()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            try:
+                result = await self.handle(envelope.message, envelope)
+            except trio.Cancelled:
+                envelope.fail(ActorCrashed(self.name, "stopped while handling"))
+                raise
+            except Exception as exc:
+                envelope.fail(error_for_caller(self.name, exc))
+                raise
+            if not envelope.answered:
+                envelope.reply(result)
+                self.messages_out += 1
+
+    def info(self) -> ActorInfo:
+        return ActorInfo(
+            name=self.name,
+            kind=self.kind,
+            state=self.state,
+            pid=os.getpid(),
+            mailbox_depth=self.mailbox.depth,
+            messages_in=self.mailbox.messages_in,
+            messages_out=self.messages_out,
+            last_error=self.last_error,
+            details=self.details(),
+        )

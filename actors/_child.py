@@ -1,0 +1,158 @@
+"""Entry point of a process actor's child: `python -m actors._child inferflux-ROLE ...`.
+
+The first argument only labels the command line (ps, pgrep, inferflux-top). The child dials
+the parent's address, says Hello, runs the actor, and relays frames. It exits when the
+parent closes its stdin pipe (the parent died) or sends Stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import msgspec
+import trio
+
+from transports import Channel, ChannelClosed, MessageDecodeError
+
+from ._envelope import Envelope, ReplyItem
+from ._errors import RemoteError
+from ._link import (
+    Call,
+    Cast,
+    Done,
+    Fail,
+    Hello,
+    Item,
+    PayloadCodecs,
+    Stop,
+    frame_codec,
+    import_target,
+)
+from ._registry import Registry
+
+PARENT_GONE_EXIT_CODE = 70
+
+
+async def _watch_parent() -> None:
+    """Exit at once when the parent's end of our stdin closes: the parent is gone."""
+    while True:
+        await trio.lowlevel.wait_readable(0)
+        if not os.read(0, 4096):
+            os._exit(PARENT_GONE_EXIT_CODE)
+
+
+async def _relay_replies(
+    channel: Channel[Any],
+    correlation_id: int,
+    replies: trio.MemoryReceiveChannel[ReplyItem],
+    codecs: PayloadCodecs,
+) -> None:
+    encode = codecs.replies.encode
+    async with replies:
+        async for kind, value in replies:
+            if kind == "item":
+                await channel.send(Item(correlation_id, msgspec.Raw(encode(value))))
+            elif kind == "done":
+                await channel.send(Done(correlation_id, msgspec.Raw(encode(value))))
+                return
+            else:
+                remote_kind = value.kind if isinstance(value, RemoteError) else type(value).__name__
+                message = value.remote_message if isinstance(value, RemoteError) else str(value)
+                await channel.send(Fail(correlation_id, remote_kind, message))
+                return
+        await channel.send(Fail(correlation_id, "ActorUnavailable", "stream dropped"))
+
+
+async def serve(name: str, address: str, target: str, options: dict[str, Any]) -> None:
+    actor_class = import_target(target)
+    codecs = PayloadCodecs(actor_class)
+    actor = actor_class(name, in_registry=Registry(), **options)
+    with Channel.dial(address, frame_codec, peer_label="parent") as channel:
+        await channel.wait_connected(timeout_s=30)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_parent)
+            relays = _RelayCount()
+
+            async def run_actor(task_status: trio.TaskStatus[None]) -> None:
+                await actor.run(task_status=task_status)
+                # Graceful stop: let final replies reach the parent, then leave.
+                with trio.move_on_after(2):
+                    await relays.wait_idle()
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(run_actor)
+            await channel.send(Hello(os.getpid()))
+            while True:
+                try:
+                    frame = await channel.receive()
+                except MessageDecodeError as exc:
+                    print(f"{name}: {exc}", file=sys.stderr)
+                    continue
+                except ChannelClosed:
+                    break
+                match frame:
+                    case Cast(payload):
+                        try:
+                            message = codecs.messages.decode(payload, "parent")
+                        except MessageDecodeError as exc:
+                            print(f"{name}: {exc}", file=sys.stderr)
+                            continue
+                        await actor.mailbox.put(Envelope(message))
+                    case Call(correlation_id, payload, stream):
+                        try:
+                            message = codecs.messages.decode(payload, "parent")
+                        except MessageDecodeError as exc:
+                            await channel.send(Fail(correlation_id, "MessageDecodeError", str(exc)))
+                            continue
+                        send, receive = trio.open_memory_channel[ReplyItem](100_000)
+                        kind = "stream" if stream else "call"
+                        await actor.mailbox.put(Envelope(message, kind, send, correlation_id))
+                        nursery.start_soon(
+                            relays.run, _relay_replies(channel, correlation_id, receive, codecs)
+                        )
+                    case Stop():
+                        actor.request_stop()
+
+
+class _RelayCount:
+    """Counts reply relays in flight so a graceful stop can wait for them to flush."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle = trio.Event()
+
+    async def run(self, relay: Any) -> None:
+        self.active += 1
+        try:
+            await relay
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        while self.active:
+            await self._idle.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="actors._child")
+    parser.add_argument("label", help="inferflux-ROLE, for ps and pgrep")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--connect", required=True)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--options", default="{}")
+    args = parser.parse_args(argv)
+    try:
+        trio.run(serve, args.name, args.connect, args.target, json.loads(args.options))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

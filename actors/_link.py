@@ -1,0 +1,76 @@
+"""Frames between a process actor's proxy (parent) and its child process.
+
+Payloads stay msgspec.Raw here: the link does not know the actor's message types, the two
+ends decode them with the actor class's own `message_type` / `reply_type` unions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Union
+
+import msgspec
+
+from transports import Codec
+
+
+class Hello(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    pid: int
+
+
+class Cast(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    payload: msgspec.Raw
+
+
+class Call(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    correlation_id: int
+    payload: msgspec.Raw
+    stream: bool = False
+
+
+class Item(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):
+    correlation_id: int
+    payload: msgspec.Raw
+
+
+class Done(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):
+    correlation_id: int
+    payload: msgspec.Raw
+
+
+class Fail(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    correlation_id: int
+    kind: str
+    message: str
+
+
+class Stop(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Graceful stop: finish queued messages, run `stopping()`, exit 0."""
+
+
+Frame = Union[Hello, Cast, Call, Item, Done, Fail, Stop]
+frame_codec: Codec[Frame] = Codec(Frame)
+
+
+def import_target(target: str) -> Any:
+    """'package.module:Name' -> the object; a clear error for a bad spec."""
+    module_name, colon, attr = target.partition(":")
+    if not colon or not module_name or not attr:
+        raise ValueError(f"process actor target must look like 'pkg.module:Class', got {target!r}")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{module_name!r} has no attribute {attr!r} (target {target!r})") from None
+
+
+class PayloadCodecs:
+    """Message and reply codecs for one actor class."""
+
+    def __init__(self, actor_class: Any) -> None:
+        message_type = getattr(actor_class, "message_type", None)
+        reply_type = getattr(actor_class, "reply_type", None)
+        if message_type is None:
+            raise TypeError(f"{actor_class!r} needs a `message_type` to run in a process")
+        self.messages: Codec[Any] = Codec(message_type)
+        self.replies: Codec[Any] = Codec(Any if reply_type is None else reply_type | None)

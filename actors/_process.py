@@ -1,0 +1,258 @@
+"""Process actors: an actor in its own OS process, supervised like any other child.
+
+The parent holds a proxy (`ProcessActor`) that owns a local mailbox, so ActorRef works the
+same for local and process actors. The proxy listens on a fresh ipc:// (or tcp://) address,
+spawns `python -m actors._child inferflux-<role> ...`, and relays envelopes as link frames.
+
+Failure handling:
+- The child exiting for any reason (exception, C crash, SIGKILL) ends the proxy's `run`
+  with ProcessExited, so the supervisor restarts it per its strategy.
+- Requests in flight when it dies are answered with ActorCrashed; requests sent while it is
+  down get ActorUnavailable at once. The runtime never queues for a dead actor and never
+  leaves a caller waiting: retrying is the caller's policy.
+- Stop: a Stop frame asks for a graceful exit; after `term_timeout_s` SIGTERM, then SIGKILL.
+- The child watches its stdin, a pipe from the parent: when the parent dies, for whatever
+  reason, the pipe closes and the child exits at once. No orphans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any, Literal
+
+import msgspec
+import trio
+
+from transports import Channel, ChannelClosed, MessageDecodeError, unique_address
+
+from ._envelope import Envelope
+from ._errors import ActorCrashed, ActorUnavailable, RemoteError, describe, is_cancellation
+from ._info import ActorInfo, State
+from ._link import (
+    Call,
+    Cast,
+    Done,
+    Fail,
+    Hello,
+    Item,
+    PayloadCodecs,
+    Stop,
+    frame_codec,
+    import_target,
+)
+from ._mailbox import Mailbox
+from ._registry import Registry, registry
+
+
+class ProcessExited(Exception):
+    def __init__(self, name: str, returncode: int | None) -> None:
+        self.returncode = returncode
+        how = (
+            f"killed by signal {signal.Signals(-returncode).name}"
+            if returncode is not None and returncode < 0
+            else f"exit code {returncode}"
+        )
+        super().__init__(f"process actor {name!r} exited unexpectedly ({how})")
+
+
+class ProcessActor:
+    kind = "process"
+    mailbox_capacity = 1024
+
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        options: dict[str, Any] | None = None,
+        *,
+        role: str = "worker",
+        scheme: Literal["ipc", "tcp"] = "ipc",
+        start_timeout_s: float = 120.0,
+        term_timeout_s: float = 5.0,
+        env: dict[str, str] | None = None,
+        in_registry: Registry | None = None,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.options = options or {}
+        self.role = role
+        self.scheme = scheme
+        self.start_timeout_s = start_timeout_s
+        self.term_timeout_s = term_timeout_s
+        self.env = env
+        self.registry = in_registry or registry
+        self.codecs = PayloadCodecs(import_target(target))
+        self.mailbox = Mailbox(name, self.mailbox_capacity)
+        self.state: State = "starting"
+        self.pid = 0
+        self.messages_out = 0
+        self.last_error = ""
+        self._pending: dict[int, Envelope] = {}
+        self._stop_requested = False
+        self._stop_event = trio.Event()
+
+    def request_stop(self) -> None:
+        if self.state in ("starting", "running"):
+            self.state = "stopping"
+        self._stop_requested = True
+        self._stop_event.set()
+        self.mailbox.close()
+
+    def info(self) -> ActorInfo:
+        return ActorInfo(
+            name=self.name,
+            kind=self.kind,
+            state=self.state,
+            pid=self.pid,
+            mailbox_depth=self.mailbox.depth,
+            messages_in=self.mailbox.messages_in,
+            messages_out=self.messages_out,
+            last_error=self.last_error,
+            details={"in_flight": len(self._pending)},
+        )
+
+    def command(self, address: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "actors._child",
+            f"inferflux-{self.role}",
+            "--name",
+            self.name,
+            "--connect",
+            address,
+            "--target",
+            self.target,
+            "--options",
+            json.dumps(self.options),
+        ]
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        address = unique_address(self.scheme, f"actor-{self.role}")
+        process: trio.Process | None = None
+        try:
+            with Channel.listen(
+                address, frame_codec, peer_label=f"process actor {self.name!r}"
+            ) as channel:
+                env = dict(os.environ, **(self.env or {}))
+                process = await trio.lowlevel.open_process(
+                    self.command(str(channel.address)), stdin=subprocess.PIPE, env=env
+                )
+                self.pid = process.pid
+                await self._await_hello(channel, process)
+                self.registry.register(self.name, self.mailbox)
+                self.state = "running"
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump_out, channel)
+                    nursery.start_soon(self._pump_in, channel)
+                    nursery.start_soon(self._escalate_stop, process)
+                    code = await process.wait()
+                    nursery.cancel_scope.cancel()
+                # After a requested stop any exit is a stop, even one we forced with SIGKILL.
+                if not self._stop_requested:
+                    raise ProcessExited(self.name, code)
+        except BaseException as exc:
+            if not is_cancellation(exc):
+                self.state = "crashed"
+                self.last_error = describe(exc)
+            raise
+        finally:
+            self.registry.unregister(self.name, self.mailbox)
+            cause = self.last_error or "stopped"
+            for envelope in self._pending.values():
+                envelope.fail(ActorCrashed(self.name, cause))
+            self._pending.clear()
+            self.mailbox.fail_pending(ActorUnavailable(self.name, f"process down ({cause})"))
+            if process is not None:
+                with trio.CancelScope(shield=True):
+                    await self._terminate(process)
+            if address.scheme == "ipc":
+                try:
+                    os.unlink(address.path)
+                except FileNotFoundError:
+                    pass
+            if self.state != "crashed":
+                self.state = "stopped"
+
+    async def _await_hello(self, channel: Channel[Any], process: trio.Process) -> None:
+        with trio.move_on_after(self.start_timeout_s) as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def died() -> None:
+                    code = await process.wait()
+                    raise ProcessExited(self.name, code)
+
+                nursery.start_soon(died)
+                frame = await channel.receive()
+                if not isinstance(frame, Hello):
+                    raise RuntimeError(f"process actor {self.name!r} sent {frame!r} before Hello")
+                nursery.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"process actor {self.name!r} did not start within {self.start_timeout_s}s"
+            )
+
+    async def _pump_out(self, channel: Channel[Any]) -> None:
+        encode = self.codecs.messages.encode
+        while True:
+            try:
+                envelope = await self.mailbox.get()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                await channel.send(Stop())
+                return
+            payload = msgspec.Raw(encode(envelope.message))
+            if envelope.kind == "cast":
+                await channel.send(Cast(payload))
+            else:
+                self._pending[envelope.correlation_id] = envelope
+                await channel.send(
+                    Call(envelope.correlation_id, payload, envelope.kind == "stream")
+                )
+
+    async def _pump_in(self, channel: Channel[Any]) -> None:
+        decode = self.codecs.replies.decode
+        while True:
+            try:
+                frame = await channel.receive()
+            except MessageDecodeError:
+                continue  # a bad frame is dropped; the link stays up
+            except ChannelClosed:
+                return
+            match frame:
+                case Item(correlation_id, payload):
+                    envelope = self._pending.get(correlation_id)
+                    if envelope is not None:
+                        envelope.send(decode(payload))
+                case Done(correlation_id, payload):
+                    envelope = self._pending.pop(correlation_id, None)
+                    if envelope is not None:
+                        envelope.reply(decode(payload))
+                        self.messages_out += 1
+                case Fail(correlation_id, kind, message):
+                    envelope = self._pending.pop(correlation_id, None)
+                    if envelope is not None:
+                        envelope.fail(RemoteError(self.name, kind, message))
+
+    async def _escalate_stop(self, process: trio.Process) -> None:
+        await self._stop_event.wait()
+        await self._terminate(process)
+
+    async def _terminate(self, process: trio.Process) -> None:
+        """Graceful already asked for (Stop frame); now SIGTERM, then SIGKILL."""
+        if process.returncode is None and self._stop_requested:
+            with trio.move_on_after(self.term_timeout_s):
+                await process.wait()
+        if process.returncode is None:
+            process.terminate()
+            with trio.move_on_after(self.term_timeout_s):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if process.stdin is not None:
+            await process.stdin.aclose()

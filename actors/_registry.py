@@ -1,0 +1,121 @@
+"""Names to running mailboxes, and ActorRef: an address that outlives restarts.
+
+A ref looks its actor up on every send, so a restarted actor (a new mailbox) is reached
+through the same ref. While an actor is down the lookup fails fast with ActorUnavailable.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import trio
+
+from ._envelope import Envelope, ReplyItem
+from ._errors import ActorUnavailable, CallTimeout, MailboxFull
+from ._mailbox import Mailbox
+
+DEFAULT_SEND_TIMEOUT_S = 5.0
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._mailboxes: dict[str, Mailbox] = {}
+
+    def register(self, name: str, mailbox: Mailbox) -> None:
+        if name in self._mailboxes and not self._mailboxes[name].closed:
+            raise ValueError(f"an actor named {name!r} is already running")
+        self._mailboxes[name] = mailbox
+
+    def unregister(self, name: str, mailbox: Mailbox) -> None:
+        if self._mailboxes.get(name) is mailbox:
+            del self._mailboxes[name]
+
+    def lookup(self, name: str) -> Mailbox:
+        mailbox = self._mailboxes.get(name)
+        if mailbox is None or mailbox.closed:
+            raise ActorUnavailable(name, "not running (never started, stopped, or restarting)")
+        return mailbox
+
+    def names(self) -> list[str]:
+        return sorted(self._mailboxes)
+
+
+registry = Registry()
+
+
+class ActorRef:
+    """Send to an actor by name: cast (no reply), call (one reply), stream (many replies)."""
+
+    def __init__(self, name: str, in_registry: Registry | None = None) -> None:
+        self.name = name
+        self._registry = in_registry or registry
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self.name!r})"
+
+    async def _deliver(self, envelope: Envelope, timeout_s: float) -> None:
+        mailbox = self._registry.lookup(self.name)
+        with trio.move_on_after(timeout_s) as scope:
+            await mailbox.put(envelope)
+        if scope.cancelled_caught:
+            raise MailboxFull(self.name, mailbox.capacity, timeout_s)
+
+    def cast_nowait(self, message: Any) -> None:
+        """Deliver now or raise (MailboxFull/ActorUnavailable); for sync code and hot paths."""
+        mailbox = self._registry.lookup(self.name)
+        if not mailbox.put_nowait(Envelope(message)):
+            raise MailboxFull(self.name, mailbox.capacity, 0.0)
+
+    async def cast(self, message: Any, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> None:
+        await self._deliver(Envelope(message), timeout_s)
+
+    async def call(self, message: Any, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> Any:
+        """Send and wait for the reply; the timeout covers delivery and the answer."""
+        send, receive = trio.open_memory_channel[ReplyItem](1)
+        with receive:
+            with trio.move_on_after(timeout_s) as scope:
+                await self._deliver(Envelope(message, "call", send), timeout_s)
+                try:
+                    kind, value = await receive.receive()
+                except trio.EndOfChannel:
+                    raise ActorUnavailable(self.name, "dropped the request") from None
+            if scope.cancelled_caught:
+                raise CallTimeout(self.name, timeout_s)
+        if kind == "error":
+            raise value
+        return value
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        message: Any,
+        buffer: int = 1024,
+        first_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
+        idle_timeout_s: float = math.inf,
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """Open a stream; iterate the items; the stream's terminal error is raised."""
+        send, receive = trio.open_memory_channel[ReplyItem](buffer)
+        await self._deliver(Envelope(message, "stream", send), first_timeout_s)
+
+        async def items() -> AsyncIterator[Any]:
+            while True:
+                with trio.move_on_after(idle_timeout_s) as scope:
+                    try:
+                        kind, value = await receive.receive()
+                    except trio.EndOfChannel:
+                        raise ActorUnavailable(
+                            self.name, "stream ended without a terminal message"
+                        ) from None
+                if scope.cancelled_caught:
+                    raise CallTimeout(self.name, idle_timeout_s)
+                if kind == "item":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+
+        with receive:
+            yield items()

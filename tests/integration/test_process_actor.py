@@ -1,0 +1,191 @@
+"""Process actors: real child processes, real ipc/tcp sockets, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import trio
+
+from actors import (
+    ActorCrashed,
+    ActorRef,
+    ActorUnavailable,
+    ChildSpec,
+    IntrospectionServer,
+    ProcessActor,
+    Registry,
+    Supervisor,
+    fetch_snapshot,
+)
+from tests.support_actors import Count, Echo, Pid, Sleep
+from transports import unique_address
+
+TARGET = "tests.support_actors:EchoActor"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+async def wait_until(predicate, timeout_s: float = 20.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+@pytest.mark.parametrize("scheme", ["ipc", "tcp"])
+async def test_process_actor_call_stream_and_command_line(scheme: str) -> None:
+    registry = Registry()
+    actor = ProcessActor("w", TARGET, role="worker", scheme=scheme, in_registry=registry)
+    ref = ActorRef("w", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        pid = await ref.call(Pid())
+        assert pid == actor.pid != os.getpid()
+        assert "inferflux-worker" in cmdline(pid)
+        assert await ref.call(Echo("über")) == "über"
+        async with ref.stream(Count(100)) as items:
+            assert [i async for i in items] == list(range(100))
+        actor.request_stop()
+    assert not alive(pid)
+    assert actor.state == "stopped"
+
+
+async def test_sigkill_is_detected_and_restarted_and_callers_never_hang() -> None:
+    registry = Registry()
+    sup = Supervisor(
+        "sup",
+        [ChildSpec("w", lambda: ProcessActor("w", TARGET, in_registry=registry))],
+        max_restarts=5,
+        max_seconds=30,
+    )
+    ref = ActorRef("w", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        first_pid = await ref.call(Pid())
+        outcome: list[BaseException] = []
+
+        async def in_flight() -> None:
+            try:
+                await ref.call(Sleep(30), timeout_s=60)
+            except Exception as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(in_flight)
+        await trio.sleep(0.2)
+        os.kill(first_pid, signal.SIGKILL)
+        await wait_until(lambda: bool(outcome), 10)
+        assert isinstance(outcome[0], ActorCrashed)
+        assert "SIGKILL" in str(outcome[0])
+        # During the restart a call fails fast (or succeeds once the new process is up).
+        start = time.monotonic()
+        try:
+            await ref.call(Pid(), timeout_s=30)
+        except ActorUnavailable:
+            pass
+        assert time.monotonic() - start < 30
+
+        async def restarted() -> int:
+            while True:
+                try:
+                    return await ref.call(Pid())
+                except ActorUnavailable:
+                    await trio.sleep(0.05)
+
+        with trio.fail_after(30):
+            second_pid = await restarted()
+        assert second_pid != first_pid and alive(second_pid)
+        child = sup.info().children[0]
+        assert child.restarts == 1 and "SIGKILL" in child.last_error
+        sup.request_stop()
+    assert not alive(second_pid)
+
+
+async def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm() -> None:
+    registry = Registry()
+    actor = ProcessActor(
+        "w", TARGET, {"ignore_sigterm": True}, term_timeout_s=0.5, in_registry=registry
+    )
+    ref = ActorRef("w", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        pid = await ref.call(Pid())
+        await ref.cast(Sleep(60))  # graceful stop would wait for this
+        await trio.sleep(0.1)
+        start = time.monotonic()
+        actor.request_stop()
+    assert time.monotonic() - start < 5  # 0.5 s graceful + 0.5 s SIGTERM, then SIGKILL
+    assert not alive(pid)
+
+
+def test_child_exits_when_parent_is_killed(tmp_path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys, trio
+        sys.path.insert(0, {os.getcwd()!r})
+        from actors import ProcessActor, ActorRef
+        from tests.support_actors import Pid
+
+        async def main():
+            actor = ProcessActor("w", {TARGET!r})
+            async with trio.open_nursery() as nursery:
+                await nursery.start(actor.run)
+                print(await ActorRef("w").call(Pid()), flush=True)
+                await trio.sleep_forever()
+        trio.run(main)
+    """)
+    )
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert alive(child_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child_pid), "child outlived its parent"
+    finally:
+        parent.kill()
+
+
+async def test_introspection_snapshot_over_a_socket() -> None:
+    registry = Registry()
+    sup = Supervisor(
+        "root", [ChildSpec("w", lambda: ProcessActor("w", TARGET, in_registry=registry))]
+    )
+    server = IntrospectionServer(unique_address("ipc", "introspect"), sup.info)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await nursery.start(server.run)
+        await ActorRef("w", registry).call(Echo("x"))
+        snapshot = await trio.to_thread.run_sync(fetch_snapshot, server.address)
+        assert snapshot.name == "root" and snapshot.kind == "supervisor"
+        (worker,) = snapshot.children
+        assert worker.kind == "process" and worker.state == "running" and worker.pid > 0
+        assert worker.messages_in == 1 and worker.messages_out == 1
+        sup.request_stop()
+        nursery.cancel_scope.cancel()

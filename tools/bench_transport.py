@@ -1,0 +1,113 @@
+"""Transport benchmark: round-trip latency and one-way throughput per scheme.
+
+    python tools/bench_transport.py [--round-trips 5000] [--schemes inproc,ipc,tcp]
+
+Both ends run in one Trio process (the echo side is a task), which is how actors in one
+node talk; ipc and tcp still cross the kernel. Prints one table; copy it into
+docs/benchmarks.md with the machine described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Union
+
+import msgspec
+import trio
+
+from transports import Channel, Codec, unique_address
+
+
+class Ping(msgspec.Struct, tag=True, array_like=True, gc=False):
+    n: int
+    body: bytes = b""
+
+
+Message = Union[Ping]
+codec: Codec[Message] = Codec(Message)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def round_trip(scheme: str, count: int) -> tuple[float, float]:
+    with Channel.listen(unique_address(scheme, "bench"), codec) as server:
+        with Channel.dial(server.address, codec) as client:
+            await client.wait_connected(5)
+
+            async def echo() -> None:
+                while True:
+                    await server.send_bytes(await server.receive_bytes())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo)
+                payload = codec.encode(Ping(0))
+                samples = []
+                for i in range(count + 200):
+                    start = time.perf_counter()
+                    await client.send_bytes(payload)
+                    codec.decode(await client.receive_bytes())
+                    if i >= 200:  # warm-up
+                        samples.append(time.perf_counter() - start)
+                nursery.cancel_scope.cancel()
+    return percentile(samples, 0.5) * 1e6, percentile(samples, 0.99) * 1e6
+
+
+async def one_way(scheme: str, size: int, count: int) -> tuple[float, float]:
+    with Channel.listen(unique_address(scheme, "bench"), codec) as receiver:
+        with Channel.dial(receiver.address, codec, send_timeout_s=30) as sender:
+            await sender.wait_connected(5)
+            data = codec.encode(Ping(0, b"x" * size))
+            done = trio.Event()
+            elapsed = 0.0
+
+            async def drain() -> None:
+                nonlocal elapsed
+                await receiver.receive_bytes()
+                start = time.perf_counter()
+                for _ in range(count - 1):
+                    codec.decode(await receiver.receive_bytes())
+                elapsed = time.perf_counter() - start
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                for _ in range(count):
+                    await sender.send_bytes(data)
+                await done.wait()
+    rate = (count - 1) / elapsed
+    return rate, rate * len(data) / 1e6
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(
+        "| scheme | RTT p50 (us) | RTT p99 (us) | 1 KiB msgs/s | 1 KiB MB/s "
+        "| 4 MiB msgs/s | 4 MiB MB/s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for scheme in args.schemes.split(","):
+        p50s, p99s = [], []
+        for _ in range(args.repeats):
+            p50, p99 = await round_trip(scheme, args.round_trips)
+            p50s.append(p50)
+            p99s.append(p99)
+        small_rate, small_mb = await one_way(scheme, 1024, args.small_messages)
+        big_rate, big_mb = await one_way(scheme, 4 * 1024 * 1024, args.big_messages)
+        print(
+            f"| {scheme} | {statistics.median(p50s):.0f} | {statistics.median(p99s):.0f} "
+            f"| {small_rate:,.0f} | {small_mb:.1f} | {big_rate:.0f} | {big_mb:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schemes", default="inproc,ipc,tcp")
+    parser.add_argument("--round-trips", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many RTT runs")
+    parser.add_argument("--small-messages", type=int, default=50000)
+    parser.add_argument("--big-messages", type=int, default=40)
+    trio.run(main, parser.parse_args())

@@ -1,0 +1,25 @@
+"""Wire layer: addresses, the msgspec codec, and nng channels. Knows nothing of actors."""
+
+from ._address import Address, AddressError, parse_address, unique_address
+from ._channel import (
+    DEFAULT_RECV_MAX_SIZE,
+    Channel,
+    ChannelClosed,
+    PeerEvent,
+    SendTimeout,
+)
+from ._codec import Codec, MessageDecodeError
+
+__all__ = [
+    "DEFAULT_RECV_MAX_SIZE",
+    "Address",
+    "AddressError",
+    "Channel",
+    "ChannelClosed",
+    "Codec",
+    "MessageDecodeError",
+    "PeerEvent",
+    "SendTimeout",
+    "parse_address",
+    "unique_address",
+]

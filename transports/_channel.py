@@ -1,0 +1,231 @@
+"""A message channel over one pynng Pair0 socket, the same API for inproc, ipc and tcp.
+
+Why receive through `recv_fd`: `await socket.arecv()` hops to a thread for every call
+(~580 us per round trip here); waiting on nng's notification fd with
+`trio.lowlevel.wait_readable` and then calling the non-blocking `recv` stays on the Trio
+thread (~110 us inproc). Sends are non-blocking first and wait on `send_fd` only when nng's
+buffer is full, always under a deadline so a dead peer cannot hang the sender.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Generic, Literal, TypeVar
+
+import msgspec
+import pynng
+import trio
+
+from ._address import Address, parse_address
+from ._codec import Codec
+
+M = TypeVar("M")
+
+DEFAULT_RECV_MAX_SIZE = 256 * 1024 * 1024  # KV blobs are tens of MB; nng drops larger silently
+DEFAULT_SEND_TIMEOUT_S = 5.0
+RECONNECT_MIN_MS = 20
+RECONNECT_MAX_MS = 1000
+BUFFER_MESSAGES = 256
+YIELD_EVERY = 32
+
+
+class SendTimeout(TimeoutError):
+    """The peer did not take a message within the send deadline (gone, stuck, or absent)."""
+
+
+class ChannelClosed(Exception):
+    """The channel was closed locally."""
+
+
+class PeerEvent(msgspec.Struct, frozen=True):
+    kind: Literal["connected", "disconnected"]
+    pipe_id: int
+
+
+class Channel(Generic[M]):
+    """Bidirectional message channel to one peer.
+
+    Build with `Channel.listen(...)` or `Channel.dial(...)`; use as a context manager (or call
+    `close()`) so the socket is always released. Must be created inside a Trio run: peer
+    events from nng's threads are handed to Trio through its token.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        codec: Codec[M],
+        *,
+        send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
+        recv_max_size: int = DEFAULT_RECV_MAX_SIZE,
+        peer_label: str = "",
+    ) -> None:
+        self.address = address
+        self.codec = codec
+        self.send_timeout_s = send_timeout_s
+        self.peer_label = peer_label or str(address)
+        self._socket = pynng.Pair0(
+            recv_max_size=recv_max_size,
+            reconnect_time_min=RECONNECT_MIN_MS,
+            reconnect_time_max=RECONNECT_MAX_MS,
+            recv_buffer_size=BUFFER_MESSAGES,
+            send_buffer_size=BUFFER_MESSAGES,
+        )
+        self._recv_fd = self._socket.recv_fd
+        self._send_fd = self._socket.send_fd
+        self._closed = False
+        self._receives_without_yield = 0
+        self._token = trio.lowlevel.current_trio_token()
+        self._events_in, self._events_out = trio.open_memory_channel[PeerEvent](64)
+        self.peers = 0
+        self._peer_changed = trio.Event()
+        self._socket.add_post_pipe_connect_cb(lambda pipe: self._from_nng("connected", pipe))
+        self._socket.add_post_pipe_remove_cb(lambda pipe: self._from_nng("disconnected", pipe))
+
+    # construction ------------------------------------------------------------------
+    @classmethod
+    def listen(cls, address: Address | str, codec: Codec[M], **kwargs: object) -> Channel[M]:
+        addr = parse_address(address) if isinstance(address, str) else address
+        channel = cls(addr, codec, **kwargs)  # type: ignore[arg-type]
+        try:
+            listener = channel._socket.listen(str(addr))
+            if addr.scheme == "tcp" and addr.port == 0:
+                port = socket.ntohs(listener.local_address.port)
+                channel.address = Address("tcp", host=addr.host, port=port)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    @classmethod
+    def dial(cls, address: Address | str, codec: Codec[M], **kwargs: object) -> Channel[M]:
+        """Dial in the background: nng connects (and reconnects) with back-off by itself."""
+        addr = parse_address(address) if isinstance(address, str) else address
+        channel = cls(addr, codec, **kwargs)  # type: ignore[arg-type]
+        try:
+            channel._socket.dial(str(addr), block=False)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    # peers -------------------------------------------------------------------------
+    def _from_nng(self, kind: Literal["connected", "disconnected"], pipe: pynng.Pipe) -> None:
+        # Runs on an nng thread: never touch Trio state here, only schedule onto Trio.
+        event = PeerEvent(kind, int(pipe.id))
+        try:
+            self._token.run_sync_soon(self._on_peer_event, event)
+        except trio.RunFinishedError:
+            pass
+
+    def _on_peer_event(self, event: PeerEvent) -> None:
+        self.peers += 1 if event.kind == "connected" else -1
+        self._peer_changed.set()
+        self._peer_changed = trio.Event()
+        try:
+            self._events_in.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # nobody is reading events; the counter above still tells the truth
+
+    @property
+    def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
+        return self._events_out
+
+    async def wait_connected(self, timeout_s: float = math.inf) -> None:
+        with trio.fail_after(timeout_s):
+            while self.peers <= 0:
+                await self._peer_changed.wait()
+
+    async def wait_disconnected(self) -> None:
+        while self.peers > 0:
+            await self._peer_changed.wait()
+
+    # data --------------------------------------------------------------------------
+    async def send(self, message: M, timeout_s: float | None = None) -> None:
+        await self.send_bytes(self.codec.encode(message), timeout_s)
+
+    async def send_bytes(self, data: bytes, timeout_s: float | None = None) -> None:
+        deadline = self.send_timeout_s if timeout_s is None else timeout_s
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            # A successful non-blocking send skips the scheduler yield: checking for
+            # cancellation above keeps it a cancellation point, and the next receive
+            # (or any other await) schedules.
+            self._socket.send(data, block=False)
+            return
+        except pynng.TryAgain:
+            pass
+        except pynng.Closed:
+            raise ChannelClosed(str(self.address)) from None
+        with trio.move_on_after(deadline) as scope:
+            while True:
+                await trio.lowlevel.wait_readable(self._send_fd)
+                try:
+                    self._socket.send(data, block=False)
+                    return
+                except pynng.TryAgain:
+                    continue
+                except pynng.Closed:
+                    raise ChannelClosed(str(self.address)) from None
+        if scope.cancelled_caught:
+            raise SendTimeout(
+                f"send to {self.peer_label} not accepted within {deadline:.3g}s "
+                f"(peers connected: {self.peers})"
+            )
+
+    async def receive(self) -> M:
+        """Next message. MessageDecodeError for a bad one; the channel stays usable."""
+        return self.codec.decode(await self.receive_bytes(), self.peer_label)
+
+    async def receive_bytes(self) -> bytes:
+        # Like send, a message that is already queued returns without a scheduler yield
+        # (cancellation is still checked); a receiver draining a busy peer still yields
+        # every YIELD_EVERY messages so it cannot starve the other tasks.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = self._socket.recv(block=False)
+            except pynng.TryAgain:
+                self._receives_without_yield = 0
+            except pynng.Closed:
+                raise ChannelClosed(str(self.address)) from None
+            else:
+                self._receives_without_yield += 1
+                if self._receives_without_yield >= YIELD_EVERY:
+                    self._receives_without_yield = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            try:
+                await trio.lowlevel.wait_readable(self._recv_fd)
+            except (trio.ClosedResourceError, OSError):
+                raise ChannelClosed(str(self.address)) from None
+
+    def receive_nowait(self) -> M:
+        """A message already queued, or trio.WouldBlock. For draining a batch in one go."""
+        try:
+            data = self._socket.recv(block=False)
+        except pynng.TryAgain:
+            raise trio.WouldBlock from None
+        except pynng.Closed:
+            raise ChannelClosed(str(self.address)) from None
+        return self.codec.decode(data, self.peer_label)
+
+    # lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Wake anything blocked in wait_readable on our fds before nng closes them.
+        for fd in (self._recv_fd, self._send_fd):
+            try:
+                trio.lowlevel.notify_closing(fd)
+            except (RuntimeError, ValueError):
+                pass
+        self._socket.close()
+        self._events_in.close()
+
+    def __enter__(self) -> Channel[M]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
