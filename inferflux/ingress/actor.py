@@ -1,0 +1,54 @@
+"""The ingress actor: hypercorn serving the quart-trio app inside the actor tree.
+
+Stopping it is graceful: hypercorn stops accepting, in-flight responses get
+`graceful_timeout` to finish, then the actor ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from actors import Actor
+
+from .app import Frontend, create_app
+
+
+class IngressActor(Actor):
+    def __init__(self, name: str, *, front: Frontend, host: str, port: int,
+                 graceful_timeout_s: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.front = front
+        self.host, self.port = host, port
+        self.graceful_timeout_s = graceful_timeout_s
+        self.bound: list[str] = []
+        self._shutdown = trio.Event()
+
+    async def started(self) -> None:
+        config = HypercornConfig()
+        config.bind = [f"{self.host}:{self.port}"]
+        config.graceful_timeout = self.graceful_timeout_s
+        config.keep_alive_timeout = 75
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        app = create_app(self.front)
+        self.bound = await self.nursery.start(
+            lambda task_status: serve(app, config, shutdown_trigger=self._shutdown.wait,
+                                      task_status=task_status))
+        if self.port == 0 and self.bound:
+            self.port = int(self.bound[0].rsplit(":", 1)[1])
+
+    def request_stop(self) -> None:
+        self._shutdown.set()
+        super().request_stop()
+
+    async def _handle_loop(self) -> None:
+        # No messages to handle: live until hypercorn has shut down.
+        await self._shutdown.wait()
+
+    def details(self) -> dict[str, float | int | str]:
+        return {"url": f"http://{self.host}:{self.port}"}

@@ -1,0 +1,282 @@
+"""The OpenAI-compatible HTTP surface (quart-trio), served by hypercorn in the ingress actor.
+
+Every handler validates with msgspec, renders/tokenizes, asks the policy actor, then opens
+a scheduler stream. Anything a client sent wrong is a 4xx in OpenAI's error shape; an
+unexpected server fault is logged and answered 500 in the same shape (never a hang).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors import ActorError, ActorRef
+
+from ..messages import SamplingParams
+from ..metrics import Metrics
+from ..model.chat_template import ChatTemplate, TemplateError
+from ..policy.actor import Authorize
+from ..scheduler.messages import Submit
+from ..worker.llama import Model
+from .errors import APIError, from_decode_error
+from .generation import SSE_DONE, Generation, next_seq_id, now, request_id, sse, usage
+from .openai_types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_unsupported,
+    stop_list,
+)
+
+log = logging.getLogger("inferflux.ingress")
+
+_chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+_completion_decoder = msgspec.json.Decoder(CompletionRequest)
+
+
+@dataclass
+class Frontend:
+    """What the HTTP layer needs from the rest of the server."""
+
+    model_id: str
+    tokenizer: Model
+    template: ChatTemplate
+    ctx_size: int
+    scheduler: ActorRef
+    policy: ActorRef
+    metrics: Metrics
+    is_ready: Callable[[], bool]
+    max_body_bytes: int
+
+
+def create_app(front: Frontend) -> QuartTrio:
+    app = QuartTrio("inferflux")
+    app.config["MAX_CONTENT_LENGTH"] = front.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+
+    def error_response(error: APIError) -> Response:
+        return Response(error.body(), status=error.status, headers=error.headers())
+
+    @app.errorhandler(APIError)
+    async def on_api_error(error: APIError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        message = error.description or error.name
+        if error.code == 413:
+            message = f"request body larger than the limit of {front.max_body_bytes} bytes"
+        return error_response(APIError(error.code or 400, message,
+                                       code=code.get(error.code or 0)))
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(error: Exception) -> Response:
+        log.exception("unhandled error in request")
+        return error_response(APIError(500, f"internal error: {type(error).__name__}",
+                                       type="server_error", code="internal_error"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if front.is_ready():
+            return Response(b'{"status":"ready"}', content_type="application/json")
+        return Response(b'{"status":"not ready","reason":"no model worker ready"}',
+                        status=503, content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(front.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return json_response({"object": "list", "data": [
+            {"id": front.model_id, "object": "model", "created": 0, "owned_by": "inferflux"}]})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        body = await _read_body()
+        try:
+            chat = _chat_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        _check_common(chat)
+        if not chat.messages:
+            raise APIError(400, "messages must contain at least one message", param="messages",
+                           code="invalid_value")
+        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+                    for m in chat.messages]
+        try:
+            prompt_text = front.template.render(messages)
+        except TemplateError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+        prompt = front.tokenizer.tokenize(prompt_text, add_special=True, parse_special=True)
+        max_tokens = chat.max_completion_tokens or chat.max_tokens
+        submit = await _prepare(chat, prompt, max_tokens,
+                                "max_completion_tokens" if chat.max_completion_tokens
+                                else "max_tokens")
+        return await _respond(submit, chat, "chat")
+
+    @app.post("/v1/completions")
+    async def completions() -> Response:
+        body = await _read_body()
+        try:
+            completion = _completion_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        _check_common(completion)
+        prompt_field = completion.prompt
+        if isinstance(prompt_field, list):
+            kinds = {type(item) for item in prompt_field}
+            if len(kinds) > 1:
+                raise APIError(400, "prompt must be a string, a list of strings, or a list of "
+                                    "token ids, not a mix", param="prompt", code="invalid_value")
+        if isinstance(prompt_field, list) and prompt_field and isinstance(prompt_field[0], str):
+            if len(prompt_field) != 1:
+                raise APIError(400, "several prompts in one request are not supported yet",
+                               param="prompt", code="invalid_value")
+            prompt_field = prompt_field[0]
+        if isinstance(prompt_field, str):
+            prompt = front.tokenizer.tokenize(prompt_field, add_special=True, parse_special=False)
+        else:
+            prompt = [int(t) for t in prompt_field]
+            bad = [t for t in prompt if not 0 <= t < front.tokenizer.info.n_vocab]
+            if bad:
+                raise APIError(400, f"token ids out of range: {bad[:5]}", param="prompt",
+                               code="invalid_value")
+        if not prompt:
+            raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+        submit = await _prepare(completion, prompt, completion.max_tokens, "max_tokens")
+        return await _respond(submit, completion, "completion")
+
+    async def _read_body() -> bytes:
+        length = request.content_length
+        if length is not None and length > front.max_body_bytes:
+            raise APIError(413, f"request body of {length} bytes is larger than the limit of "
+                                f"{front.max_body_bytes} bytes", code="request_too_large")
+        return await request.get_data(cache=False)
+
+    def _check_common(req: ChatCompletionRequest | CompletionRequest) -> None:
+        if req.model != front.model_id:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves "
+                                f"{front.model_id!r}", type="invalid_request_error",
+                           param="model", code="model_not_found")
+        unsupported = check_unsupported(req)
+        if unsupported:
+            param, message = unsupported
+            raise APIError(400, message, param=param, code="unsupported_parameter")
+
+    async def _prepare(req: ChatCompletionRequest | CompletionRequest, prompt: list[int],
+                       max_tokens: int | None, max_param: str) -> Submit:
+        room = front.ctx_size - len(prompt)
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            wanted = len(prompt) + (max_tokens or 0)
+            raise APIError(400, f"this model's context window is {front.ctx_size} tokens; the "
+                                f"prompt has {len(prompt)} tokens and max tokens asks for "
+                                f"{max_tokens or 0} (total {wanted})",
+                           param=max_param if room > 0 else "messages",
+                           code="context_length_exceeded")
+        seq_id = next_seq_id()
+        try:
+            await front.policy.call(Authorize(seq_id, front.model_id, len(prompt)), timeout_s=5)
+        except ActorError as exc:
+            raise APIError(503, f"policy unavailable: {exc}", type="service_unavailable",
+                           retry_after_s=2) from None
+        sampling = SamplingParams(
+            max_tokens=max_tokens or room,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            min_p=req.min_p or 0.0,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            stop=stop_list(req.stop),
+            ignore_eos=req.ignore_eos,
+        )
+        return Submit(seq_id, prompt, sampling, req.priority)
+
+    async def _respond(submit: Submit, req: Any, kind: str) -> Response:
+        generation = Generation(front.scheduler, submit)
+        await generation.start()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            body = _stream(generation, kind, include_usage)
+            return Response(body, content_type="text/event-stream",
+                            headers={"cache-control": "no-cache"})
+        try:
+            text, reason, use = [], None, usage(len(submit.prompt), 0, 0)
+            async for delta in generation.deltas():
+                text.append(delta.text)
+                if delta.finish_reason:
+                    reason = delta.finish_reason
+                    use = usage(delta.prompt_tokens, delta.completion_tokens, delta.cached_tokens)
+        finally:
+            await generation.close()
+        content = "".join(text)
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": content},
+                      "logprobs": None, "finish_reason": reason}
+            return json_response({"id": request_id("chatcmpl"), "object": "chat.completion",
+                                  "created": now(), "model": front.model_id,
+                                  "choices": [choice], "usage": use})
+        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": reason}
+        return json_response({"id": request_id("cmpl"), "object": "text_completion",
+                              "created": now(), "model": front.model_id, "choices": [choice],
+                              "usage": use})
+
+    async def _stream(generation: Generation, kind: str,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+        rid = request_id("chatcmpl" if kind == "chat" else "cmpl")
+        created = now()
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+        def chunk(text: str | None, reason: str | None, first: bool = False) -> bytes:
+            if kind == "chat":
+                delta: dict[str, Any] = {}
+                if first:
+                    delta["role"] = "assistant"
+                if text is not None:
+                    delta["content"] = text
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None,
+                          "finish_reason": reason}
+            return sse({"id": rid, "object": obj, "created": created,
+                        "model": front.model_id, "choices": [choice]})
+
+        try:
+            if kind == "chat":
+                yield chunk("", None, first=True)
+            async for delta in generation.deltas():
+                if delta.text:
+                    yield chunk(delta.text, None)
+                if delta.finish_reason:
+                    yield chunk(None if kind == "chat" else "", delta.finish_reason)
+                    if include_usage:
+                        yield sse({"id": rid, "object": obj, "created": created,
+                                   "model": front.model_id, "choices": [],
+                                   "usage": usage(delta.prompt_tokens, delta.completion_tokens,
+                                                  delta.cached_tokens)})
+            yield SSE_DONE
+        except APIError as error:
+            # Headers are gone already: the error travels as an SSE event, then the end.
+            yield b"data: " + error.body() + b"\n\n"
+            yield SSE_DONE
+        finally:
+            await generation.close()
+
+    return app
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(payload), status=status, content_type="application/json")

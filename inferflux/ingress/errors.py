@@ -1,0 +1,38 @@
+"""OpenAI-shaped errors: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.retry_after_s = param, code, retry_after_s
+
+    def body(self) -> bytes:
+        return msgspec.json.encode({"error": {"message": self.message, "type": self.type,
+                                              "param": self.param, "code": self.code}})
+
+    def headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self.retry_after_s is not None:
+            headers["retry-after"] = str(self.retry_after_s)
+        return headers
+
+
+def from_decode_error(exc: msgspec.DecodeError) -> APIError:
+    """Turn msgspec's message ("Expected `int`, got `str` - at `$.max_tokens`") into a
+    400 naming the parameter."""
+    text = str(exc)
+    param = None
+    if " - at `$" in text:
+        text_part, _, path = text.partition(" - at `$")
+        param = path.rstrip("`").lstrip(".") or None
+        text = f"{text_part} (at {param})" if param else text_part
+    elif text.startswith("JSON is malformed") or "malformed" in text.lower():
+        text = f"request body is not valid JSON: {text}"
+    return APIError(400, text, param=param, code="invalid_value" if param else "invalid_json")

@@ -1,0 +1,115 @@
+"""Turning a validated OpenAI request into a scheduler stream, and its deltas into OpenAI
+responses (one JSON body, or server-sent events)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from contextlib import AsyncExitStack
+from typing import Any, AsyncIterator
+
+import msgspec
+import trio
+
+from actors import ActorError, ActorRef
+
+from ..scheduler.messages import Abort, Delta, NotReady, Overloaded, Submit
+from .errors import APIError
+
+_seq_ids = itertools.count(1)
+_json = msgspec.json.Encoder()
+
+
+def next_seq_id() -> int:
+    return next(_seq_ids)
+
+
+def request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class Generation:
+    """One request's stream of Deltas from the scheduler.
+
+    `start()` waits for the first delta, so admission errors (overload, no worker) become a
+    proper HTTP status before any response byte is sent. `close()` (always called) tells
+    the scheduler to stop if the client left before the end.
+    """
+
+    def __init__(self, scheduler: ActorRef, submit: Submit) -> None:
+        self.scheduler = scheduler
+        self.submit = submit
+        self._stack = AsyncExitStack()
+        self._items: AsyncIterator[Delta] | None = None
+        self.first: Delta | None = None
+        self.finished = False
+
+    async def start(self) -> None:
+        try:
+            self._items = await self._stack.enter_async_context(
+                self.scheduler.stream(self.submit, first_timeout_s=5.0))
+            self.first = await anext(self._items)
+        except StopAsyncIteration:
+            self.first = None
+        except Exception as exc:
+            await self.close()
+            raise _api_error(exc) from exc
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.close()
+            raise
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        assert self._items is not None
+        if self.first is not None:
+            yield self.first
+            if self.first.finish_reason:
+                self.finished = True
+                return
+        try:
+            async for delta in self._items:
+                yield delta
+                if delta.finish_reason:
+                    self.finished = True
+                    return
+        except Exception as exc:
+            raise _api_error(exc) from None
+
+    async def close(self) -> None:
+        if not self.finished:
+            try:
+                self.scheduler.cast_nowait(Abort(self.submit.seq_id))
+            except ActorError:
+                pass
+        await self._stack.aclose()
+
+
+def _api_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, Overloaded):
+        return APIError(429, str(exc), type="rate_limit_error", code="overloaded",
+                        retry_after_s=exc.retry_after_s)
+    if isinstance(exc, NotReady):
+        return APIError(503, str(exc), type="service_unavailable", code="not_ready",
+                        retry_after_s=2)
+    if isinstance(exc, ActorError):
+        return APIError(503, f"inference backend unavailable: {exc}", type="service_unavailable",
+                        code="backend_unavailable", retry_after_s=2)
+    return exc
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + _json.encode(payload) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def now() -> int:
+    return int(time.time())

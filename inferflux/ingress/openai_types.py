@@ -1,0 +1,119 @@
+"""OpenAI request bodies as msgspec Structs: validation happens at decode.
+
+Unknown fields are ignored (SDKs send extras through `extra_body`; OpenAI's own fields we
+do not implement yet are rejected explicitly in `check_unsupported`). Error messages name
+the field path, e.g. "Expected `number`, got `str` - at `$.temperature`".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class TextPart(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ChatMessage(msgspec.Struct):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+Stop = Union[str, list[str], None]
+
+
+class _Sampling(msgspec.Struct, kw_only=True):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: PositiveInt | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    stop: Stop = None
+    n: PositiveInt = 1
+    user: str | None = None
+    priority: int = 0
+    ignore_eos: bool = False
+
+
+class ChatCompletionRequest(_Sampling, kw_only=True):
+    messages: list[ChatMessage]
+    max_completion_tokens: PositiveInt | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+
+
+class CompletionRequest(_Sampling, kw_only=True):
+    # str, [str] or [token ids]: one array type (msgspec unions allow one), checked later
+    prompt: Union[str, list[Union[str, int]]]
+    echo: bool = False
+    logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+def check_unsupported(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
+    """(param, message) for a field we accept syntactically but do not implement yet."""
+    if request.n != 1:
+        return "n", "n > 1 is not supported yet; send n=1 (or omit it)"
+    if isinstance(request, ChatCompletionRequest):
+        if request.tools:
+            return "tools", "tool calling is not supported yet"
+        if request.response_format and request.response_format.get("type", "text") != "text":
+            return "response_format", "structured output (response_format) is not supported yet"
+        if request.logprobs:
+            return "logprobs", "logprobs are not supported yet"
+        if request.logit_bias:
+            return "logit_bias", "logit_bias is not supported yet"
+    else:
+        if request.echo:
+            return "echo", "echo is not supported yet"
+        if request.logprobs:
+            return "logprobs", "logprobs are not supported yet"
+        if request.suffix:
+            return "suffix", "suffix is not supported"
+        if request.best_of not in (None, 1):
+            return "best_of", "best_of is not supported"
+        if request.logit_bias:
+            return "logit_bias", "logit_bias is not supported yet"
+    return None
+
+
+def stop_list(stop: Stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    return tuple(stop)

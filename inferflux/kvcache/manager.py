@@ -1,0 +1,150 @@
+"""KV cache accounting: who owns each slot, what each slot's cells hold, what to reuse.
+
+The worker's llama.cpp context has one KV stream per slot, `cells_per_slot` cells each
+(one stream per slot measured ~15% faster than one unified buffer at 16 sequences on this
+CPU: attention only scans the sequence's own cells). A slot is
+  free     holds nothing useful,
+  running  owned by a sequence being generated,
+  cached   holds a finished sequence's tokens, kept for prefix reuse until evicted (LRU).
+The manager decides; it never calls llama.cpp. The scheduler turns its `Placement` into an
+Admit message, and the worker executes it in order with every other message, so this
+bookkeeping and the worker's cells never disagree.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+from .radix import RadixTree
+
+SlotState = Literal["free", "running", "cached"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    slot: int
+    n_cached: int  # prompt tokens whose KV is already there (after the copy, if any)
+    copy_from: int = -1
+
+
+@dataclass
+class KVStats:
+    slots: int
+    running: int
+    cached: int
+    cells_per_slot: int
+    cells_used: int
+    prefix_queries: int
+    prefix_hits: int
+    prefix_query_tokens: int
+    prefix_hit_tokens: int
+
+    @property
+    def usage(self) -> float:
+        return self.cells_used / max(1, self.slots * self.cells_per_slot)
+
+
+class KVCacheManager:
+    def __init__(self, n_slots: int, cells_per_slot: int, *, prefix_cache: bool = True,
+                 min_reuse_tokens: int = 1) -> None:
+        self.n_slots = n_slots
+        self.cells_per_slot = cells_per_slot
+        self.prefix_cache = prefix_cache
+        self.min_reuse_tokens = min_reuse_tokens
+        self.state: list[SlotState] = ["free"] * n_slots
+        self.cells: list[int] = [0] * n_slots  # tokens whose KV the slot holds
+        self._last_used = [0] * n_slots
+        self._clock = itertools.count(1)
+        self.tree = RadixTree()
+        self.prefix_queries = self.prefix_hits = 0
+        self.prefix_query_tokens = self.prefix_hit_tokens = 0
+
+    # questions -------------------------------------------------------------------------
+    def can_place(self) -> bool:
+        return any(s != "running" for s in self.state)
+
+    @property
+    def running(self) -> int:
+        return self.state.count("running")
+
+    def stats(self) -> KVStats:
+        return KVStats(self.n_slots, self.running, self.state.count("cached"),
+                       self.cells_per_slot, sum(self.cells), self.prefix_queries,
+                       self.prefix_hits, self.prefix_query_tokens, self.prefix_hit_tokens)
+
+    # decisions -------------------------------------------------------------------------
+    def place(self, prompt: list[int]) -> Placement | None:
+        """Choose a slot for a new sequence and what of `prompt` it can reuse; commit it.
+
+        Preference: a cached slot that holds the longest prefix (no copy at all), else a
+        free or least recently used cached slot, with the prefix copied from whichever
+        slot holds it (running ones too).
+        """
+        if not self.can_place():
+            return None
+        length, holders = (0, set())
+        if self.prefix_cache:
+            length, holders = self.tree.longest_match(prompt)
+            self.prefix_queries += 1
+            self.prefix_query_tokens += len(prompt)
+        # The last prompt token is always computed: its logits give the first new token.
+        length = min(length, len(prompt) - 1)
+        if length < self.min_reuse_tokens:
+            length, holders = 0, set()
+        cached_holders = [s for s in holders if self.state[s] == "cached"]
+        if cached_holders:
+            slot = max(cached_holders, key=lambda s: self._last_used[s])
+            placement = Placement(slot, length)
+        else:
+            slot = self._victim()
+            if holders:
+                placement = Placement(slot, length, copy_from=min(holders))
+            else:
+                placement = Placement(slot, 0)
+        if placement.n_cached:
+            self.prefix_hits += 1
+            self.prefix_hit_tokens += placement.n_cached
+        self.tree.remove(slot)
+        self.state[slot] = "running"
+        self.cells[slot] = placement.n_cached
+        self._last_used[slot] = next(self._clock)
+        return placement
+
+    def _victim(self) -> int:
+        free = [s for s, state in enumerate(self.state) if state == "free"]
+        if free:
+            return free[0]
+        cached = [s for s, state in enumerate(self.state) if state == "cached"]
+        return min(cached, key=lambda s: self._last_used[s])  # LRU eviction
+
+    # events from the worker ---------------------------------------------------------
+    def prompt_resident(self, slot: int, prompt: list[int]) -> None:
+        """The whole prompt of the sequence in `slot` is now in KV: others may reuse it."""
+        self.cells[slot] = len(prompt)
+        if self.prefix_cache:
+            self.tree.insert(slot, prompt)
+
+    def grew(self, slot: int, kv_tokens: int) -> None:
+        self.cells[slot] = kv_tokens
+
+    def release(self, slot: int, kv_tokens: list[int] | None) -> None:
+        """The sequence in `slot` ended. Keep its cells for reuse (cached) when its tokens
+        are known and the prefix cache is on, else mark the slot free."""
+        self._last_used[slot] = next(self._clock)
+        if kv_tokens and self.prefix_cache:
+            self.state[slot] = "cached"
+            self.cells[slot] = len(kv_tokens)
+            self.tree.insert(slot, kv_tokens)
+        else:
+            self.state[slot] = "free"
+            self.cells[slot] = 0
+            self.tree.remove(slot)
+
+    def reset(self) -> None:
+        """The worker restarted with an empty KV cache."""
+        self.state = ["free"] * self.n_slots
+        self.cells = [0] * self.n_slots
+        for slot in self.tree.slots:
+            self.tree.remove(slot)

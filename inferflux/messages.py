@@ -1,0 +1,95 @@
+"""Messages between the scheduler and device workers (the engine's wire protocol).
+
+Hot-path Structs are array_like and gc=False: one StepResult per engine step carries every
+sequence's new tokens, never one message per token.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+# preempted: the worker ran out of KV cells for it; the scheduler re-admits it by recompute.
+FinishReason = Literal["stop", "length", "cancelled", "preempted", "error"]
+
+
+class SamplingParams(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Start a sequence in `slot`.
+
+    The slot's KV already holds `tokens[:n_cached]` (a cached prefix the scheduler matched),
+    after copying `copy_len` cells from slot `copy_from` when copy_from >= 0. The worker
+    drops anything in the slot past n_cached, prefills the rest in chunks, then decodes.
+    `n_generated` > 0 re-admits a sequence by recompute: the last `n_generated` tokens of
+    `tokens` were already sent to the client and count against max_tokens.
+    """
+
+    seq_id: int
+    slot: int
+    tokens: list[int]
+    sampling: SamplingParams
+    n_cached: int = 0
+    copy_from: int = -1
+    copy_len: int = 0
+    n_generated: int = 0
+
+
+class Cancel(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Stop a sequence now; its StepResult output carries finish_reason 'cancelled'."""
+
+    seq_id: int
+
+
+class Evict(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Drop KV cells of `slot` from position `keep` on (keep=0 frees the slot)."""
+
+    slot: int
+    keep: int = 0
+
+
+class Attach(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Open the worker's result stream: WorkerReady first, then one StepResult per step."""
+
+
+WorkerMessage = Union[Admit, Cancel, Evict, Attach]
+
+
+class WorkerReady(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    model_name: str
+    n_ctx_train: int
+    kv_cells: int
+    n_slots: int
+    pid: int
+
+
+class SeqOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    seq_id: int
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None = None
+    n_prompt_computed: int = 0  # prompt tokens actually prefilled this step
+    kv_tokens: int = 0  # tokens of this sequence now held in KV (on finish: what stays cached)
+
+
+class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):
+    step: int
+    n_seqs: int  # sequences in this step's batch
+    n_tokens: int  # tokens in this step's batch (decode + prefill)
+    duration_s: float
+    outputs: list[SeqOutput]
+
+
+WorkerReply = Union[WorkerReady, StepResult]

@@ -1,0 +1,267 @@
+"""The scheduler: continuous batching over one device worker.
+
+It owns the waiting queue (priority first, then arrival order) and the running set, and
+asks the KV cache manager where each admitted sequence goes. Admission happens whenever
+something changes: a request arrives, or a step result frees or fills a slot; the worker
+picks admitted sequences up at its next step (continuous batching). The per-step token
+budget and chunked prefill live in the worker's step builder.
+
+Preemption is by recompute: a higher-priority request that finds every slot running
+preempts the lowest-priority running sequence, which goes back to the front of the queue
+with prompt + generated tokens and resumes exactly where it was. The same path re-admits
+every running sequence after a worker crash: clients see a pause, not an error.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from actors import Actor, ActorError, ActorRef, Envelope
+
+from ..kvcache.manager import KVCacheManager
+from ..messages import Admit, Attach, Cancel, SamplingParams, StepResult, WorkerReady
+from ..metrics import Metrics
+from .messages import Abort, Delta, NotReady, Overloaded, Submit
+
+
+@dataclass(eq=False)
+class Request:
+    seq_id: int
+    prompt: list[int]
+    sampling: SamplingParams
+    priority: int
+    envelope: Envelope
+    arrival: float = field(default_factory=time.monotonic)
+    generated: list[int] = field(default_factory=list)
+    slot: int = -1
+    admitted_tokens: list[int] = field(default_factory=list)
+    prompt_done: int = 0
+    resident: bool = False
+    cached_tokens: int = 0
+    aborted: bool = False  # the client left
+    preempting: bool = False  # cancelled by us, to be re-admitted
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+
+
+class Scheduler(Actor):
+    mailbox_capacity = 4096
+
+    def __init__(self, name: str, *, worker: str, n_slots: int, cells_per_slot: int,
+                 metrics: Metrics, prefix_cache: bool = True, max_waiting: int = 256,
+                 **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.worker = ActorRef(worker, self.registry)
+        self.kv = KVCacheManager(n_slots, cells_per_slot, prefix_cache=prefix_cache)
+        self.metrics = metrics
+        self.max_waiting = max_waiting
+        self.waiting: list[tuple[int, int, Request]] = []
+        self.running: dict[int, Request] = {}
+        self._order = itertools.count()
+        self.ready = trio.Event()
+        self.worker_info: WorkerReady | None = None
+        self.steps = 0
+        self.max_batch_seen = 0
+        self.worker_restarts = 0
+
+    # requests ------------------------------------------------------------------------
+    async def started(self) -> None:
+        self.nursery.start_soon(self._follow_worker)
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        match message:
+            case Submit():
+                self._submit(message, envelope)
+            case Abort(seq_id):
+                self._abort(seq_id)
+        return None
+
+    def _submit(self, submit: Submit, envelope: Envelope) -> None:
+        if not self.ready.is_set() and self.worker_restarts == 0 and self.worker_info is None:
+            envelope.fail(NotReady("the model worker is still starting"))
+            return
+        if len(self.waiting) >= self.max_waiting:
+            envelope.fail(Overloaded(len(self.waiting)))
+            return
+        envelope.defer()
+        request = Request(submit.seq_id, submit.prompt, submit.sampling, submit.priority, envelope)
+        self._enqueue(request)
+        self.metrics.of(self.metrics.prompt_tokens).inc(len(submit.prompt))
+        self._admit_waiting()
+
+    def _enqueue(self, request: Request, front: bool = False) -> None:
+        order = -next(self._order) if front else next(self._order)
+        heapq.heappush(self.waiting, (-request.priority, order, request))
+        self._update_gauges()
+
+    def _abort(self, seq_id: int) -> None:
+        request = self.running.get(seq_id)
+        if request is not None:
+            if not request.aborted:
+                request.aborted = True
+                self._cast(Cancel(seq_id))
+            return
+        for _, _, queued in self.waiting:
+            if queued.seq_id == seq_id:
+                queued.aborted = True  # dropped when it reaches the head of the queue
+
+    # admission -----------------------------------------------------------------------
+    def _admit_waiting(self) -> None:
+        while self.waiting and self.ready.is_set():
+            _, _, request = self.waiting[0]
+            if request.aborted or request.envelope.closed:
+                heapq.heappop(self.waiting)
+                continue
+            tokens = request.prompt + request.generated
+            placement = self.kv.place(tokens)
+            if placement is None:
+                self._maybe_preempt_for(request)
+                break
+            heapq.heappop(self.waiting)
+            request.slot = placement.slot
+            request.admitted_tokens = tokens
+            request.prompt_done = placement.n_cached
+            request.resident = False
+            request.cached_tokens = max(request.cached_tokens, placement.n_cached)
+            request.preempting = False
+            self.running[request.seq_id] = request
+            self.metrics.of(self.metrics.prefix_queries).inc(len(tokens))
+            self.metrics.of(self.metrics.prefix_hits).inc(placement.n_cached)
+            self._cast(Admit(request.seq_id, placement.slot, tokens, request.sampling,
+                             placement.n_cached, placement.copy_from, placement.n_cached,
+                             len(request.generated)))
+        self._update_gauges()
+
+    def _maybe_preempt_for(self, request: Request) -> None:
+        candidates = [r for r in self.running.values() if not r.preempting and not r.aborted]
+        if not candidates:
+            return
+        victim = min(candidates, key=lambda r: (r.priority, -r.arrival))
+        if victim.priority < request.priority:
+            victim.preempting = True
+            self._cast(Cancel(victim.seq_id))
+
+    def _cast(self, message: Any) -> None:
+        try:
+            self.worker.cast_nowait(message)
+        except ActorError:
+            pass  # worker down: _follow_worker re-admits everything when it is back
+
+    # the worker's results -------------------------------------------------------------
+    async def _follow_worker(self) -> None:
+        while True:
+            try:
+                async with self.worker.stream(Attach(), buffer=100_000,
+                                              first_timeout_s=1.0) as results:
+                    async for item in results:
+                        if isinstance(item, WorkerReady):
+                            self._on_worker_ready(item)
+                        else:
+                            self._on_step(item)
+            except ActorError:
+                pass
+            if self.ready.is_set():
+                self._on_worker_lost()
+            await trio.sleep(0.05)
+
+    def _on_worker_ready(self, ready: WorkerReady) -> None:
+        if self.worker_info is not None:
+            self.worker_restarts += 1
+            self.metrics.restarts.labels(actor=self.worker.name, **self.metrics.labels).inc()
+        self.worker_info = ready
+        self.kv.reset()
+        self.ready.set()
+        self._admit_waiting()
+
+    def _on_worker_lost(self) -> None:
+        """Every running sequence goes back to the queue, to be recomputed on the new
+        worker from prompt + the tokens its client already has."""
+        self.ready = trio.Event()
+        for request in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
+            self._enqueue(request, front=True)
+        self.running.clear()
+        self.kv.reset()
+
+    def _on_step(self, result: StepResult) -> None:
+        self.steps += 1
+        self.max_batch_seen = max(self.max_batch_seen, result.n_seqs)
+        self.metrics.of(self.metrics.batch_size).observe(result.n_seqs)
+        self.metrics.of(self.metrics.step_duration).observe(result.duration_s)
+        now = time.monotonic()
+        for out in result.outputs:
+            request = self.running.get(out.seq_id)
+            if request is None:
+                continue
+            if out.n_prompt_computed:
+                request.prompt_done += out.n_prompt_computed
+                self.metrics.of(self.metrics.prompt_computed).inc(out.n_prompt_computed)
+                if request.prompt_done >= len(request.admitted_tokens) and not request.resident:
+                    request.resident = True
+                    self.kv.prompt_resident(request.slot, request.admitted_tokens)
+            if out.token_ids:
+                self._record_timing(request, now, len(out.token_ids))
+                request.generated.extend(out.token_ids)
+                self.kv.grew(request.slot, out.kv_tokens)
+            if out.finish_reason is None:
+                if out.token_ids or out.text:
+                    self._send(request, Delta(out.token_ids, out.text))
+                continue
+            self._finish(request, out.finish_reason, out.token_ids, out.text, out.kv_tokens)
+        self._admit_waiting()
+
+    def _record_timing(self, request: Request, now: float, n: int) -> None:
+        if not request.first_token_at:
+            request.first_token_at = now
+            self.metrics.of(self.metrics.ttft).observe(now - request.arrival)
+        else:
+            self.metrics.of(self.metrics.itl).observe((now - request.last_token_at) / n)
+        request.last_token_at = now
+        self.metrics.of(self.metrics.generation_tokens).inc(n)
+
+    def _finish(self, request: Request, reason: str, token_ids: list[int], text: str,
+                kv_tokens: int) -> None:
+        del self.running[request.seq_id]
+        held = (request.admitted_tokens + request.generated[len(request.admitted_tokens)
+                                                            - len(request.prompt):])
+        if reason == "preempted" or (reason == "cancelled" and request.preempting
+                                     and not request.aborted):
+            self.kv.release(request.slot, None)
+            if token_ids or text:
+                self._send(request, Delta(token_ids, text))
+            self._enqueue(request, front=True)
+            return
+        self.kv.release(request.slot, held[:kv_tokens])
+        if reason == "cancelled":
+            request.envelope.reply(None)
+            return
+        self._send(request, Delta(token_ids, text, reason, len(request.prompt),
+                                  len(request.generated), request.cached_tokens))
+        request.envelope.reply(None)
+        self.metrics.success.labels(finished_reason=reason, **self.metrics.labels).inc()
+        self.metrics.of(self.metrics.e2e).observe(time.monotonic() - request.arrival)
+
+    def _send(self, request: Request, delta: Delta) -> None:
+        request.envelope.send(delta)
+        if request.envelope.closed and not request.aborted:
+            request.aborted = True
+            self._cast(Cancel(request.seq_id))
+
+    # views ---------------------------------------------------------------------------
+    def _update_gauges(self) -> None:
+        self.metrics.of(self.metrics.running).set(len(self.running))
+        self.metrics.of(self.metrics.waiting).set(len(self.waiting))
+        self.metrics.of(self.metrics.kv_usage).set(self.kv.stats().usage)
+
+    def details(self) -> dict[str, float | int | str]:
+        stats = self.kv.stats()
+        return {"running": len(self.running), "waiting": len(self.waiting),
+                "steps": self.steps, "max_batch": self.max_batch_seen,
+                "kv_cells_used": stats.cells_used, "kv_slots_cached": stats.cached,
+                "prefix_hit_tokens": stats.prefix_hit_tokens,
+                "worker_restarts": self.worker_restarts}

@@ -1,0 +1,44 @@
+"""Messages between the ingress and the scheduler (same process: passed as objects)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..messages import FinishReason, SamplingParams
+
+
+class Submit(msgspec.Struct, frozen=True):
+    """Generate for `prompt`; opened as a stream, answered with Delta items."""
+
+    seq_id: int
+    prompt: list[int]
+    sampling: SamplingParams
+    priority: int = 0
+    trace_id: str = ""
+
+
+class Abort(msgspec.Struct, frozen=True):
+    """The client went away: stop the sequence and free its slot."""
+
+    seq_id: int
+
+
+class Delta(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Overloaded(Exception):
+    """The waiting queue is full: answer 429 with Retry-After."""
+
+    def __init__(self, waiting: int, retry_after_s: int = 1) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"server overloaded: {waiting} requests already waiting")
+
+
+class NotReady(Exception):
+    """No worker is ready (starting, restarting, or given up): answer 503."""

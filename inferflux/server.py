@@ -1,0 +1,124 @@
+"""Wiring of the actor tree for `inferflux run --role unified`.
+
+    inferflux (one_for_one)
+    ├── engine (one_for_one, 5 restarts / 60 s)
+    │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
+    ├── scheduler         queues, admission, KV accounting, prefix reuse
+    ├── policy            authorization (allow-all for now)
+    └── ingress           hypercorn + quart-trio: the OpenAI HTTP API
+
+Start order is top to bottom (the HTTP port opens last, once the rest exists); stop order is
+the reverse, so the ingress stops accepting before anything behind it goes away. A crashed
+worker is restarted by `engine` and the scheduler re-admits its sequences by recompute.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import trio
+
+from actors import ActorRef, ChildSpec, IntrospectionServer, ProcessActor, Registry, Supervisor
+from transports import Address
+
+from .config import Config
+from .ingress.actor import IngressActor
+from .ingress.app import Frontend
+from .metrics import Metrics
+from .model.chat_template import ChatTemplate
+from .model.store import default_model_path
+from .policy.actor import PolicyActor
+from .scheduler.actor import Scheduler
+from .worker.llama import Model
+
+WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
+
+
+@dataclass
+class Server:
+    config: Config
+    model_path: str
+    model_id: str
+    root: Supervisor
+    registry: Registry
+    ingress_name: str = "ingress"
+    introspection: IntrospectionServer | None = None
+
+    @property
+    def port(self) -> int:
+        ingress = self.root.child("ingress")
+        return ingress.port if isinstance(ingress, IngressActor) else self.config.server.port
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        child = self.root.child("scheduler")
+        return child if isinstance(child, Scheduler) else None
+
+
+def build_server(config: Config, *, introspection_address: Address | None = None) -> Server:
+    model_path = config.model.path or str(default_model_path())
+    model_id = config.model.name or os.path.basename(model_path).removesuffix(".gguf")
+    tokenizer = Model(model_path, vocab_only=True)
+    info = tokenizer.info
+    template = ChatTemplate(info.chat_template, tokenizer.detokenize([info.bos], special=True),
+                            tokenizer.detokenize([info.eos], special=True))
+    registry = Registry()
+    metrics = Metrics(model_id, config.role)
+    sched = config.scheduler
+    ctx_size = min(config.model.ctx_size, info.n_ctx_train or config.model.ctx_size)
+    holder: dict[str, Scheduler] = {}
+
+    def make_worker() -> ProcessActor:
+        return ProcessActor(
+            "worker-0", WORKER_TARGET,
+            {"model_path": model_path, "n_slots": sched.n_parallel, "cells_per_slot": ctx_size,
+             "step_tokens": sched.step_tokens, "threads": config.model.threads,
+             "gpu_layers": config.model.gpu_layers},
+            role="worker", in_registry=registry)
+
+    def make_scheduler() -> Scheduler:
+        scheduler = Scheduler("scheduler", worker="worker-0", n_slots=sched.n_parallel,
+                              cells_per_slot=ctx_size, metrics=metrics,
+                              prefix_cache=sched.prefix_cache, max_waiting=sched.max_waiting,
+                              in_registry=registry)
+        holder["scheduler"] = scheduler
+        return scheduler
+
+    def is_ready() -> bool:
+        scheduler = holder.get("scheduler")
+        return scheduler is not None and scheduler.ready.is_set()
+
+    front = Frontend(model_id=model_id, tokenizer=tokenizer, template=template,
+                     ctx_size=ctx_size, scheduler=ActorRef("scheduler", registry),
+                     policy=ActorRef("policy", registry), metrics=metrics, is_ready=is_ready,
+                     max_body_bytes=config.server.max_body_bytes)
+    root = Supervisor("inferflux", [
+        ChildSpec("engine", lambda: Supervisor(
+            "engine", [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
+            max_restarts=5, max_seconds=60)),
+        ChildSpec("scheduler", make_scheduler),
+        ChildSpec("policy", lambda: PolicyActor("policy", in_registry=registry)),
+        ChildSpec("ingress", lambda: IngressActor(
+            "ingress", front=front, host=config.server.host, port=config.server.port,
+            graceful_timeout_s=config.server.drain_timeout_s, in_registry=registry),
+            shutdown_timeout_s=config.server.drain_timeout_s + 5),
+    ], max_restarts=10, max_seconds=60)
+    introspection = (IntrospectionServer(introspection_address, root.info)
+                     if introspection_address else None)
+    return Server(config, model_path, model_id, root, registry, introspection=introspection)
+
+
+async def run_server(server: Server, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+                     ) -> None:
+    """Run the tree until it stops (request_stop on the root, or it gives up)."""
+    async with trio.open_nursery() as nursery:
+        if server.introspection is not None:
+            await nursery.start(server.introspection.run)
+
+        async def root_then_leave(task_status: trio.TaskStatus[None]) -> None:
+            await server.root.run(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(root_then_leave)
+        task_status.started(server)

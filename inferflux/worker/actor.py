@@ -1,0 +1,100 @@
+"""The device worker: an actor in its own OS process that owns the model and runs steps.
+
+It runs the step loop itself (not one step per scheduler request): between steps it takes
+whatever Admit/Cancel/Evict messages arrived, then runs the next step and streams the
+StepResult out on the stream the scheduler opened with Attach. When nothing is running it
+sleeps until a message arrives. llama_decode runs on the Trio thread: a step is tens of
+milliseconds, and messages queue in nng meanwhile, to be taken in order before the next.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+
+from actors import Actor, Envelope
+
+from ..messages import (
+    Admit,
+    Attach,
+    Cancel,
+    Evict,
+    WorkerMessage,
+    WorkerReady,
+    WorkerReply,
+)
+from .engine import Engine
+from .llama import Context, Model
+
+
+class DeviceWorker(Actor):
+    message_type = WorkerMessage
+    reply_type = WorkerReply
+    mailbox_capacity = 4096
+
+    def __init__(self, name: str, *, model_path: str, n_slots: int, cells_per_slot: int,
+                 step_tokens: int, threads: int, gpu_layers: int = 0, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.model_path = model_path
+        self.n_slots = n_slots
+        self.cells_per_slot = cells_per_slot
+        self.step_tokens = step_tokens
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.gpu_layers = gpu_layers
+        self.engine: Engine | None = None
+        self._results: Envelope | None = None
+        self._wake = trio.Event()
+
+    async def started(self) -> None:
+        model = Model(self.model_path, n_gpu_layers=self.gpu_layers)
+        context = Context(model, n_ctx=self.n_slots * self.cells_per_slot,
+                          n_seq_max=self.n_slots, n_batch=self.step_tokens,
+                          n_threads=self.threads)
+        self.engine = Engine(model, context)
+        self.nursery.start_soon(self._step_loop)
+
+    async def stopping(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine.context.close()
+            self.engine.model.close()
+            self.engine = None
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        assert self.engine is not None
+        match message:
+            case Attach():
+                self._results = envelope
+                envelope.defer()
+                info = self.engine.model.info
+                envelope.send(WorkerReady(os.path.basename(self.model_path), info.n_ctx_train,
+                                          self.cells_per_slot, self.n_slots, os.getpid()))
+            case Admit():
+                self.engine.admit(message)
+            case Cancel(seq_id):
+                self.engine.cancel(seq_id)
+            case Evict(slot, keep):
+                self.engine.evict(slot, keep)
+        self._wake.set()
+        return None
+
+    def details(self) -> dict[str, float | int | str]:
+        if self.engine is None:
+            return {}
+        return {"running": len(self.engine.sequences), "steps": self.engine.steps}
+
+    async def _step_loop(self) -> None:
+        assert self.engine is not None
+        while True:
+            if self.engine.idle or self._results is None:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            result = self.engine.step()
+            self._results.send(result)
+            self.messages_out += 1
+            # Let the messages that arrived during the step in before the next one.
+            for _ in range(3):
+                await trio.sleep(0)

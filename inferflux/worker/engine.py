@@ -1,0 +1,201 @@
+"""The batched step: one llama_decode per step for every running sequence.
+
+Each step packs, in this order and within `step_tokens`:
+  1. one token for every decoding sequence (its last sampled token), then
+  2. prompt chunks of prefilling sequences, oldest first (chunked prefill: a long prompt
+     takes several steps and never stalls the decodes of others).
+Logits are requested only where a token must be sampled (a decode, or the last chunk of a
+prompt). Sampling, detokenization and stop strings then run per sequence, and the step's
+outcome is one StepResult for all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..messages import Admit, SeqOutput, StepResult
+from .llama import Context, Model
+from .output import TextOutput
+from .sampling import Sampler
+
+
+@dataclass(eq=False)
+class Sequence:
+    seq_id: int
+    slot: int
+    tokens: list[int]  # prompt to prefill (may include tokens re-admitted by recompute)
+    n_past: int  # tokens of this sequence already in the KV cache
+    sampler: Sampler
+    output: TextOutput
+    max_tokens: int
+    n_generated: int
+    ignore_eos: bool
+    next_token: int = -1  # sampled, not yet decoded
+    logit_index: int = -1
+    prompt_done_this_step: int = 0
+    new_tokens: list[int] = field(default_factory=list)
+    new_text: list[str] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.tokens)
+
+
+class Engine:
+    def __init__(self, model: Model, context: Context) -> None:
+        self.model = model
+        self.context = context
+        self.sequences: dict[int, Sequence] = {}
+        self._finished: list[SeqOutput] = []
+        self.steps = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.sequences and not self._finished
+
+    # control -------------------------------------------------------------------------
+    def admit(self, admit: Admit) -> None:
+        if admit.seq_id in self.sequences:
+            raise ValueError(f"sequence {admit.seq_id} is already running")
+        ctx = self.context
+        if admit.copy_from >= 0:
+            # With one KV stream per slot llama.cpp copies whole sequences only: copy all
+            # of the source, then cut it back to the shared prefix below.
+            ctx.seq_rm(admit.slot, 0)
+            ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
+        ctx.seq_rm(admit.slot, admit.n_cached)
+        sampler = Sampler(admit.sampling, self.model.info.n_vocab)
+        prompt_len = len(admit.tokens) - admit.n_generated
+        for token in admit.tokens[prompt_len:]:
+            sampler.accept(token)  # recompute: penalties see the tokens already generated
+        self.sequences[admit.seq_id] = Sequence(
+            seq_id=admit.seq_id,
+            slot=admit.slot,
+            tokens=admit.tokens,
+            n_past=min(admit.n_cached, len(admit.tokens) - 1),  # always compute >= 1 token
+            sampler=sampler,
+            output=TextOutput(admit.sampling.stop),
+            max_tokens=admit.sampling.max_tokens,
+            n_generated=admit.n_generated,
+            ignore_eos=admit.sampling.ignore_eos,
+        )
+        if admit.n_cached >= len(admit.tokens):
+            ctx.seq_rm(admit.slot, len(admit.tokens) - 1)
+
+    def cancel(self, seq_id: int) -> None:
+        seq = self.sequences.get(seq_id)
+        if seq is not None:
+            self._finish(seq, "cancelled")
+
+    def evict(self, slot: int, keep: int) -> None:
+        self.context.seq_rm(slot, keep)
+
+    # the step ------------------------------------------------------------------------
+    def step(self) -> StepResult:
+        start = time.perf_counter()
+        n_tokens, batch_seqs = self._fill_batch()
+        if n_tokens:
+            code = self.context.decode(n_tokens)
+            if code != 0:
+                self._on_decode_failure(code, batch_seqs)
+            else:
+                for seq in batch_seqs:
+                    seq.n_past += seq.prompt_done_this_step or 1
+                    if seq.logit_index >= 0:
+                        self._sample(seq)
+        outputs = self._finished
+        self._finished = []
+        for seq in self.sequences.values():
+            if seq.new_tokens or seq.prompt_done_this_step:
+                outputs.append(SeqOutput(seq.seq_id, seq.new_tokens, "".join(seq.new_text),
+                                         None, seq.prompt_done_this_step, seq.n_past))
+                seq.new_tokens, seq.new_text = [], []
+            seq.prompt_done_this_step = 0
+        self.steps += 1
+        return StepResult(self.steps, len(batch_seqs), n_tokens,
+                          time.perf_counter() - start, outputs)
+
+    def _fill_batch(self) -> tuple[int, list[Sequence]]:
+        batch = self.context.batch
+        capacity = self.context.n_batch
+        i = 0
+        used: list[Sequence] = []
+        decoding = [s for s in self.sequences.values() if not s.prefilling]
+        prefilling = [s for s in self.sequences.values() if s.prefilling]
+        for seq in decoding:
+            if i >= capacity:
+                break
+            self._put(batch, i, seq.next_token, seq.n_past, seq.slot, True)
+            seq.logit_index = i
+            seq.prompt_done_this_step = 0
+            used.append(seq)
+            i += 1
+        for seq in prefilling:
+            room = capacity - i
+            if room <= 0:
+                break
+            chunk = seq.tokens[seq.n_past : seq.n_past + room]
+            completes = seq.n_past + len(chunk) == len(seq.tokens)
+            for j, token in enumerate(chunk):
+                last = completes and j == len(chunk) - 1
+                self._put(batch, i + j, token, seq.n_past + j, seq.slot, last)
+            seq.logit_index = i + len(chunk) - 1 if completes else -1
+            seq.prompt_done_this_step = len(chunk)
+            used.append(seq)
+            i += len(chunk)
+        return i, used
+
+    @staticmethod
+    def _put(batch: object, i: int, token: int, pos: int, slot: int, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = slot
+        batch.logits[i] = logits
+
+    def _sample(self, seq: Sequence) -> None:
+        token = seq.sampler.sample(self.context.ptr, seq.logit_index)
+        seq.logit_index = -1
+        if self.model.is_eog(token) and not seq.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        seq.n_generated += 1
+        seq.new_tokens.append(token)
+        seq.new_text.append(seq.output.feed(self.model.piece(token)))
+        if seq.output.stopped:
+            self._finish(seq, "stop")
+        elif seq.n_generated >= seq.max_tokens:
+            self._finish(seq, "length")
+        elif seq.n_past + 1 >= self.context.n_ctx:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if reason in ("stop", "length"):
+            seq.new_text.append(seq.output.flush())
+        self._finished.append(SeqOutput(seq.seq_id, seq.new_tokens, "".join(seq.new_text),
+                                        reason, seq.prompt_done_this_step, seq.n_past))
+        seq.sampler.close()
+        del self.sequences[seq.seq_id]
+
+    def _on_decode_failure(self, code: int, batch_seqs: list[Sequence]) -> None:
+        """KV cache full (code 1): preempt the newest sequence in the batch; the scheduler
+        re-admits it by recompute once cells free up. Other codes are fatal for the step."""
+        if code != 1 or not batch_seqs:
+            raise RuntimeError(f"llama_decode failed with code {code}")
+        victim = max(batch_seqs, key=lambda s: s.seq_id)
+        for seq in batch_seqs:
+            seq.prompt_done_this_step = 0
+            seq.logit_index = -1
+            self.context.seq_rm(seq.slot, seq.n_past)  # nothing half-written survives
+        # The failed ubatch may have left partial cells for the victim: drop them.
+        self.context.seq_rm(victim.slot, 0)
+        victim.n_past = 0
+        self._finish(victim, "preempted")
+
+    def close(self) -> None:
+        for seq in self.sequences.values():
+            seq.sampler.close()
+        self.sequences.clear()

@@ -1,0 +1,179 @@
+"""Thin ownership wrappers over llama.cpp's C objects (model, context, batch).
+
+Everything here is synchronous and lives in the device worker's process. Objects are freed
+in `close()`, called from the worker's `finally`; llama.cpp is never touched from two
+threads at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+import llama_cpp as L
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        L.llama_backend_init()
+        if not os.environ.get("INFERFLUX_LLAMA_LOG"):
+            # llama.cpp logs every load detail to stderr; keep errors only.
+            L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+        _backend_ready = True
+
+
+@L.llama_log_callback
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if level >= 4:  # GGML_LOG_LEVEL_ERROR
+        os.write(2, text)
+
+
+@L.llama_progress_callback
+def _no_progress(progress: float, user_data: ctypes.c_void_p) -> bool:
+    return True  # keep loading, print nothing (the default prints dots to stderr)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    n_ctx_train: int
+    n_vocab: int
+    bos: int
+    eos: int
+    add_bos: bool
+    chat_template: str
+
+
+class Model:
+    """A loaded GGUF model. vocab_only=True loads the tokenizer alone (a few MB)."""
+
+    def __init__(self, path: str, *, vocab_only: bool = False, n_gpu_layers: int = 0) -> None:
+        _init_backend()
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"model file not found: {path}")
+        params = L.llama_model_default_params()
+        params.vocab_only = vocab_only
+        params.n_gpu_layers = n_gpu_layers
+        params.progress_callback = _no_progress
+        # llama.cpp's "extra buffer types" (weight repacking, AMX) crash in the AMX matmul
+        # on this CPU family with batches > 1 (seen with llama-cpp-python 0.3.36); plain
+        # buffers are safe everywhere. INFERFLUX_EXTRA_BUFTS=1 turns them back on.
+        params.use_extra_bufts = os.environ.get("INFERFLUX_EXTRA_BUFTS") == "1"
+        self.path = path
+        self.ptr = L.llama_model_load_from_file(path.encode(), params)
+        if not self.ptr:
+            raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF model?)")
+        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.info = ModelInfo(
+            name=self.meta("general.name") or os.path.basename(path),
+            n_ctx_train=L.llama_model_n_ctx_train(self.ptr) or self._ctx_train_from_meta(),
+            n_vocab=L.llama_vocab_n_tokens(self.vocab),
+            bos=L.llama_vocab_bos(self.vocab),
+            eos=L.llama_vocab_eos(self.vocab),
+            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)),
+            chat_template=self.meta("tokenizer.chat_template"),
+        )
+        self._piece = ctypes.create_string_buffer(256)
+
+    def _ctx_train_from_meta(self) -> int:
+        # A vocab-only load skips hyper-parameters; the GGUF metadata still has them.
+        value = self.meta(f"{self.meta('general.architecture')}.context_length")
+        return int(value) if value.isdigit() else 0
+
+    def meta(self, key: str) -> str:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = L.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return ""
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            L.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (L.llama_token * capacity)()
+        n = L.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            tokens = (L.llama_token * capacity)()
+            n = L.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special,
+                                 parse_special)
+        return list(tokens[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        n = L.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            return buf.raw[:n]
+        return self._piece.raw[:n]
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Context:
+    """A llama.cpp context with one unified KV cache shared by `n_seq_max` sequences.
+
+    kv_unified lets every sequence use any cell and lets llama_memory_seq_cp share cells
+    between sequences (prefix reuse costs no extra memory).
+    """
+
+    def __init__(self, model: Model, *, n_ctx: int, n_seq_max: int, n_batch: int,
+                 n_threads: int) -> None:
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = n_seq_max
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = os.environ.get("KVU", "1") == "1"
+        params.no_perf = True
+        if os.environ.get("FA"): params.flash_attn_type = int(os.environ["FA"])
+        self.ptr = L.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq_max})"
+            )
+        self.n_ctx = L.llama_n_ctx(self.ptr)
+        self.memory = L.llama_get_memory(self.ptr)
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self.n_batch = n_batch
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
+        L.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        L.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.memory, True)
+
+    def decode(self, n_tokens: int) -> int:
+        self.batch.n_tokens = n_tokens
+        return L.llama_decode(self.ptr, self.batch)
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,49 @@
+"""A llama.cpp sampler chain per sequence, built from OpenAI-style sampling parameters.
+
+Order follows llama.cpp's common defaults: penalties, top-k, top-p, min-p, temperature,
+then the final pick (greedy at temperature 0, else a seeded distribution draw). Each
+sequence owns its chain, so a seed gives the same output whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import random
+
+import llama_cpp as L
+
+from ..messages import SamplingParams
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = lambda s: L.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        if params.presence_penalty or params.frequency_penalty:
+            # OpenAI semantics: penalties count generated tokens; -1 = the whole context.
+            add(L.llama_sampler_init_penalties(
+                n_vocab, -1, 1.0, params.frequency_penalty, params.presence_penalty))
+        if params.temperature <= 0.0:
+            add(L.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(L.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(L.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(L.llama_sampler_init_min_p(params.min_p, 1))
+        add(L.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: object, batch_index: int) -> int:
+        """Pick from the logits at `batch_index` of the last decode (and accept it)."""
+        return L.llama_sampler_sample(self.chain, ctx, batch_index)
+
+    def accept(self, token: int) -> None:
+        """Replay a token chosen earlier (recompute after a crash keeps penalties right)."""
+        L.llama_sampler_accept(self.chain, token)
+
+    def close(self) -> None:
+        if self.chain:
+            L.llama_sampler_free(self.chain)
+            self.chain = None
