@@ -1,0 +1,107 @@
+"""Shared fixtures: a real server process on the real default model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from inferflux.model.store import default_model_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    port: int
+    log_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metrics(self) -> dict[str, float]:
+        """Prometheus samples as {'name{labels}': value}."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include `labels`."""
+        total = 0.0
+        for key, value in self.metrics().items():
+            base = key.split("{", 1)[0]
+            if base == name and all(f'{k}="{v}"' in key for k, v in labels.items()):
+                total += value
+        return total
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+
+def start_server(tmp_dir: str, *args: str, timeout_s: float = 120) -> RunningServer:
+    port = free_port()
+    log_path = os.path.join(tmp_dir, f"server-{port}.log")
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferflux", "run", "--port", str(port), *args],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    )
+    server = RunningServer(process, port, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"server not ready in {timeout_s}s:\n{server.log()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    return str(default_model_path(quiet=True))
+
+
+@pytest.fixture(scope="session")
+def server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the API tests: 8 slots, 1024-token windows, step budget 256."""
+    running = start_server(str(tmp_path_factory.mktemp("server")), "--n-parallel", "8",
+                           "--ctx-size", "1024", "--threads", "2")
+    yield running
+    stop_server(running)
