@@ -33,6 +33,7 @@ class Actor:
         self.messages_out = 0
         self.last_error = ""
         self._nursery: trio.Nursery | None = None
+        self._deferred: list[Envelope] = []  # requests answered later (long-lived streams)
 
     # hooks to override -----------------------------------------------------------
     async def started(self) -> None:
@@ -82,6 +83,9 @@ class Actor:
         finally:
             self.registry.unregister(self.name, self.mailbox)
             self.mailbox.fail_pending(ActorUnavailable(self.name, "stopped before handling"))
+            for envelope in self._deferred:  # never leave a stream reader waiting
+                envelope.fail(ActorCrashed(self.name, self.last_error or "stopped"))
+            self._deferred.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.stopping()
             self._nursery = None
@@ -102,7 +106,10 @@ class Actor:
             except Exception as exc:
                 envelope.fail(error_for_caller(self.name, exc))
                 raise
-            if not envelope.answered and not envelope.deferred:
+            if envelope.deferred:
+                self._deferred = [e for e in self._deferred if not e.answered]
+                self._deferred.append(envelope)
+            elif not envelope.answered:
                 envelope.reply(result)
                 self.messages_out += 1
 

@@ -16,9 +16,12 @@ from .model.store import ModelStoreError
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="inferflux", description="InferFlux inference server")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="serve a model over the OpenAI HTTP API",
-                              description="Serve a GGUF model. Without --model, the default "
-                              "model (SmolLM2-135M-Instruct Q4_1) is fetched on first run.")
+    run = commands.add_parser(
+        "run",
+        help="serve a model over the OpenAI HTTP API",
+        description="Serve a GGUF model. Without --model, the default "
+        "model (SmolLM2-135M-Instruct Q4_1) is fetched on first run.",
+    )
     run.add_argument("--model", help="GGUF file to serve (default: the built-in default model)")
     run.add_argument("--model-name", help="model id clients send (default: file name)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -37,23 +40,39 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.role is not None and args.role != "unified":
-        print(f"inferflux: --role {args.role} is not available yet; only --role unified is "
-              "(disaggregated prefill/decode is on the roadmap)", file=sys.stderr)
+        print(
+            f"inferflux: --role {args.role} is not available yet; only --role unified is "
+            "(disaggregated prefill/decode is on the roadmap)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        config = load_config(args.config, overrides={
-            "server": {"host": args.host, "port": args.port},
-            "model": {"path": args.model, "name": args.model_name, "ctx_size": args.ctx_size,
-                      "threads": args.threads, "gpu_layers": args.gpu_layers},
-            "scheduler": {"n_parallel": args.n_parallel,
-                          "prefix_cache": False if args.no_prefix_cache else None},
-        })
+        config = load_config(
+            args.config,
+            overrides={
+                "server": {"host": args.host, "port": args.port},
+                "model": {
+                    "path": args.model,
+                    "name": args.model_name,
+                    "ctx_size": args.ctx_size,
+                    "threads": args.threads,
+                    "gpu_layers": args.gpu_layers,
+                },
+                "scheduler": {
+                    "n_parallel": args.n_parallel,
+                    "prefix_cache": False if args.no_prefix_cache else None,
+                },
+            },
+        )
         if config.role != "unified":
-            print(f"inferflux: role {config.role!r} is not available yet; use unified",
-                  file=sys.stderr)
+            print(
+                f"inferflux: role {config.role!r} is not available yet; use unified",
+                file=sys.stderr,
+            )
             return 2
         from .server import build_server
 
@@ -80,10 +99,18 @@ async def _serve(server) -> None:  # noqa: ANN001
                 nursery.cancel_scope.cancel()  # the tree stopped: stop waiting for signals
 
             await nursery.start(serve_then_leave)
-            log.info("serving %s on http://%s:%d/v1 (role %s)", server.model_id,
-                     server.config.server.host, server.port, server.config.role)
+            log.info(
+                "serving %s on http://%s:%d/v1 (role %s)",
+                server.model_id,
+                server.config.server.host,
+                server.port,
+                server.config.role,
+            )
             async for signum in signals:
-                log.info("%s: draining (up to %.0fs), then exiting",
-                         signal.Signals(signum).name, server.config.server.drain_timeout_s)
+                log.info(
+                    "%s: draining (up to %.0fs), then exiting",
+                    signal.Signals(signum).name,
+                    server.config.server.drain_timeout_s,
+                )
                 server.root.request_stop()
                 break

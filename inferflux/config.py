@@ -69,8 +69,11 @@ class ConfigError(ValueError):
 ENV_PREFIX = "INFERFLUX_"
 
 
-def load_config(path: str | None = None, env: dict[str, str] | None = None,
-                overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+def load_config(
+    path: str | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
     raw: dict[str, Any] = {}
     if path:
         raw = _read_file(Path(path))
@@ -142,7 +145,9 @@ def _check(config: Config) -> None:
     if config.scheduler.n_parallel < 1:
         problems.append(f"scheduler.n_parallel must be >= 1, got {config.scheduler.n_parallel}")
     if config.scheduler.step_tokens < config.scheduler.n_parallel:
-        problems.append("scheduler.step_tokens must be >= scheduler.n_parallel "
-                        "(every running sequence decodes one token per step)")
+        problems.append(
+            "scheduler.step_tokens must be >= scheduler.n_parallel "
+            "(every running sequence decodes one token per step)"
+        )
     if problems:
         raise ConfigError("; ".join(problems))

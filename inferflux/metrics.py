@@ -27,7 +27,9 @@ class Metrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(f"inferflux:{name}", doc, labels, buckets=buckets, registry=r)
 
-        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", LATENCY_BUCKETS)
+        self.ttft = histogram(
+            "time_to_first_token_seconds", "Time to first token.", LATENCY_BUCKETS
+        )
         self.itl = histogram("inter_token_latency_seconds", "Time between tokens.", LATENCY_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "Request latency.", LATENCY_BUCKETS)
         self.running = gauge("num_requests_running", "Sequences in the running batch.")
@@ -36,13 +38,15 @@ class Metrics:
         self.prefix_queries = counter("prefix_cache_queries", "Prompt tokens looked up.")
         self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the cache.")
         self.prompt_tokens = counter("prompt_tokens_total", "Prompt tokens received.")
-        self.prompt_computed = counter("prompt_tokens_computed_total",
-                                       "Prompt tokens actually prefilled (not reused).")
+        self.prompt_computed = counter(
+            "prompt_tokens_computed_total", "Prompt tokens actually prefilled (not reused)."
+        )
         self.generation_tokens = counter("generation_tokens_total", "Tokens generated.")
         self.success = counter("request_success_total", "Finished requests.", ("finished_reason",))
         self.batch_size = histogram("batch_size", "Sequences per engine step.", BATCH_BUCKETS)
-        self.step_duration = histogram("step_duration_seconds", "Engine step time.",
-                                       LATENCY_BUCKETS)
+        self.step_duration = histogram(
+            "step_duration_seconds", "Engine step time.", LATENCY_BUCKETS
+        )
         self.restarts = counter("actor_restarts_total", "Worker restarts seen.", ("actor",))
         self.labels = {"model": model, "role": role}
 

@@ -61,8 +61,11 @@ def build_server(config: Config, *, introspection_address: Address | None = None
     model_id = config.model.name or os.path.basename(model_path).removesuffix(".gguf")
     tokenizer = Model(model_path, vocab_only=True)
     info = tokenizer.info
-    template = ChatTemplate(info.chat_template, tokenizer.detokenize([info.bos], special=True),
-                            tokenizer.detokenize([info.eos], special=True))
+    template = ChatTemplate(
+        info.chat_template,
+        tokenizer.detokenize([info.bos], special=True),
+        tokenizer.detokenize([info.eos], special=True),
+    )
     registry = Registry()
     metrics = Metrics(model_id, config.role)
     sched = config.scheduler
@@ -71,17 +74,31 @@ def build_server(config: Config, *, introspection_address: Address | None = None
 
     def make_worker() -> ProcessActor:
         return ProcessActor(
-            "worker-0", WORKER_TARGET,
-            {"model_path": model_path, "n_slots": sched.n_parallel, "cells_per_slot": ctx_size,
-             "step_tokens": sched.step_tokens, "threads": config.model.threads,
-             "gpu_layers": config.model.gpu_layers},
-            role="worker", in_registry=registry)
+            "worker-0",
+            WORKER_TARGET,
+            {
+                "model_path": model_path,
+                "n_slots": sched.n_parallel,
+                "cells_per_slot": ctx_size,
+                "step_tokens": sched.step_tokens,
+                "threads": config.model.threads,
+                "gpu_layers": config.model.gpu_layers,
+            },
+            role="worker",
+            in_registry=registry,
+        )
 
     def make_scheduler() -> Scheduler:
-        scheduler = Scheduler("scheduler", worker="worker-0", n_slots=sched.n_parallel,
-                              cells_per_slot=ctx_size, metrics=metrics,
-                              prefix_cache=sched.prefix_cache, max_waiting=sched.max_waiting,
-                              in_registry=registry)
+        scheduler = Scheduler(
+            "scheduler",
+            worker="worker-0",
+            n_slots=sched.n_parallel,
+            cells_per_slot=ctx_size,
+            metrics=metrics,
+            prefix_cache=sched.prefix_cache,
+            max_waiting=sched.max_waiting,
+            in_registry=registry,
+        )
         holder["scheduler"] = scheduler
         return scheduler
 
@@ -89,28 +106,56 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         scheduler = holder.get("scheduler")
         return scheduler is not None and scheduler.ready.is_set()
 
-    front = Frontend(model_id=model_id, tokenizer=tokenizer, template=template,
-                     ctx_size=ctx_size, scheduler=ActorRef("scheduler", registry),
-                     policy=ActorRef("policy", registry), metrics=metrics, is_ready=is_ready,
-                     max_body_bytes=config.server.max_body_bytes)
-    root = Supervisor("inferflux", [
-        ChildSpec("engine", lambda: Supervisor(
-            "engine", [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
-            max_restarts=5, max_seconds=60)),
-        ChildSpec("scheduler", make_scheduler),
-        ChildSpec("policy", lambda: PolicyActor("policy", in_registry=registry)),
-        ChildSpec("ingress", lambda: IngressActor(
-            "ingress", front=front, host=config.server.host, port=config.server.port,
-            graceful_timeout_s=config.server.drain_timeout_s, in_registry=registry),
-            shutdown_timeout_s=config.server.drain_timeout_s + 5),
-    ], max_restarts=10, max_seconds=60)
-    introspection = (IntrospectionServer(introspection_address, root.info)
-                     if introspection_address else None)
+    front = Frontend(
+        model_id=model_id,
+        tokenizer=tokenizer,
+        template=template,
+        ctx_size=ctx_size,
+        scheduler=ActorRef("scheduler", registry),
+        policy=ActorRef("policy", registry),
+        metrics=metrics,
+        is_ready=is_ready,
+        max_body_bytes=config.server.max_body_bytes,
+    )
+    root = Supervisor(
+        "inferflux",
+        [
+            ChildSpec(
+                "engine",
+                lambda: Supervisor(
+                    "engine",
+                    [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
+                    max_restarts=5,
+                    max_seconds=60,
+                ),
+            ),
+            ChildSpec("scheduler", make_scheduler),
+            ChildSpec("policy", lambda: PolicyActor("policy", in_registry=registry)),
+            ChildSpec(
+                "ingress",
+                lambda: IngressActor(
+                    "ingress",
+                    front=front,
+                    host=config.server.host,
+                    port=config.server.port,
+                    graceful_timeout_s=config.server.drain_timeout_s,
+                    in_registry=registry,
+                ),
+                shutdown_timeout_s=config.server.drain_timeout_s + 5,
+            ),
+        ],
+        max_restarts=10,
+        max_seconds=60,
+    )
+    introspection = (
+        IntrospectionServer(introspection_address, root.info) if introspection_address else None
+    )
     return Server(config, model_path, model_id, root, registry, introspection=introspection)
 
 
-async def run_server(server: Server, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
-                     ) -> None:
+async def run_server(
+    server: Server, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run the tree until it stops (request_stop on the root, or it gives up)."""
     async with trio.open_nursery() as nursery:
         if server.introspection is not None:

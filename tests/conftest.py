@@ -66,7 +66,9 @@ def start_server(tmp_dir: str, *args: str, timeout_s: float = 120) -> RunningSer
     log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "inferflux", "run", "--port", str(port), *args],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
     )
     server = RunningServer(process, port, log_path)
     deadline = time.monotonic() + timeout_s
@@ -101,7 +103,14 @@ def model_path() -> str:
 @pytest.fixture(scope="session")
 def server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server for the API tests: 8 slots, 1024-token windows, step budget 256."""
-    running = start_server(str(tmp_path_factory.mktemp("server")), "--n-parallel", "8",
-                           "--ctx-size", "1024", "--threads", "2")
+    running = start_server(
+        str(tmp_path_factory.mktemp("server")),
+        "--n-parallel",
+        "8",
+        "--ctx-size",
+        "1024",
+        "--threads",
+        "2",
+    )
     yield running
     stop_server(running)

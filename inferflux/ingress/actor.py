@@ -19,8 +19,16 @@ from .app import Frontend, create_app
 
 
 class IngressActor(Actor):
-    def __init__(self, name: str, *, front: Frontend, host: str, port: int,
-                 graceful_timeout_s: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        front: Frontend,
+        host: str,
+        port: int,
+        graceful_timeout_s: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, **kwargs)
         self.front = front
         self.host, self.port = host, port
@@ -37,8 +45,10 @@ class IngressActor(Actor):
         config.errorlog = logging.getLogger("hypercorn.error")
         app = create_app(self.front)
         self.bound = await self.nursery.start(
-            lambda task_status: serve(app, config, shutdown_trigger=self._shutdown.wait,
-                                      task_status=task_status))
+            lambda task_status: serve(
+                app, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
+            )
+        )
         if self.port == 0 and self.bound:
             self.port = int(self.bound[0].rsplit(":", 1)[1])
 

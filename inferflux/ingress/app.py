@@ -73,14 +73,19 @@ def create_app(front: Frontend) -> QuartTrio:
         message = error.description or error.name
         if error.code == 413:
             message = f"request body larger than the limit of {front.max_body_bytes} bytes"
-        return error_response(APIError(error.code or 400, message,
-                                       code=code.get(error.code or 0)))
+        return error_response(APIError(error.code or 400, message, code=code.get(error.code or 0)))
 
     @app.errorhandler(Exception)
     async def on_unexpected(error: Exception) -> Response:
         log.exception("unhandled error in request")
-        return error_response(APIError(500, f"internal error: {type(error).__name__}",
-                                       type="server_error", code="internal_error"))
+        return error_response(
+            APIError(
+                500,
+                f"internal error: {type(error).__name__}",
+                type="server_error",
+                code="internal_error",
+            )
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -90,8 +95,11 @@ def create_app(front: Frontend) -> QuartTrio:
     async def readyz() -> Response:
         if front.is_ready():
             return Response(b'{"status":"ready"}', content_type="application/json")
-        return Response(b'{"status":"not ready","reason":"no model worker ready"}',
-                        status=503, content_type="application/json")
+        return Response(
+            b'{"status":"not ready","reason":"no model worker ready"}',
+            status=503,
+            content_type="application/json",
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -99,8 +107,14 @@ def create_app(front: Frontend) -> QuartTrio:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        return json_response({"object": "list", "data": [
-            {"id": front.model_id, "object": "model", "created": 0, "owned_by": "inferflux"}]})
+        return json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": front.model_id, "object": "model", "created": 0, "owned_by": "inferflux"}
+                ],
+            }
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
@@ -111,19 +125,28 @@ def create_app(front: Frontend) -> QuartTrio:
             raise from_decode_error(exc) from None
         _check_common(chat)
         if not chat.messages:
-            raise APIError(400, "messages must contain at least one message", param="messages",
-                           code="invalid_value")
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in chat.messages]
+            raise APIError(
+                400,
+                "messages must contain at least one message",
+                param="messages",
+                code="invalid_value",
+            )
+        messages = [
+            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+            for m in chat.messages
+        ]
         try:
             prompt_text = front.template.render(messages)
         except TemplateError as exc:
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         prompt = front.tokenizer.tokenize(prompt_text, add_special=True, parse_special=True)
         max_tokens = chat.max_completion_tokens or chat.max_tokens
-        submit = await _prepare(chat, prompt, max_tokens,
-                                "max_completion_tokens" if chat.max_completion_tokens
-                                else "max_tokens")
+        submit = await _prepare(
+            chat,
+            prompt,
+            max_tokens,
+            "max_completion_tokens" if chat.max_completion_tokens else "max_tokens",
+        )
         return await _respond(submit, chat, "chat")
 
     @app.post("/v1/completions")
@@ -138,12 +161,20 @@ def create_app(front: Frontend) -> QuartTrio:
         if isinstance(prompt_field, list):
             kinds = {type(item) for item in prompt_field}
             if len(kinds) > 1:
-                raise APIError(400, "prompt must be a string, a list of strings, or a list of "
-                                    "token ids, not a mix", param="prompt", code="invalid_value")
+                raise APIError(
+                    400,
+                    "prompt must be a string, a list of strings, or a list of token ids, not a mix",
+                    param="prompt",
+                    code="invalid_value",
+                )
         if isinstance(prompt_field, list) and prompt_field and isinstance(prompt_field[0], str):
             if len(prompt_field) != 1:
-                raise APIError(400, "several prompts in one request are not supported yet",
-                               param="prompt", code="invalid_value")
+                raise APIError(
+                    400,
+                    "several prompts in one request are not supported yet",
+                    param="prompt",
+                    code="invalid_value",
+                )
             prompt_field = prompt_field[0]
         if isinstance(prompt_field, str):
             prompt = front.tokenizer.tokenize(prompt_field, add_special=True, parse_special=False)
@@ -151,8 +182,9 @@ def create_app(front: Frontend) -> QuartTrio:
             prompt = [int(t) for t in prompt_field]
             bad = [t for t in prompt if not 0 <= t < front.tokenizer.info.n_vocab]
             if bad:
-                raise APIError(400, f"token ids out of range: {bad[:5]}", param="prompt",
-                               code="invalid_value")
+                raise APIError(
+                    400, f"token ids out of range: {bad[:5]}", param="prompt", code="invalid_value"
+                )
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         submit = await _prepare(completion, prompt, completion.max_tokens, "max_tokens")
@@ -161,36 +193,52 @@ def create_app(front: Frontend) -> QuartTrio:
     async def _read_body() -> bytes:
         length = request.content_length
         if length is not None and length > front.max_body_bytes:
-            raise APIError(413, f"request body of {length} bytes is larger than the limit of "
-                                f"{front.max_body_bytes} bytes", code="request_too_large")
+            raise APIError(
+                413,
+                f"request body of {length} bytes is larger than the limit of "
+                f"{front.max_body_bytes} bytes",
+                code="request_too_large",
+            )
         return await request.get_data(cache=False)
 
     def _check_common(req: ChatCompletionRequest | CompletionRequest) -> None:
         if req.model != front.model_id:
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves "
-                                f"{front.model_id!r}", type="invalid_request_error",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {req.model!r} does not exist; this server serves {front.model_id!r}",
+                type="invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
         unsupported = check_unsupported(req)
         if unsupported:
             param, message = unsupported
             raise APIError(400, message, param=param, code="unsupported_parameter")
 
-    async def _prepare(req: ChatCompletionRequest | CompletionRequest, prompt: list[int],
-                       max_tokens: int | None, max_param: str) -> Submit:
+    async def _prepare(
+        req: ChatCompletionRequest | CompletionRequest,
+        prompt: list[int],
+        max_tokens: int | None,
+        max_param: str,
+    ) -> Submit:
         room = front.ctx_size - len(prompt)
         if room <= 0 or (max_tokens is not None and max_tokens > room):
             wanted = len(prompt) + (max_tokens or 0)
-            raise APIError(400, f"this model's context window is {front.ctx_size} tokens; the "
-                                f"prompt has {len(prompt)} tokens and max tokens asks for "
-                                f"{max_tokens or 0} (total {wanted})",
-                           param=max_param if room > 0 else "messages",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"this model's context window is {front.ctx_size} tokens; the "
+                f"prompt has {len(prompt)} tokens and max tokens asks for "
+                f"{max_tokens or 0} (total {wanted})",
+                param=max_param if room > 0 else "messages",
+                code="context_length_exceeded",
+            )
         seq_id = next_seq_id()
         try:
             await front.policy.call(Authorize(seq_id, front.model_id, len(prompt)), timeout_s=5)
         except ActorError as exc:
-            raise APIError(503, f"policy unavailable: {exc}", type="service_unavailable",
-                           retry_after_s=2) from None
+            raise APIError(
+                503, f"policy unavailable: {exc}", type="service_unavailable", retry_after_s=2
+            ) from None
         sampling = SamplingParams(
             max_tokens=max_tokens or room,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -211,8 +259,9 @@ def create_app(front: Frontend) -> QuartTrio:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             body = _stream(generation, kind, include_usage)
-            return Response(body, content_type="text/event-stream",
-                            headers={"cache-control": "no-cache"})
+            return Response(
+                body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
         try:
             text, reason, use = [], None, usage(len(submit.prompt), 0, 0)
             async for delta in generation.deltas():
@@ -224,18 +273,37 @@ def create_app(front: Frontend) -> QuartTrio:
             await generation.close()
         content = "".join(text)
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": content},
-                      "logprobs": None, "finish_reason": reason}
-            return json_response({"id": request_id("chatcmpl"), "object": "chat.completion",
-                                  "created": now(), "model": front.model_id,
-                                  "choices": [choice], "usage": use})
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            return json_response(
+                {
+                    "id": request_id("chatcmpl"),
+                    "object": "chat.completion",
+                    "created": now(),
+                    "model": front.model_id,
+                    "choices": [choice],
+                    "usage": use,
+                }
+            )
         choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": reason}
-        return json_response({"id": request_id("cmpl"), "object": "text_completion",
-                              "created": now(), "model": front.model_id, "choices": [choice],
-                              "usage": use})
+        return json_response(
+            {
+                "id": request_id("cmpl"),
+                "object": "text_completion",
+                "created": now(),
+                "model": front.model_id,
+                "choices": [choice],
+                "usage": use,
+            }
+        )
 
-    async def _stream(generation: Generation, kind: str,
-                      include_usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        generation: Generation, kind: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
         rid = request_id("chatcmpl" if kind == "chat" else "cmpl")
         created = now()
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -249,10 +317,16 @@ def create_app(front: Frontend) -> QuartTrio:
                     delta["content"] = text
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
             else:
-                choice = {"index": 0, "text": text or "", "logprobs": None,
-                          "finish_reason": reason}
-            return sse({"id": rid, "object": obj, "created": created,
-                        "model": front.model_id, "choices": [choice]})
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+            return sse(
+                {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": front.model_id,
+                    "choices": [choice],
+                }
+            )
 
         try:
             if kind == "chat":
@@ -263,10 +337,20 @@ def create_app(front: Frontend) -> QuartTrio:
                 if delta.finish_reason:
                     yield chunk(None if kind == "chat" else "", delta.finish_reason)
                     if include_usage:
-                        yield sse({"id": rid, "object": obj, "created": created,
-                                   "model": front.model_id, "choices": [],
-                                   "usage": usage(delta.prompt_tokens, delta.completion_tokens,
-                                                  delta.cached_tokens)})
+                        yield sse(
+                            {
+                                "id": rid,
+                                "object": obj,
+                                "created": created,
+                                "model": front.model_id,
+                                "choices": [],
+                                "usage": usage(
+                                    delta.prompt_tokens,
+                                    delta.completion_tokens,
+                                    delta.cached_tokens,
+                                ),
+                            }
+                        )
             yield SSE_DONE
         except APIError as error:
             # Headers are gone already: the error travels as an SSE event, then the end.

@@ -6,16 +6,31 @@ import msgspec
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code, self.retry_after_s = param, code, retry_after_s
 
     def body(self) -> bytes:
-        return msgspec.json.encode({"error": {"message": self.message, "type": self.type,
-                                              "param": self.param, "code": self.code}})
+        return msgspec.json.encode(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
+        )
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}

@@ -48,7 +48,8 @@ class Generation:
     async def start(self) -> None:
         try:
             self._items = await self._stack.enter_async_context(
-                self.scheduler.stream(self.submit, first_timeout_s=5.0))
+                self.scheduler.stream(self.submit, first_timeout_s=5.0)
+            )
             self.first = await anext(self._items)
         except StopAsyncIteration:
             self.first = None
@@ -87,14 +88,25 @@ class Generation:
 
 def _api_error(exc: BaseException) -> BaseException:
     if isinstance(exc, Overloaded):
-        return APIError(429, str(exc), type="rate_limit_error", code="overloaded",
-                        retry_after_s=exc.retry_after_s)
+        return APIError(
+            429,
+            str(exc),
+            type="rate_limit_error",
+            code="overloaded",
+            retry_after_s=exc.retry_after_s,
+        )
     if isinstance(exc, NotReady):
-        return APIError(503, str(exc), type="service_unavailable", code="not_ready",
-                        retry_after_s=2)
+        return APIError(
+            503, str(exc), type="service_unavailable", code="not_ready", retry_after_s=2
+        )
     if isinstance(exc, ActorError):
-        return APIError(503, f"inference backend unavailable: {exc}", type="service_unavailable",
-                        code="backend_unavailable", retry_after_s=2)
+        return APIError(
+            503,
+            f"inference backend unavailable: {exc}",
+            type="service_unavailable",
+            code="backend_unavailable",
+            retry_after_s=2,
+        )
     return exc
 
 
@@ -106,9 +118,12 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def now() -> int:

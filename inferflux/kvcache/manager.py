@@ -47,8 +47,14 @@ class KVStats:
 
 
 class KVCacheManager:
-    def __init__(self, n_slots: int, cells_per_slot: int, *, prefix_cache: bool = True,
-                 min_reuse_tokens: int = 1) -> None:
+    def __init__(
+        self,
+        n_slots: int,
+        cells_per_slot: int,
+        *,
+        prefix_cache: bool = True,
+        min_reuse_tokens: int = 1,
+    ) -> None:
         self.n_slots = n_slots
         self.cells_per_slot = cells_per_slot
         self.prefix_cache = prefix_cache
@@ -70,9 +76,17 @@ class KVCacheManager:
         return self.state.count("running")
 
     def stats(self) -> KVStats:
-        return KVStats(self.n_slots, self.running, self.state.count("cached"),
-                       self.cells_per_slot, sum(self.cells), self.prefix_queries,
-                       self.prefix_hits, self.prefix_query_tokens, self.prefix_hit_tokens)
+        return KVStats(
+            self.n_slots,
+            self.running,
+            self.state.count("cached"),
+            self.cells_per_slot,
+            sum(self.cells),
+            self.prefix_queries,
+            self.prefix_hits,
+            self.prefix_query_tokens,
+            self.prefix_hit_tokens,
+        )
 
     # decisions -------------------------------------------------------------------------
     def place(self, prompt: list[int]) -> Placement | None:

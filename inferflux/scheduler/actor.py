@@ -53,9 +53,18 @@ class Request:
 class Scheduler(Actor):
     mailbox_capacity = 4096
 
-    def __init__(self, name: str, *, worker: str, n_slots: int, cells_per_slot: int,
-                 metrics: Metrics, prefix_cache: bool = True, max_waiting: int = 256,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        worker: str,
+        n_slots: int,
+        cells_per_slot: int,
+        metrics: Metrics,
+        prefix_cache: bool = True,
+        max_waiting: int = 256,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, **kwargs)
         self.worker = ActorRef(worker, self.registry)
         self.kv = KVCacheManager(n_slots, cells_per_slot, prefix_cache=prefix_cache)
@@ -133,9 +142,18 @@ class Scheduler(Actor):
             self.running[request.seq_id] = request
             self.metrics.of(self.metrics.prefix_queries).inc(len(tokens))
             self.metrics.of(self.metrics.prefix_hits).inc(placement.n_cached)
-            self._cast(Admit(request.seq_id, placement.slot, tokens, request.sampling,
-                             placement.n_cached, placement.copy_from, placement.n_cached,
-                             len(request.generated)))
+            self._cast(
+                Admit(
+                    request.seq_id,
+                    placement.slot,
+                    tokens,
+                    request.sampling,
+                    placement.n_cached,
+                    placement.copy_from,
+                    placement.n_cached,
+                    len(request.generated),
+                )
+            )
         self._update_gauges()
 
     def _maybe_preempt_for(self, request: Request) -> None:
@@ -157,8 +175,9 @@ class Scheduler(Actor):
     async def _follow_worker(self) -> None:
         while True:
             try:
-                async with self.worker.stream(Attach(), buffer=100_000,
-                                              first_timeout_s=1.0) as results:
+                async with self.worker.stream(
+                    Attach(), buffer=100_000, first_timeout_s=1.0
+                ) as results:
                     async for item in results:
                         if isinstance(item, WorkerReady):
                             self._on_worker_ready(item)
@@ -224,13 +243,17 @@ class Scheduler(Actor):
         request.last_token_at = now
         self.metrics.of(self.metrics.generation_tokens).inc(n)
 
-    def _finish(self, request: Request, reason: str, token_ids: list[int], text: str,
-                kv_tokens: int) -> None:
+    def _finish(
+        self, request: Request, reason: str, token_ids: list[int], text: str, kv_tokens: int
+    ) -> None:
         del self.running[request.seq_id]
-        held = (request.admitted_tokens + request.generated[len(request.admitted_tokens)
-                                                            - len(request.prompt):])
-        if reason == "preempted" or (reason == "cancelled" and request.preempting
-                                     and not request.aborted):
+        held = (
+            request.admitted_tokens
+            + request.generated[len(request.admitted_tokens) - len(request.prompt) :]
+        )
+        if reason == "preempted" or (
+            reason == "cancelled" and request.preempting and not request.aborted
+        ):
             self.kv.release(request.slot, None)
             if token_ids or text:
                 self._send(request, Delta(token_ids, text))
@@ -240,8 +263,17 @@ class Scheduler(Actor):
         if reason == "cancelled":
             request.envelope.reply(None)
             return
-        self._send(request, Delta(token_ids, text, reason, len(request.prompt),
-                                  len(request.generated), request.cached_tokens))
+        self._send(
+            request,
+            Delta(
+                token_ids,
+                text,
+                reason,
+                len(request.prompt),
+                len(request.generated),
+                request.cached_tokens,
+            ),
+        )
         request.envelope.reply(None)
         self.metrics.success.labels(finished_reason=reason, **self.metrics.labels).inc()
         self.metrics.of(self.metrics.e2e).observe(time.monotonic() - request.arrival)
@@ -260,8 +292,13 @@ class Scheduler(Actor):
 
     def details(self) -> dict[str, float | int | str]:
         stats = self.kv.stats()
-        return {"running": len(self.running), "waiting": len(self.waiting),
-                "steps": self.steps, "max_batch": self.max_batch_seen,
-                "kv_cells_used": stats.cells_used, "kv_slots_cached": stats.cached,
-                "prefix_hit_tokens": stats.prefix_hit_tokens,
-                "worker_restarts": self.worker_restarts}
+        return {
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "steps": self.steps,
+            "max_batch": self.max_batch_seen,
+            "kv_cells_used": stats.cells_used,
+            "kv_slots_cached": stats.cached,
+            "prefix_hit_tokens": stats.prefix_hit_tokens,
+            "worker_restarts": self.worker_restarts,
+        }

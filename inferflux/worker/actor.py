@@ -34,8 +34,18 @@ class DeviceWorker(Actor):
     reply_type = WorkerReply
     mailbox_capacity = 4096
 
-    def __init__(self, name: str, *, model_path: str, n_slots: int, cells_per_slot: int,
-                 step_tokens: int, threads: int, gpu_layers: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        model_path: str,
+        n_slots: int,
+        cells_per_slot: int,
+        step_tokens: int,
+        threads: int,
+        gpu_layers: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, **kwargs)
         self.model_path = model_path
         self.n_slots = n_slots
@@ -49,9 +59,13 @@ class DeviceWorker(Actor):
 
     async def started(self) -> None:
         model = Model(self.model_path, n_gpu_layers=self.gpu_layers)
-        context = Context(model, n_ctx=self.n_slots * self.cells_per_slot,
-                          n_seq_max=self.n_slots, n_batch=self.step_tokens,
-                          n_threads=self.threads)
+        context = Context(
+            model,
+            n_ctx=self.n_slots * self.cells_per_slot,
+            n_seq_max=self.n_slots,
+            n_batch=self.step_tokens,
+            n_threads=self.threads,
+        )
         self.engine = Engine(model, context)
         self.nursery.start_soon(self._step_loop)
 
@@ -69,8 +83,15 @@ class DeviceWorker(Actor):
                 self._results = envelope
                 envelope.defer()
                 info = self.engine.model.info
-                envelope.send(WorkerReady(os.path.basename(self.model_path), info.n_ctx_train,
-                                          self.cells_per_slot, self.n_slots, os.getpid()))
+                envelope.send(
+                    WorkerReady(
+                        os.path.basename(self.model_path),
+                        info.n_ctx_train,
+                        self.cells_per_slot,
+                        self.n_slots,
+                        os.getpid(),
+                    )
+                )
             case Admit():
                 self.engine.admit(message)
             case Cancel(seq_id):

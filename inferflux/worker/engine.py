@@ -108,13 +108,22 @@ class Engine:
         self._finished = []
         for seq in self.sequences.values():
             if seq.new_tokens or seq.prompt_done_this_step:
-                outputs.append(SeqOutput(seq.seq_id, seq.new_tokens, "".join(seq.new_text),
-                                         None, seq.prompt_done_this_step, seq.n_past))
+                outputs.append(
+                    SeqOutput(
+                        seq.seq_id,
+                        seq.new_tokens,
+                        "".join(seq.new_text),
+                        None,
+                        seq.prompt_done_this_step,
+                        seq.n_past,
+                    )
+                )
                 seq.new_tokens, seq.new_text = [], []
             seq.prompt_done_this_step = 0
         self.steps += 1
-        return StepResult(self.steps, len(batch_seqs), n_tokens,
-                          time.perf_counter() - start, outputs)
+        return StepResult(
+            self.steps, len(batch_seqs), n_tokens, time.perf_counter() - start, outputs
+        )
 
     def _fill_batch(self) -> tuple[int, list[Sequence]]:
         batch = self.context.batch
@@ -175,8 +184,16 @@ class Engine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if reason in ("stop", "length"):
             seq.new_text.append(seq.output.flush())
-        self._finished.append(SeqOutput(seq.seq_id, seq.new_tokens, "".join(seq.new_text),
-                                        reason, seq.prompt_done_this_step, seq.n_past))
+        self._finished.append(
+            SeqOutput(
+                seq.seq_id,
+                seq.new_tokens,
+                "".join(seq.new_text),
+                reason,
+                seq.prompt_done_this_step,
+                seq.n_past,
+            )
+        )
         seq.sampler.close()
         del self.sequences[seq.seq_id]
 

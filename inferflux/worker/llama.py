@@ -102,12 +102,15 @@ class Model:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         tokens = (L.llama_token * capacity)()
-        n = L.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        n = L.llama_tokenize(
+            self.vocab, data, len(data), tokens, capacity, add_special, parse_special
+        )
         if n < 0:
             capacity = -n
             tokens = (L.llama_token * capacity)()
-            n = L.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special,
-                                 parse_special)
+            n = L.llama_tokenize(
+                self.vocab, data, len(data), tokens, capacity, add_special, parse_special
+            )
         return list(tokens[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
@@ -137,8 +140,9 @@ class Context:
     between sequences (prefix reuse costs no extra memory).
     """
 
-    def __init__(self, model: Model, *, n_ctx: int, n_seq_max: int, n_batch: int,
-                 n_threads: int) -> None:
+    def __init__(
+        self, model: Model, *, n_ctx: int, n_seq_max: int, n_batch: int, n_threads: int
+    ) -> None:
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -148,7 +152,8 @@ class Context:
         params.n_threads_batch = n_threads
         params.kv_unified = os.environ.get("KVU", "1") == "1"
         params.no_perf = True
-        if os.environ.get("FA"): params.flash_attn_type = int(os.environ["FA"])
+        if os.environ.get("FA"):
+            params.flash_attn_type = int(os.environ["FA"])
         self.ptr = L.llama_init_from_model(model.ptr, params)
         if not self.ptr:
             raise ModelLoadError(

@@ -20,8 +20,11 @@ class Sampler:
         add = lambda s: L.llama_sampler_chain_add(self.chain, s)  # noqa: E731
         if params.presence_penalty or params.frequency_penalty:
             # OpenAI semantics: penalties count generated tokens; -1 = the whole context.
-            add(L.llama_sampler_init_penalties(
-                n_vocab, -1, 1.0, params.frequency_penalty, params.presence_penalty))
+            add(
+                L.llama_sampler_init_penalties(
+                    n_vocab, -1, 1.0, params.frequency_penalty, params.presence_penalty
+                )
+            )
         if params.temperature <= 0.0:
             add(L.llama_sampler_init_greedy())
             return

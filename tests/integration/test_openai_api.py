@@ -25,7 +25,8 @@ def async_client(server: RunningServer) -> openai.AsyncOpenAI:
 
 def ask(server: RunningServer, content: str, **kwargs):
     return client(server).chat.completions.create(
-        model=MODEL_ID, messages=[{"role": "user", "content": content}], **kwargs)
+        model=MODEL_ID, messages=[{"role": "user", "content": content}], **kwargs
+    )
 
 
 def test_models_and_health(server: RunningServer) -> None:
@@ -47,12 +48,20 @@ def test_chat_non_streaming_has_usage_and_length_finish(server: RunningServer) -
 def test_streaming_equals_non_streaming_at_temperature_zero(server: RunningServer) -> None:
     question = "Name three colors of the rainbow."
     whole = ask(server, question, max_tokens=40, temperature=0)
-    stream = ask(server, question, max_tokens=40, temperature=0, stream=True,
-                 stream_options={"include_usage": True})
+    stream = ask(
+        server,
+        question,
+        max_tokens=40,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[0].choices[0].delta.role == "assistant"
     usage_chunks = [c for c in chunks if c.usage is not None]
@@ -67,15 +76,25 @@ def test_max_completion_tokens_is_honoured(server: RunningServer) -> None:
 
 def test_completions_endpoint_streaming_and_not(server: RunningServer) -> None:
     c = client(server)
-    whole = c.completions.create(model=MODEL_ID, prompt="The capital of France is",
-                                 max_tokens=10, temperature=0)
+    whole = c.completions.create(
+        model=MODEL_ID, prompt="The capital of France is", max_tokens=10, temperature=0
+    )
     assert whole.choices[0].finish_reason in ("length", "stop")
-    streamed = "".join(chunk.choices[0].text for chunk in c.completions.create(
-        model=MODEL_ID, prompt="The capital of France is", max_tokens=10, temperature=0,
-        stream=True) if chunk.choices)
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in c.completions.create(
+            model=MODEL_ID,
+            prompt="The capital of France is",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+        )
+        if chunk.choices
+    )
     assert streamed == whole.choices[0].text
-    tokens = c.completions.create(model=MODEL_ID, prompt=[504, 3575, 282], max_tokens=3,
-                                  temperature=0)
+    tokens = c.completions.create(
+        model=MODEL_ID, prompt=[504, 3575, 282], max_tokens=3, temperature=0
+    )
     assert tokens.usage.prompt_tokens == 3
 
 
@@ -89,8 +108,9 @@ def test_stop_sequence_across_token_boundaries_is_not_leaked(server: RunningServ
     expected = full[: full.index(stop)]
     for stream in (False, True):
         if stream:
-            chunks = ask(server, question, max_tokens=60, temperature=0, stop=[stop, "zzzz"],
-                         stream=True)
+            chunks = ask(
+                server, question, max_tokens=60, temperature=0, stop=[stop, "zzzz"], stream=True
+            )
             parts, reasons = [], []
             for chunk in chunks:
                 parts.append(chunk.choices[0].delta.content or "")
@@ -104,13 +124,19 @@ def test_stop_sequence_across_token_boundaries_is_not_leaked(server: RunningServ
 
 
 def test_seed_reproduces_sampled_output(server: RunningServer) -> None:
-    kwargs = dict(max_tokens=24, temperature=1.2, top_p=0.95, seed=1234,
-                  extra_body={"top_k": 50, "min_p": 0.01})
+    kwargs = dict(
+        max_tokens=24,
+        temperature=1.2,
+        top_p=0.95,
+        seed=1234,
+        extra_body={"top_k": 50, "min_p": 0.01},
+    )
     a = ask(server, "Invent a name for a cat.", **kwargs).choices[0].message.content
     b = ask(server, "Invent a name for a cat.", **kwargs).choices[0].message.content
     assert a == b
-    penalized = ask(server, "Invent a name for a cat.", presence_penalty=1.5,
-                    frequency_penalty=1.0, **kwargs)
+    penalized = ask(
+        server, "Invent a name for a cat.", presence_penalty=1.5, frequency_penalty=1.0, **kwargs
+    )
     assert penalized.usage.completion_tokens > 0
 
 
@@ -122,8 +148,12 @@ async def test_concurrent_streams_are_batched(server: RunningServer) -> None:
 
     async def one(i: int) -> None:
         stream = await c.chat.completions.create(
-            model=MODEL_ID, messages=[{"role": "user", "content": f"Tell a story about number {i}."}],
-            max_tokens=32, temperature=0, stream=True)
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": f"Tell a story about number {i}."}],
+            max_tokens=32,
+            temperature=0,
+            stream=True,
+        )
         parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
         texts[i] = "".join(parts)
 
@@ -140,9 +170,19 @@ async def test_concurrent_streams_are_batched(server: RunningServer) -> None:
 
 def test_client_disconnect_cancels_generation_and_frees_the_slot(server: RunningServer) -> None:
     generated_before = server.metric("inferflux:generation_tokens_total")
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30, json={
-            "model": MODEL_ID, "messages": [{"role": "user", "content": "Write a very long essay."}],
-            "max_tokens": 900, "temperature": 0, "ignore_eos": True, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": MODEL_ID,
+            "messages": [{"role": "user", "content": "Write a very long essay."}],
+            "max_tokens": 900,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        },
+    ) as response:
         assert response.status_code == 200
         for i, _ in enumerate(response.iter_lines()):
             if i > 6:
@@ -157,15 +197,24 @@ def test_client_disconnect_cancels_generation_and_frees_the_slot(server: Running
 
 def test_prefix_reuse_skips_prefill(server: RunningServer) -> None:
     system = "You are a meticulous assistant. " + " ".join(
-        f"Rule {i}: always answer politely and precisely about topic {i}." for i in range(30))
+        f"Rule {i}: always answer politely and precisely about topic {i}." for i in range(30)
+    )
     first = client(server).chat.completions.create(
-        model=MODEL_ID, max_tokens=4, temperature=0,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi!"}])
+        model=MODEL_ID,
+        max_tokens=4,
+        temperature=0,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi!"}],
+    )
     computed_before = server.metric("inferflux:prompt_tokens_computed_total")
     second = client(server).chat.completions.create(
-        model=MODEL_ID, max_tokens=4, temperature=0,
-        messages=[{"role": "system", "content": system},
-                  {"role": "user", "content": "What is two plus two?"}])
+        model=MODEL_ID,
+        max_tokens=4,
+        temperature=0,
+        messages=[
+            {"role": "system", "content": system},
+            {"role": "user", "content": "What is two plus two?"},
+        ],
+    )
     computed = server.metric("inferflux:prompt_tokens_computed_total") - computed_before
     assert first.usage.prompt_tokens > 300
     cached = second.usage.prompt_tokens_details.cached_tokens
@@ -181,8 +230,9 @@ def test_bad_inputs_get_openai_errors_and_server_keeps_serving(server: RunningSe
     def post(body: bytes | dict, **headers: str) -> httpx.Response:
         if isinstance(body, dict):
             return httpx.post(url, json=body, timeout=30)
-        return httpx.post(url, content=body, headers={"content-type": "application/json",
-                                                      **headers}, timeout=30)
+        return httpx.post(
+            url, content=body, headers={"content-type": "application/json", **headers}, timeout=30
+        )
 
     cases = [
         (post(b"{not json"), 400, None),
@@ -209,7 +259,9 @@ def test_bad_inputs_get_openai_errors_and_server_keeps_serving(server: RunningSe
     assert response.json()["error"]["code"] == "context_length_exceeded"
     # the official client maps these to its exception types
     with pytest.raises(openai.NotFoundError):
-        client(server).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        client(server).chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(openai.BadRequestError):
         ask(server, "x", max_tokens=100_000)
     assert httpx.get(f"{server.url}/v1/nothing-here").status_code == 404
@@ -219,18 +271,28 @@ def test_bad_inputs_get_openai_errors_and_server_keeps_serving(server: RunningSe
 
 
 def test_worker_runs_in_its_own_process_with_a_recognizable_command_line(
-        server: RunningServer) -> None:
+    server: RunningServer,
+) -> None:
     import subprocess
 
-    found = subprocess.run(["pgrep", "-f", "-P", str(server.process.pid), "inferflux-worker"],
-                           capture_output=True, text=True)
+    found = subprocess.run(
+        ["pgrep", "-f", "-P", str(server.process.pid), "inferflux-worker"],
+        capture_output=True,
+        text=True,
+    )
     assert found.stdout.strip(), "no inferflux-worker child process"
 
 
 def test_streamed_utf8_is_never_split(server: RunningServer) -> None:
     # Ask for emoji and accents: byte-level BPE splits them over several tokens.
-    stream = ask(server, "Reply with five emoji and the word café, repeated.", max_tokens=60,
-                 temperature=0.8, seed=7, stream=True)
+    stream = ask(
+        server,
+        "Reply with five emoji and the word café, repeated.",
+        max_tokens=60,
+        temperature=0.8,
+        seed=7,
+        stream=True,
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             content = chunk.choices[0].delta.content

@@ -1,0 +1,252 @@
+"""Scheduler behaviour without a model.
+
+The device worker is replaced by ScriptedWorker, a real actor that follows the worker's
+message protocol (Attach/Admit/Cancel -> WorkerReady/StepResult) but "generates" a token
+that is a pure function of the tokens before it. That keeps these tests fast and exact: a
+sequence re-admitted by recompute must continue with exactly the tokens an undisturbed run
+produces. (The issue asks for scheduler tests that use no model; the real worker is covered
+by the integration tests.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from actors import Actor, ActorRef, ChildSpec, Envelope, Registry, Supervisor
+from inferflux.messages import (
+    Admit,
+    Attach,
+    Cancel,
+    SamplingParams,
+    SeqOutput,
+    StepResult,
+    WorkerReady,
+)
+from inferflux.metrics import Metrics
+from inferflux.scheduler.actor import Scheduler
+from inferflux.scheduler.messages import Abort, Delta, Overloaded, Submit
+
+
+class CrashNow(msgspec.Struct):
+    pass
+
+
+def next_token(tokens: list[int]) -> int:
+    return (sum(tokens) * 31 + len(tokens)) % 50_000
+
+
+class ScriptedWorker(Actor):
+    def __init__(self, name: str, step_tokens: int = 8, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.step_tokens = step_tokens
+        self.seqs: dict[int, dict[str, Any]] = {}
+        self.port: Envelope | None = None
+        self.admitted: list[Admit] = []
+        self.steps = 0
+
+    async def started(self) -> None:
+        self.nursery.start_soon(self._loop)
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        match message:
+            case Attach():
+                envelope.defer()
+                self.port = envelope
+                envelope.send(WorkerReady("scripted", 4096, 4096, 4, 0))
+            case Admit():
+                self.admitted.append(message)
+                self.seqs[message.seq_id] = {
+                    "tokens": list(message.tokens),
+                    "n_past": message.n_cached,
+                    "prompt_len": len(message.tokens),
+                    "generated": message.n_generated,
+                    "max": message.sampling.max_tokens,
+                    "cancel": False,
+                }
+            case Cancel(seq_id):
+                if seq_id in self.seqs:
+                    self.seqs[seq_id]["cancel"] = True
+            case CrashNow():
+                raise RuntimeError("scripted crash")
+
+    async def _loop(self) -> None:
+        while True:
+            await trio.sleep(0.002)
+            if not self.seqs or self.port is None:
+                continue
+            outputs, budget = [], self.step_tokens
+            for seq_id, s in list(self.seqs.items()):
+                if s["cancel"]:
+                    del self.seqs[seq_id]
+                    outputs.append(SeqOutput(seq_id, [], "", "cancelled", 0, s["n_past"]))
+                    continue
+                prefill = min(s["prompt_len"] - s["n_past"], budget)
+                if prefill > 0:
+                    s["n_past"] += prefill
+                    budget -= prefill
+                    if s["n_past"] < s["prompt_len"]:
+                        outputs.append(SeqOutput(seq_id, [], "", None, prefill, s["n_past"]))
+                        continue
+                token = next_token(s["tokens"])
+                s["tokens"].append(token)
+                s["generated"] += 1
+                done = s["generated"] >= s["max"]
+                if not done:
+                    s["n_past"] += 0 if prefill else 1
+                else:
+                    del self.seqs[seq_id]
+                outputs.append(
+                    SeqOutput(
+                        seq_id,
+                        [token],
+                        f"<{token}>",
+                        "length" if done else None,
+                        max(prefill, 0),
+                        s["n_past"],
+                    )
+                )
+            self.steps += 1
+            self.port.send(StepResult(self.steps, len(outputs), len(outputs), 0.0, outputs))
+
+
+def expected_tokens(prompt: list[int], n: int) -> list[int]:
+    tokens = list(prompt)
+    for _ in range(n):
+        tokens.append(next_token(tokens))
+    return tokens[len(prompt) :]
+
+
+class Harness:
+    def __init__(self, n_slots: int = 2, max_waiting: int = 64) -> None:
+        self.registry = Registry()
+        self.workers: list[ScriptedWorker] = []
+
+        def make_worker() -> ScriptedWorker:
+            worker = ScriptedWorker("worker", in_registry=self.registry)
+            self.workers.append(worker)
+            return worker
+
+        self.scheduler = Scheduler(
+            "scheduler",
+            worker="worker",
+            n_slots=n_slots,
+            cells_per_slot=4096,
+            metrics=Metrics("scripted"),
+            max_waiting=max_waiting,
+            in_registry=self.registry,
+        )
+        self.root = Supervisor(
+            "root",
+            [
+                ChildSpec("worker", make_worker),
+                ChildSpec("scheduler", lambda: self.scheduler),
+            ],
+        )
+        self.ref = ActorRef("scheduler", self.registry)
+        self.finished: list[int] = []
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[trio.Nursery]:
+        """Run the tree; the body's nursery holds the clients; stop the tree after them."""
+        async with trio.open_nursery() as outer:
+            await outer.start(self.root.run)
+            await wait_for(self.scheduler.ready.is_set)
+            async with trio.open_nursery() as clients:
+                yield clients
+            self.root.request_stop()
+
+    async def generate(
+        self, seq_id: int, prompt: list[int], max_tokens: int, priority: int = 0
+    ) -> tuple[list[int], str]:
+        tokens, reason = [], ""
+        submit = Submit(seq_id, prompt, SamplingParams(max_tokens=max_tokens), priority)
+        async with self.ref.stream(submit) as deltas:
+            async for delta in deltas:
+                assert isinstance(delta, Delta)
+                tokens.extend(delta.token_ids)
+                if delta.finish_reason:
+                    reason = delta.finish_reason
+                    assert delta.completion_tokens == len(tokens)
+        self.finished.append(seq_id)
+        return tokens, reason
+
+
+async def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.002)
+
+
+async def test_fcfs_with_priority_and_preemption_by_recompute() -> None:
+    h = Harness(n_slots=1)
+    results: dict[int, list[int]] = {}
+    async with h.running() as nursery:
+
+        async def run(seq_id: int, prompt: list[int], n: int, priority: int = 0) -> None:
+            tokens, reason = await h.generate(seq_id, prompt, n, priority)
+            assert reason == "length"
+            results[seq_id] = tokens
+
+        nursery.start_soon(run, 1, [1, 2, 3], 200)
+        await wait_for(lambda: 1 in h.scheduler.running and h.scheduler.running[1].generated)
+        nursery.start_soon(run, 2, [4, 5], 5)
+        await wait_for(lambda: len(h.scheduler.waiting) == 1)
+        nursery.start_soon(run, 3, [6], 5, 10)  # higher priority: preempts 1
+    assert h.finished == [3, 1, 2]
+    assert results[1] == expected_tokens([1, 2, 3], 200)  # no lost, no duplicated token
+    assert results[2] == expected_tokens([4, 5], 5)
+    readmits = [a for a in h.workers[0].admitted if a.seq_id == 1]
+    assert len(readmits) == 2 and readmits[1].n_generated > 0
+
+
+async def test_abort_frees_the_slot_for_the_next_request() -> None:
+    h = Harness(n_slots=1)
+    async with h.running() as nursery:
+
+        async def abandoned() -> None:
+            with trio.move_on_after(0.05):
+                await h.generate(1, [1], 100_000)
+
+        nursery.start_soon(abandoned)
+        await trio.sleep(0.01)
+        tokens, reason = await h.generate(2, [2], 3)  # waits for the slot, then runs
+        assert reason == "length" and tokens == expected_tokens([2], 3)
+        await h.ref.cast(Abort(999))  # unknown ids are ignored
+        await wait_for(lambda: not h.scheduler.running)
+        assert h.scheduler.kv.state == ["cached"]
+
+
+async def test_worker_crash_readmits_every_stream_by_recompute() -> None:
+    h = Harness(n_slots=4)
+    results: dict[int, list[int]] = {}
+    async with h.running() as nursery:
+
+        async def run(seq_id: int) -> None:
+            results[seq_id], _ = await h.generate(seq_id, [seq_id, 7], 300)
+
+        for i in range(1, 6):  # 5 requests on 4 slots: one waits
+            nursery.start_soon(run, i)
+        await wait_for(lambda: sum(len(r.generated) for r in h.scheduler.running.values()) > 100)
+        await ActorRef("worker", h.registry).cast(CrashNow())
+        await wait_for(lambda: len(h.workers) == 2)
+    for i in range(1, 6):
+        assert results[i] == expected_tokens([i, 7], 300)
+    assert h.scheduler.worker_restarts == 1
+    assert any(a.n_generated > 0 for a in h.workers[1].admitted)
+
+
+async def test_full_queue_answers_overloaded() -> None:
+    h = Harness(n_slots=1, max_waiting=1)
+    async with h.running() as nursery:
+        nursery.start_soon(h.generate, 1, [1], 50)
+        await wait_for(lambda: bool(h.scheduler.running))
+        nursery.start_soon(h.generate, 2, [2], 5)
+        await wait_for(lambda: len(h.scheduler.waiting) == 1)
+        with pytest.raises(Overloaded):
+            await h.generate(3, [3], 5)
