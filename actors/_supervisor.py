@@ -17,6 +17,7 @@ in reverse order, each given its own shutdown timeout before it is cancelled.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Callable, Literal, Protocol
@@ -26,6 +27,8 @@ import trio
 
 from ._errors import RestartIntensityExceeded, describe
 from ._info import ActorInfo, State
+
+log = logging.getLogger("actors.supervisor")
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartType = Literal["permanent", "transient", "temporary"]
@@ -189,6 +192,7 @@ class Supervisor:
                 except Exception as exc:
                     error = describe(exc)
                     slot.last_error = error
+                    log.error("%s/%s crashed: %s", self.name, slot.spec.name, error, exc_info=exc)
                     if not started:
                         raise
         finally:

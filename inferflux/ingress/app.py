@@ -58,6 +58,9 @@ class Frontend:
 def create_app(front: Frontend) -> QuartTrio:
     app = QuartTrio("inferflux")
     app.config["MAX_CONTENT_LENGTH"] = front.max_body_bytes
+    # Quart cuts responses after 60 s by default; a long generation is legitimate, and the
+    # scheduler ends every request (finish, client gone, or error).
+    app.config["RESPONSE_TIMEOUT"] = None
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
     def error_response(error: APIError) -> Response:

@@ -120,7 +120,12 @@ class KVCacheManager:
         if placement.n_cached:
             self.prefix_hits += 1
             self.prefix_hit_tokens += placement.n_cached
-        self.tree.remove(slot)
+        # From now on the slot holds prompt[:n_cached] (the worker executes the Admit before
+        # anything later): a request arriving next can already reuse that part.
+        if placement.n_cached and self.prefix_cache:
+            self.tree.insert(slot, prompt[: placement.n_cached])
+        else:
+            self.tree.remove(slot)
         self.state[slot] = "running"
         self.cells[slot] = placement.n_cached
         self._last_used[slot] = next(self._clock)

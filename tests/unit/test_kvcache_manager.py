@@ -38,3 +38,17 @@ def test_prefix_cache_off_never_reuses() -> None:
     assert kv.place([1, 2, 3, 4]) == Placement(1, 0)
     kv.release(0, [1, 2, 3])
     assert kv.state[0] == "free"
+
+
+def test_a_burst_sharing_a_cached_prefix_reuses_it_for_every_request() -> None:
+    kv = KVCacheManager(n_slots=4, cells_per_slot=100)
+    system = list(range(50))
+    kv.place(system + [1])
+    kv.prompt_resident(0, system + [1])
+    kv.release(0, system + [1, 2])
+    placements = [kv.place(system + [100 + i]) for i in range(4)]
+    # the first takes over the cached slot; the others copy the prefix from it at once,
+    # before its prefill has finished
+    assert placements[0] == Placement(0, 50)
+    assert [p.n_cached for p in placements[1:]] == [50, 50, 50]
+    assert all(p.copy_from >= 0 for p in placements[1:])
