@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 
 import trio
@@ -74,10 +75,11 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        _check_port_free(config.server.host, config.server.port)
         from .server import build_server
 
         server = build_server(config)
-    except (ConfigError, ModelStoreError) as exc:
+    except (ConfigError, ModelStoreError, PortInUse) as exc:
         print(f"inferflux: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a model that does not load, a bad path...
@@ -85,6 +87,21 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     trio.run(_serve, server)
     return 0
+
+
+class PortInUse(Exception):
+    pass
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading anything when the HTTP port is taken (a clear message, not a
+    traceback from deep inside hypercorn)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 async def _serve(server) -> None:  # noqa: ANN001

@@ -1,0 +1,37 @@
+import pytest
+
+from inferflux.config import Config, ConfigError, load_config
+from tests.conftest import REPO
+
+
+def test_shipped_config_file_documents_exactly_the_defaults() -> None:
+    assert load_config(f"{REPO}/config/inferflux.toml", env={}) == Config()
+
+
+def test_precedence_file_then_env_then_flags(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 9001\nscheduler:\n  n_parallel: 4\n")
+    config = load_config(str(path), env={"INFERFLUX_SERVER_PORT": "9002",
+                                         "INFERFLUX_SCHEDULER_PREFIX_CACHE": "off"},
+                         overrides={"scheduler": {"n_parallel": 8}})
+    assert config.server.port == 9002
+    assert config.scheduler.n_parallel == 8
+    assert config.scheduler.prefix_cache is False
+
+
+@pytest.mark.parametrize(("text", "complaint"), [
+    ("[server]\nprot = 1\n", "unknown field `prot`"),
+    ("[server]\nport = 'x'\n", "Expected `int`"),
+    ("[server]\nport = 70000\n", "server.port"),
+    ("[scheduler]\nn_parallel = 64\nstep_tokens = 8\n", "step_tokens"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, text: str, complaint: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=complaint):
+        load_config(str(path), env={})
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="INFERFLUX_SERVER_PORT"):
+        load_config(env={"INFERFLUX_SERVER_PORT": "eighty"})
