@@ -57,6 +57,34 @@ async def round_trip(scheme: str, count: int) -> tuple[float, float]:
     return percentile(samples, 0.5) * 1e6, percentile(samples, 0.99) * 1e6
 
 
+def nng_floor(scheme: str, count: int) -> float:
+    """RTT p50 (us) of bare pynng with blocking calls in two OS threads: nng's own floor on
+    this machine, to tell what the Trio integration adds."""
+    import threading
+
+    import pynng
+
+    address = str(unique_address(scheme, "floor")).replace("tcp://127.0.0.1:0",
+                                                             "tcp://127.0.0.1:47391")
+    with pynng.Pair0(listen=address) as server, pynng.Pair0(dial=address) as client:
+        def echo() -> None:
+            try:
+                while True:
+                    server.send(server.recv())
+            except pynng.Closed:
+                pass
+
+        threading.Thread(target=echo, daemon=True).start()
+        samples = []
+        for i in range(count + 200):
+            start = time.perf_counter()
+            client.send(b"x")
+            client.recv()
+            if i >= 200:
+                samples.append(time.perf_counter() - start)
+    return percentile(samples, 0.5) * 1e6
+
+
 async def one_way(scheme: str, size: int, count: int) -> tuple[float, float]:
     with Channel.listen(unique_address(scheme, "bench"), codec) as receiver:
         with Channel.dial(receiver.address, codec, send_timeout_s=30) as sender:
@@ -85,10 +113,10 @@ async def one_way(scheme: str, size: int, count: int) -> tuple[float, float]:
 
 async def main(args: argparse.Namespace) -> None:
     print(
-        "| scheme | RTT p50 (us) | RTT p99 (us) | 1 KiB msgs/s | 1 KiB MB/s "
+        "| scheme | RTT p50 (us) | RTT p99 (us) | nng floor p50 (us) | 1 KiB msgs/s | 1 KiB MB/s "
         "| 4 MiB msgs/s | 4 MiB MB/s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for scheme in args.schemes.split(","):
         p50s, p99s = [], []
         for _ in range(args.repeats):
@@ -97,8 +125,10 @@ async def main(args: argparse.Namespace) -> None:
             p99s.append(p99)
         small_rate, small_mb = await one_way(scheme, 1024, args.small_messages)
         big_rate, big_mb = await one_way(scheme, 4 * 1024 * 1024, args.big_messages)
+        floor = await trio.to_thread.run_sync(nng_floor, scheme, args.round_trips)
         print(
             f"| {scheme} | {statistics.median(p50s):.0f} | {statistics.median(p99s):.0f} "
+            f"| {floor:.0f} "
             f"| {small_rate:,.0f} | {small_mb:.1f} | {big_rate:.0f} | {big_mb:.0f} |"
         )
 
