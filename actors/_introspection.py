@@ -6,6 +6,8 @@ ask at once; each request costs one tree walk, no locks, nothing on the actors' 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket as socket_module
 from typing import Callable
 
@@ -48,6 +50,9 @@ class IntrospectionServer:
                     await trio.lowlevel.checkpoint()
             finally:
                 trio.lowlevel.notify_closing(fd)
+                if self.address.scheme == "ipc":
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.address.path)
 
 
 def fetch_snapshot(address: Address | str, timeout_s: float = 2.0) -> ActorInfo:

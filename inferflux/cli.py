@@ -10,6 +10,8 @@ import sys
 
 import trio
 
+from transports import unique_address
+
 from .config import ConfigError, load_config
 from .model.store import ModelStoreError
 
@@ -78,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         _check_port_free(config.server.host, config.server.port)
         from .server import build_server
 
-        server = build_server(config)
+        introspection = unique_address("ipc", f"inferflux-{config.server.port}")
+        server = build_server(config, introspection_address=introspection)
     except (ConfigError, ModelStoreError, PortInUse) as exc:
         print(f"inferflux: {exc}", file=sys.stderr)
         return 2
@@ -117,11 +120,12 @@ async def _serve(server) -> None:  # noqa: ANN001
 
             await nursery.start(serve_then_leave)
             log.info(
-                "serving %s on http://%s:%d/v1 (role %s)",
+                "serving %s on http://%s:%d/v1 (role %s); actor tree at %s",
                 server.model_id,
                 server.config.server.host,
                 server.port,
                 server.config.role,
+                server.introspection.address if server.introspection else "-",
             )
             async for signum in signals:
                 log.info(

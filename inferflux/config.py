@@ -20,7 +20,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     """Interface the HTTP server binds to."""
     port: int = 8000
-    """HTTP port."""
+    """HTTP port (0: any free port, printed at start)."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body accepted; larger answers 413 before it is read whole."""
     drain_timeout_s: float = 30.0
@@ -138,8 +138,8 @@ def _parse_env(key: str, value: str, kind: type) -> Any:
 
 def _check(config: Config) -> None:
     problems = []
-    if not 0 < config.server.port < 65536:
-        problems.append(f"server.port must be 1-65535, got {config.server.port}")
+    if not 0 <= config.server.port < 65536:
+        problems.append(f"server.port must be 0-65535 (0: any free port), got {config.server.port}")
     if config.model.ctx_size < 16:
         problems.append(f"model.ctx_size must be at least 16, got {config.model.ctx_size}")
     if config.scheduler.n_parallel < 1:

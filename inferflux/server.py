@@ -147,6 +147,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         max_restarts=10,
         max_seconds=60,
     )
+    front.snapshot = root.info
     introspection = (
         IntrospectionServer(introspection_address, root.info) if introspection_address else None
     )

@@ -64,9 +64,11 @@ def nng_floor(scheme: str, count: int) -> float:
 
     import pynng
 
-    address = str(unique_address(scheme, "floor")).replace("tcp://127.0.0.1:0",
-                                                             "tcp://127.0.0.1:47391")
+    address = str(unique_address(scheme, "floor")).replace(
+        "tcp://127.0.0.1:0", "tcp://127.0.0.1:47391"
+    )
     with pynng.Pair0(listen=address) as server, pynng.Pair0(dial=address) as client:
+
         def echo() -> None:
             try:
                 while True:

@@ -17,7 +17,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors import ActorError, ActorRef
+from actors import ActorError, ActorInfo, ActorRef
 
 from ..messages import SamplingParams
 from ..metrics import Metrics
@@ -53,6 +53,7 @@ class Frontend:
     metrics: Metrics
     is_ready: Callable[[], bool]
     max_body_bytes: int
+    snapshot: Callable[[], ActorInfo] | None = None
 
 
 def create_app(front: Frontend) -> QuartTrio:
@@ -107,6 +108,13 @@ def create_app(front: Frontend) -> QuartTrio:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(front.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/debug/actors")
+    async def actors_snapshot() -> Response:
+        """The supervision tree as JSON (what inferflux-top shows)."""
+        if front.snapshot is None:
+            raise APIError(404, "no actor tree attached", code="not_found")
+        return Response(msgspec.json.encode(front.snapshot()), content_type="application/json")
 
     @app.get("/v1/models")
     async def models() -> Response:

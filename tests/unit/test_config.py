@@ -11,20 +11,25 @@ def test_shipped_config_file_documents_exactly_the_defaults() -> None:
 def test_precedence_file_then_env_then_flags(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("server:\n  port: 9001\nscheduler:\n  n_parallel: 4\n")
-    config = load_config(str(path), env={"INFERFLUX_SERVER_PORT": "9002",
-                                         "INFERFLUX_SCHEDULER_PREFIX_CACHE": "off"},
-                         overrides={"scheduler": {"n_parallel": 8}})
+    config = load_config(
+        str(path),
+        env={"INFERFLUX_SERVER_PORT": "9002", "INFERFLUX_SCHEDULER_PREFIX_CACHE": "off"},
+        overrides={"scheduler": {"n_parallel": 8}},
+    )
     assert config.server.port == 9002
     assert config.scheduler.n_parallel == 8
     assert config.scheduler.prefix_cache is False
 
 
-@pytest.mark.parametrize(("text", "complaint"), [
-    ("[server]\nprot = 1\n", "unknown field `prot`"),
-    ("[server]\nport = 'x'\n", "Expected `int`"),
-    ("[server]\nport = 70000\n", "server.port"),
-    ("[scheduler]\nn_parallel = 64\nstep_tokens = 8\n", "step_tokens"),
-])
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("[server]\nprot = 1\n", "unknown field `prot`"),
+        ("[server]\nport = 'x'\n", "Expected `int`"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[scheduler]\nn_parallel = 64\nstep_tokens = 8\n", "step_tokens"),
+    ],
+)
 def test_bad_config_is_a_clear_error(tmp_path, text: str, complaint: str) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)

@@ -1,0 +1,78 @@
+"""The `inferflux` command line as a user runs it (real processes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from actors import fetch_snapshot
+from tests.conftest import REPO, RunningServer, start_server, stop_server
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inferflux", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_roles_not_available_yet_are_refused_clearly(role: str) -> None:
+    result = run_cli("run", "--role", role)
+    assert result.returncode == 2
+    assert f"--role {role} is not available yet" in result.stderr
+
+
+def test_bad_config_and_bad_model_are_clear_errors(tmp_path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nprot = 1\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2 and "unknown field `prot`" in result.stderr
+    not_a_model = tmp_path / "x.gguf"
+    not_a_model.write_bytes(b"not a gguf")
+    result = run_cli("run", "--model", str(not_a_model), "--port", "0")
+    assert result.returncode != 0 and "cannot start" in result.stderr
+
+
+def test_top_placeholder_answers_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from inferflux.top import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0 and "--once" in result.stdout
+
+
+@pytest.mark.model
+def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
+    model_path: str, tmp_path
+) -> None:
+    server: RunningServer = start_server(str(tmp_path), "--n-parallel", "2", "--ctx-size", "512")
+    try:
+        tree = httpx.get(f"{server.url}/debug/actors", timeout=10).json()
+        names = {child["name"]: child for child in tree["children"]}
+        assert tree["name"] == "inferflux" and tree["state"] == "running"
+        assert set(names) == {"engine", "scheduler", "policy", "ingress"}
+        worker = names["engine"]["children"][0]
+        assert worker["kind"] == "process" and worker["pid"] > 0
+        deadline = time.monotonic() + 10
+        while "actor tree at" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the start-up line follows readiness by a moment
+        address = next(
+            line.rsplit("actor tree at ", 1)[1].strip()
+            for line in server.log().splitlines()
+            if "actor tree at" in line
+        )
+        snapshot = fetch_snapshot(address)
+        assert snapshot.name == "inferflux"
+        assert [c.name for c in snapshot.children] == ["engine", "scheduler", "policy", "ingress"]
+    finally:
+        stop_server(server)
