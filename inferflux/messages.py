@@ -34,7 +34,10 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     after copying `copy_len` cells from slot `copy_from` when copy_from >= 0. The worker
     drops anything in the slot past n_cached, prefills the rest in chunks, then decodes.
     `n_generated` > 0 re-admits a sequence by recompute: the last `n_generated` tokens of
-    `tokens` were already sent to the client and count against max_tokens.
+    `tokens` were already sent to the client and count against max_tokens; their text is
+    replayed through a fresh detokenizer and only what follows `text_sent` characters is
+    emitted (text held back at the crash, a split UTF-8 character or a possible stop
+    string, is neither lost nor duplicated).
     """
 
     seq_id: int
@@ -45,6 +48,7 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     copy_from: int = -1
     copy_len: int = 0
     n_generated: int = 0
+    text_sent: int = 0  # recompute: characters of text the client already has
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True, array_like=True):

@@ -46,6 +46,7 @@ class Request:
     cached_tokens: int = 0
     aborted: bool = False  # the client left
     preempting: bool = False  # cancelled by us, to be re-admitted
+    text_sent: int = 0  # characters delivered to the client (for recompute)
     first_token_at: float = 0.0
     last_token_at: float = 0.0
 
@@ -152,6 +153,7 @@ class Scheduler(Actor):
                     placement.copy_from,
                     placement.n_cached,
                     len(request.generated),
+                    request.text_sent,
                 )
             )
         self._update_gauges()
@@ -279,6 +281,7 @@ class Scheduler(Actor):
         self.metrics.of(self.metrics.e2e).observe(time.monotonic() - request.arrival)
 
     def _send(self, request: Request, delta: Delta) -> None:
+        request.text_sent += len(delta.text)
         request.envelope.send(delta)
         if request.envelope.closed and not request.aborted:
             request.aborted = True

@@ -24,7 +24,7 @@ from .sampling import Sampler
 class Sequence:
     seq_id: int
     slot: int
-    tokens: list[int]  # prompt to prefill (may include tokens re-admitted by recompute)
+    tokens: list[int]  # the prompt, prefilled in chunks
     n_past: int  # tokens of this sequence already in the KV cache
     sampler: Sampler
     output: TextOutput
@@ -32,6 +32,12 @@ class Sequence:
     n_generated: int
     ignore_eos: bool
     next_token: int = -1  # sampled, not yet decoded
+    # Recompute after a crash or preemption: tokens already sent to the client, decoded
+    # again one per step (as they were the first time) so the numerics, and therefore the
+    # continuation, are identical; a multi-token prefill of them rounds differently.
+    replay: list[int] = field(default_factory=list)
+    replay_at: int = 0
+    replaying_this_step: bool = False
     logit_index: int = -1
     prompt_done_this_step: int = 0
     new_tokens: list[int] = field(default_factory=list)
@@ -69,19 +75,26 @@ class Engine:
         prompt_len = len(admit.tokens) - admit.n_generated
         for token in admit.tokens[prompt_len:]:
             sampler.accept(token)  # recompute: penalties see the tokens already generated
+        output = TextOutput(admit.sampling.stop)
+        replay = admit.tokens[prompt_len:]
+        replayed = "".join(output.feed(self.model.piece(t)) for t in replay)
+        # Something must be computed to get logits: the last prompt token, or the replay.
+        n_past = min(admit.n_cached, prompt_len if replay else prompt_len - 1)
+        ctx.seq_rm(admit.slot, n_past)
         self.sequences[admit.seq_id] = Sequence(
             seq_id=admit.seq_id,
             slot=admit.slot,
-            tokens=admit.tokens,
-            n_past=min(admit.n_cached, len(admit.tokens) - 1),  # always compute >= 1 token
+            tokens=admit.tokens[:prompt_len],
+            n_past=n_past,
             sampler=sampler,
-            output=TextOutput(admit.sampling.stop),
+            output=output,
             max_tokens=admit.sampling.max_tokens,
             n_generated=admit.n_generated,
             ignore_eos=admit.sampling.ignore_eos,
+            replay=replay,
         )
-        if admit.n_cached >= len(admit.tokens):
-            ctx.seq_rm(admit.slot, len(admit.tokens) - 1)
+        if replayed[admit.text_sent :]:
+            self.sequences[admit.seq_id].new_text.append(replayed[admit.text_sent :])
 
     def cancel(self, seq_id: int) -> None:
         seq = self.sequences.get(seq_id)
@@ -102,6 +115,9 @@ class Engine:
             else:
                 for seq in batch_seqs:
                     seq.n_past += seq.prompt_done_this_step or 1
+                    if seq.replaying_this_step:
+                        seq.replay_at += 1
+                        seq.replaying_this_step = False
                     if seq.logit_index >= 0:
                         self._sample(seq)
         outputs = self._finished
@@ -135,8 +151,14 @@ class Engine:
         for seq in decoding:
             if i >= capacity:
                 break
-            self._put(batch, i, seq.next_token, seq.n_past, seq.slot, True)
-            seq.logit_index = i
+            if seq.replay_at < len(seq.replay):
+                last = seq.replay_at == len(seq.replay) - 1
+                self._put(batch, i, seq.replay[seq.replay_at], seq.n_past, seq.slot, last)
+                seq.replaying_this_step = True
+                seq.logit_index = i if last else -1
+            else:
+                self._put(batch, i, seq.next_token, seq.n_past, seq.slot, True)
+                seq.logit_index = i
             seq.prompt_done_this_step = 0
             used.append(seq)
             i += 1
@@ -145,7 +167,7 @@ class Engine:
             if room <= 0:
                 break
             chunk = seq.tokens[seq.n_past : seq.n_past + room]
-            completes = seq.n_past + len(chunk) == len(seq.tokens)
+            completes = seq.n_past + len(chunk) == len(seq.tokens) and not seq.replay
             for j, token in enumerate(chunk):
                 last = completes and j == len(chunk) - 1
                 self._put(batch, i + j, token, seq.n_past + j, seq.slot, last)
@@ -206,6 +228,7 @@ class Engine:
         for seq in batch_seqs:
             seq.prompt_done_this_step = 0
             seq.logit_index = -1
+            seq.replaying_this_step = False
             self.context.seq_rm(seq.slot, seq.n_past)  # nothing half-written survives
         # The failed ubatch may have left partial cells for the victim: drop them.
         self.context.seq_rm(victim.slot, 0)

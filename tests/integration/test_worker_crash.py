@@ -1,0 +1,100 @@
+"""A SIGKILLed device worker mid-stream: clients see a pause, not an error; everything sent
+before the kill is exactly the undisturbed text, the stream continues from there and ends
+with the right finish_reason and token count.
+
+Not asserted (yet): that the continuation equals the undisturbed run token for token. On
+this llama.cpp build the recomputed KV can round differently from the original because the
+batch shapes differ (prompt chunks and neighbours), and greedy decoding then drifts some
+tokens after the crash point; see docs/architecture.md, "Why recompute on crash"."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import openai
+import pytest
+import trio
+
+from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = ["Write a story about a red fox.", "Explain how rain forms.", "Describe a castle."]
+
+
+def worker_pid(server: RunningServer) -> int:
+    out = subprocess.run(
+        ["pgrep", "-f", "-P", str(server.process.pid), "inferflux-worker"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert out, "no worker process"
+    return int(out[0])
+
+
+@pytest.fixture(scope="module")
+def crash_server(model_path: str, tmp_path_factory: pytest.TempPathFactory):
+    running = start_server(
+        str(tmp_path_factory.mktemp("crash")),
+        "--n-parallel",
+        "4",
+        "--ctx-size",
+        "1024",
+        "--threads",
+        "2",
+    )
+    yield running
+    stop_server(running)
+
+
+async def test_sigkill_mid_stream_loses_and_duplicates_nothing(crash_server: RunningServer) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{crash_server.url}/v1", api_key="x", max_retries=0)
+    kwargs = dict(model=MODEL_ID, max_tokens=150, temperature=0, extra_body={"ignore_eos": True})
+    reference = {}
+    for q in QUESTIONS:
+        reply = await client.chat.completions.create(
+            messages=[{"role": "user", "content": q}], **kwargs
+        )
+        reference[q] = reply.choices[0].message.content
+    first_pid = worker_pid(crash_server)
+    received: dict[str, list[str]] = {q: [] for q in QUESTIONS}
+    finish: dict[str, tuple[str, int]] = {}
+
+    async def stream(q: str) -> None:
+        chunks = await client.chat.completions.create(
+            messages=[{"role": "user", "content": q}],
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
+        async for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received[q].append(chunk.choices[0].delta.content)
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish[q] = (chunk.choices[0].finish_reason, -1)
+            if chunk.usage:
+                finish[q] = (finish[q][0], chunk.usage.completion_tokens)
+
+    async with trio.open_nursery() as nursery:
+        for q in QUESTIONS:
+            nursery.start_soon(stream, q)
+        with trio.fail_after(60):
+            while min(len(v) for v in received.values()) < 30:
+                await trio.sleep(0.01)
+        os.kill(first_pid, signal.SIGKILL)  # mid-stream, every stream ~30 tokens in
+        before_kill = {q: "".join(parts) for q, parts in received.items()}
+
+    for q in QUESTIONS:
+        got = "".join(received[q])
+        assert len(before_kill[q]) > 20
+        assert reference[q].startswith(before_kill[q])  # nothing before the kill was wrong
+        assert got.startswith(before_kill[q]) and len(got) > len(before_kill[q])
+        assert finish[q] == ("length", 150)  # exactly max_tokens: none lost, none doubled
+    deadline = time.monotonic() + 10
+    while worker_pid(crash_server) == first_pid and time.monotonic() < deadline:
+        await trio.sleep(0.1)
+    assert worker_pid(crash_server) != first_pid
+    assert crash_server.metric("inferflux:actor_restarts_total") >= 1
