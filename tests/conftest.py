@@ -102,15 +102,25 @@ def model_path() -> str:
 
 @pytest.fixture(scope="session")
 def server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server for the API tests: 8 slots, 1024-token windows, step budget 256."""
+    """One server for the API tests: 8 slots, 1024-token windows."""
+    yield from serving(tmp_path_factory, "server", n_parallel=8)
+
+
+def serving(
+    factory: pytest.TempPathFactory, name: str, n_parallel: int, *extra: str
+) -> Iterator[RunningServer]:
+    """Start a server (1024-token windows, 2 threads), yield it, stop it."""
     running = start_server(
-        str(tmp_path_factory.mktemp("server")),
+        str(factory.mktemp(name)),
         "--n-parallel",
-        "8",
+        str(n_parallel),
         "--ctx-size",
         "1024",
         "--threads",
         "2",
+        *extra,
     )
-    yield running
-    stop_server(running)
+    try:
+        yield running
+    finally:
+        stop_server(running)

@@ -129,12 +129,7 @@ def create_app(front: Frontend) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        body = await _read_body()
-        try:
-            chat = _chat_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_decode_error(exc) from None
-        _check_common(chat)
+        chat = await _parse(_chat_decoder)
         if not chat.messages:
             raise APIError(
                 400,
@@ -162,12 +157,7 @@ def create_app(front: Frontend) -> QuartTrio:
 
     @app.post("/v1/completions")
     async def completions() -> Response:
-        body = await _read_body()
-        try:
-            completion = _completion_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_decode_error(exc) from None
-        _check_common(completion)
+        completion = await _parse(_completion_decoder)
         prompt_field = completion.prompt
         if isinstance(prompt_field, list):
             kinds = {type(item) for item in prompt_field}
@@ -200,6 +190,15 @@ def create_app(front: Frontend) -> QuartTrio:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         submit = await _prepare(completion, prompt, completion.max_tokens, "max_tokens")
         return await _respond(submit, completion, "completion")
+
+    async def _parse(decoder: msgspec.json.Decoder) -> Any:
+        """Read, decode and check the fields every generation request shares."""
+        try:
+            parsed = decoder.decode(await _read_body())
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        _check_common(parsed)
+        return parsed
 
     async def _read_body() -> bytes:
         length = request.content_length

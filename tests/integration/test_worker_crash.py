@@ -18,7 +18,7 @@ import openai
 import pytest
 import trio
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server
+from tests.conftest import MODEL_ID, RunningServer, serving
 
 pytestmark = pytest.mark.model
 
@@ -37,17 +37,7 @@ def worker_pid(server: RunningServer) -> int:
 
 @pytest.fixture(scope="module")
 def crash_server(model_path: str, tmp_path_factory: pytest.TempPathFactory):
-    running = start_server(
-        str(tmp_path_factory.mktemp("crash")),
-        "--n-parallel",
-        "4",
-        "--ctx-size",
-        "1024",
-        "--threads",
-        "2",
-    )
-    yield running
-    stop_server(running)
+    yield from serving(tmp_path_factory, "crash", n_parallel=4)
 
 
 async def test_sigkill_mid_stream_loses_and_duplicates_nothing(crash_server: RunningServer) -> None:
