@@ -140,8 +140,10 @@ async def load(
     system: str | None = None,
     question: str | None = None,
 ) -> dict:
+    # max_retries=2 is the openai client's default: a keep-alive connection a server closed
+    # between two requests is retried, as it is for users (llama-server does close some).
     client = openai.AsyncOpenAI(
-        base_url=f"http://127.0.0.1:{target.port}/v1", api_key="x", max_retries=0, timeout=600
+        base_url=f"http://127.0.0.1:{target.port}/v1", api_key="x", max_retries=2, timeout=600
     )
     samples: list[Sample] = []
 

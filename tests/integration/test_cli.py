@@ -41,7 +41,7 @@ def test_bad_config_and_bad_model_are_clear_errors(tmp_path) -> None:
     assert result.returncode != 0 and "cannot start" in result.stderr
 
 
-def test_top_placeholder_answers_help() -> None:
+def test_top_answers_help_and_fails_clearly_without_a_server() -> None:
     result = subprocess.run(
         [sys.executable, "-c", "from inferflux.top import main; main()", "--help"],
         capture_output=True,
@@ -49,6 +49,20 @@ def test_top_placeholder_answers_help() -> None:
         cwd=REPO,
     )
     assert result.returncode == 0 and "--once" in result.stdout
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from inferflux.top import main; main()",
+            "--url",
+            "http://127.0.0.1:9",
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 1 and "cannot read" in result.stderr
 
 
 @pytest.mark.model
@@ -74,5 +88,23 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         snapshot = fetch_snapshot(address)
         assert snapshot.name == "inferflux"
         assert [c.name for c in snapshot.children] == ["engine", "scheduler", "policy", "ingress"]
+        top = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from inferflux.top import main; main()",
+                "--url",
+                server.url,
+                "--once",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        assert top.returncode == 0, top.stderr
+        rows = {line.split()[0]: line for line in top.stdout.splitlines()[1:]}
+        assert set(rows) == {"inferflux", "engine", "worker-0", "scheduler", "policy", "ingress"}
+        assert " process " in rows["worker-0"] and str(worker["pid"]) in rows["worker-0"]
     finally:
         stop_server(server)
