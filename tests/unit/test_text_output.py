@@ -33,7 +33,9 @@ def test_a_false_start_is_released() -> None:
     assert output.flush() == ""
 
 
-@given(st.text(max_size=40), st.lists(st.integers(1, 5), max_size=40), st.text(min_size=1, max_size=4))
+@given(
+    st.text(max_size=40), st.lists(st.integers(1, 5), max_size=40), st.text(min_size=1, max_size=4)
+)
 def test_output_is_the_text_before_the_first_stop(text: str, cuts: list[int], stop: str) -> None:
     data = text.encode()
     pieces, i = [], 0
