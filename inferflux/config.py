@@ -49,6 +49,9 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefill), so a long prompt never stalls running streams."""
     max_waiting: int = 256
     """Requests allowed to wait for a slot; beyond it the server answers 429."""
+    worker_wait_s: float = 30.0
+    """How long requests wait for a crashed/restarting model worker before they get 503
+    (streams already under way get a 503 error event)."""
     prefix_cache: bool = True
     """Reuse the KV cells of a shared prompt prefix instead of recomputing them."""
 

@@ -97,6 +97,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
             metrics=metrics,
             prefix_cache=sched.prefix_cache,
             max_waiting=sched.max_waiting,
+            worker_wait_s=sched.worker_wait_s,
             in_registry=registry,
         )
         holder["scheduler"] = scheduler

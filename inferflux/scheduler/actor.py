@@ -64,6 +64,7 @@ class Scheduler(Actor):
         metrics: Metrics,
         prefix_cache: bool = True,
         max_waiting: int = 256,
+        worker_wait_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -71,6 +72,8 @@ class Scheduler(Actor):
         self.kv = KVCacheManager(n_slots, cells_per_slot, prefix_cache=prefix_cache)
         self.metrics = metrics
         self.max_waiting = max_waiting
+        self.worker_wait_s = worker_wait_s
+        self.down_since: float | None = None  # monotonic time the worker was lost
         self.waiting: list[tuple[int, int, Request]] = []
         self.running: dict[int, Request] = {}
         self._order = itertools.count()
@@ -83,6 +86,34 @@ class Scheduler(Actor):
     # requests ------------------------------------------------------------------------
     async def started(self) -> None:
         self.nursery.start_soon(self._follow_worker)
+        self.nursery.start_soon(self._expire_while_down)
+
+    def _down_too_long(self) -> bool:
+        return (
+            self.down_since is not None and time.monotonic() - self.down_since > self.worker_wait_s
+        )
+
+    def _down_reason(self) -> str:
+        assert self.down_since is not None
+        return (
+            f"the model worker has been down for {time.monotonic() - self.down_since:.0f}s "
+            "(crashing or restarting); try again later"
+        )
+
+    async def _expire_while_down(self) -> None:
+        """Requests wait for a restarting worker, but not forever: after `worker_wait_s`
+        every waiting request (streams already under way included) gets a 503."""
+        while True:
+            await trio.sleep(min(0.5, self.worker_wait_s / 4))
+            if self.waiting and self._down_too_long():
+                error = NotReady(self._down_reason())
+                for _, _, request in self.waiting:
+                    request.envelope.fail(error)
+                    self.metrics.success.labels(
+                        finished_reason="error", **self.metrics.labels
+                    ).inc()
+                self.waiting.clear()
+                self._update_gauges()
 
     async def handle(self, message: Any, envelope: Envelope) -> Any:
         match message:
@@ -93,8 +124,11 @@ class Scheduler(Actor):
         return None
 
     def _submit(self, submit: Submit, envelope: Envelope) -> None:
-        if not self.ready.is_set() and self.worker_restarts == 0 and self.worker_info is None:
+        if not self.ready.is_set() and self.worker_info is None:
             envelope.fail(NotReady("the model worker is still starting"))
+            return
+        if self._down_too_long():
+            envelope.fail(NotReady(self._down_reason()))
             return
         if len(self.waiting) >= self.max_waiting:
             envelope.fail(Overloaded(len(self.waiting)))
@@ -196,6 +230,7 @@ class Scheduler(Actor):
             self.worker_restarts += 1
             self.metrics.restarts.labels(actor=self.worker.name, **self.metrics.labels).inc()
         self.worker_info = ready
+        self.down_since = None
         self.kv.reset()
         self.ready.set()
         self._admit_waiting()
@@ -204,6 +239,7 @@ class Scheduler(Actor):
         """Every running sequence goes back to the queue, to be recomputed on the new
         worker from prompt + the tokens its client already has."""
         self.ready = trio.Event()
+        self.down_since = time.monotonic()
         for request in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
             self._enqueue(request, front=True)
         self.running.clear()

@@ -30,7 +30,7 @@ from inferflux.messages import (
 )
 from inferflux.metrics import Metrics
 from inferflux.scheduler.actor import Scheduler
-from inferflux.scheduler.messages import Abort, Delta, Overloaded, Submit
+from inferflux.scheduler.messages import Abort, Delta, NotReady, Overloaded, Submit
 
 
 class CrashNow(msgspec.Struct):
@@ -250,3 +250,61 @@ async def test_full_queue_answers_overloaded() -> None:
         await wait_for(lambda: len(h.scheduler.waiting) == 1)
         with pytest.raises(Overloaded):
             await h.generate(3, [3], 5)
+
+
+class NeverReadyWorker(ScriptedWorker):
+    """A replacement worker that never finishes starting (a crash loop, a hung load)."""
+
+    async def started(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_requests_get_503_when_the_worker_stays_down() -> None:
+    registry = Registry()
+    made: list[ScriptedWorker] = []
+
+    def make_worker() -> ScriptedWorker:
+        cls = ScriptedWorker if not made else NeverReadyWorker
+        made.append(cls("worker", in_registry=registry))
+        return made[-1]
+
+    scheduler = Scheduler(
+        "scheduler",
+        worker="worker",
+        n_slots=2,
+        cells_per_slot=4096,
+        metrics=Metrics("scripted"),
+        worker_wait_s=0.3,
+        in_registry=registry,
+    )
+    root = Supervisor(
+        "root", [ChildSpec("worker", make_worker), ChildSpec("scheduler", lambda: scheduler)]
+    )
+    ref = ActorRef("scheduler", registry)
+    outcome: list[BaseException] = []
+
+    async def streaming_client() -> None:
+        try:
+            async with ref.stream(Submit(1, [1, 2], SamplingParams(max_tokens=10_000))) as deltas:
+                async for _ in deltas:
+                    pass
+        except NotReady as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(root.run)
+        await wait_for(scheduler.ready.is_set)
+        nursery.start_soon(streaming_client)
+        await wait_for(
+            lambda: (
+                bool(scheduler.running) and bool(next(iter(scheduler.running.values())).generated)
+            )
+        )
+        await ActorRef("worker", registry).cast(CrashNow())
+        await wait_for(lambda: bool(outcome), timeout_s=5)  # the stream ends with a 503
+        assert "down for" in str(outcome[0])
+        with pytest.raises(NotReady, match="down for"):  # new requests are refused at once
+            async with ref.stream(Submit(2, [3], SamplingParams(max_tokens=5))) as deltas:
+                async for _ in deltas:
+                    pass
+        root.request_stop()
