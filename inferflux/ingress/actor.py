@@ -34,7 +34,8 @@ class IngressActor(Actor):
         self.host, self.port = host, port
         self.graceful_timeout_s = graceful_timeout_s
         self.bound: list[str] = []
-        self._shutdown = trio.Event()
+        self._shutdown = trio.Event()  # stop accepting
+        self._drained = trio.Event()  # hypercorn finished in-flight requests (or timed out)
 
     async def started(self) -> None:
         config = HypercornConfig()
@@ -44,11 +45,16 @@ class IngressActor(Actor):
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
         app = create_app(self.front)
-        self.bound = await self.nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
-            )
-        )
+
+        async def serve_until_drained(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(
+                    app, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
+                )
+            finally:
+                self._drained.set()
+
+        self.bound = await self.nursery.start(serve_until_drained)
         if self.port == 0 and self.bound:
             self.port = int(self.bound[0].rsplit(":", 1)[1])
 
@@ -57,8 +63,8 @@ class IngressActor(Actor):
         super().request_stop()
 
     async def _handle_loop(self) -> None:
-        # No messages to handle: live until hypercorn has shut down.
-        await self._shutdown.wait()
+        # No messages to handle: live until hypercorn has drained after a stop request.
+        await self._drained.wait()
 
     def details(self) -> dict[str, float | int | str]:
         return {"url": f"http://{self.host}:{self.port}"}
