@@ -261,10 +261,20 @@ class Supervisor:
                 continue
             slot.stopping = True
             assert slot.instance is not None
+            started = time.monotonic()
             slot.instance.request_stop()
             with trio.move_on_after(slot.spec.shutdown_timeout_s):
                 await slot.done.wait()
             if not slot.done.is_set():
+                log.warning(
+                    "%s/%s did not stop within %.3gs: cancelling it",
+                    self.name,
+                    slot.spec.name,
+                    slot.spec.shutdown_timeout_s,
+                )
                 assert slot.scope is not None
                 slot.scope.cancel()
                 await slot.done.wait()
+            log.debug(
+                "%s/%s stopped in %.2fs", self.name, slot.spec.name, time.monotonic() - started
+            )

@@ -15,6 +15,8 @@ from hypercorn.trio import serve
 
 from actors import Actor
 
+log = logging.getLogger("inferflux.ingress")
+
 from .app import Frontend, create_app
 
 
@@ -35,13 +37,12 @@ class IngressActor(Actor):
         self.graceful_timeout_s = graceful_timeout_s
         self.bound: list[str] = []
         self._shutdown = trio.Event()  # stop accepting
-        self._drained = trio.Event()  # hypercorn finished in-flight requests (or timed out)
 
     async def started(self) -> None:
         config = HypercornConfig()
         config.bind = [f"{self.host}:{self.port}"]
         config.graceful_timeout = self.graceful_timeout_s
-        config.keep_alive_timeout = 75
+        config.keep_alive_timeout = 5
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
         app = create_app(self.front)
@@ -63,8 +64,15 @@ class IngressActor(Actor):
         super().request_stop()
 
     async def _handle_loop(self) -> None:
-        # No messages to handle: live until hypercorn has drained after a stop request.
-        await self._drained.wait()
+        # No messages to handle. On a stop request hypercorn stops accepting; we wait for
+        # the generations under way (not for idle keep-alive connections, which hypercorn
+        # would wait out to its graceful timeout), then leave, which closes the rest.
+        await self._shutdown.wait()
+        drained = await self.front.in_flight.wait_zero(self.graceful_timeout_s)
+        if not drained:
+            log.warning(
+                "drain timeout: %d requests still running are cut", self.front.in_flight.count
+            )
 
     def details(self) -> dict[str, float | int | str]:
         return {"url": f"http://{self.host}:{self.port}"}

@@ -8,7 +8,7 @@ unexpected server fault is logged and answered 500 in the same shape (never a ha
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import msgspec
@@ -26,7 +26,7 @@ from ..policy.actor import Authorize
 from ..scheduler.messages import Submit
 from ..worker.llama import Model
 from .errors import APIError, from_decode_error
-from .generation import SSE_DONE, Generation, next_seq_id, now, request_id, sse, usage
+from .generation import SSE_DONE, Generation, InFlight, next_seq_id, now, request_id, sse, usage
 from .openai_types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -54,6 +54,7 @@ class Frontend:
     is_ready: Callable[[], bool]
     max_body_bytes: int
     snapshot: Callable[[], ActorInfo] | None = None
+    in_flight: InFlight = field(default_factory=InFlight)
 
 
 def create_app(front: Frontend) -> QuartTrio:
@@ -264,7 +265,7 @@ def create_app(front: Frontend) -> QuartTrio:
         return Submit(seq_id, prompt, sampling, req.priority)
 
     async def _respond(submit: Submit, req: Any, kind: str) -> Response:
-        generation = Generation(front.scheduler, submit)
+        generation = Generation(front.scheduler, submit, front.in_flight)
         await generation.start()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

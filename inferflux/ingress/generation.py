@@ -29,6 +29,19 @@ def request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+class InFlight:
+    """Generations under way, so a drain can wait for them and not for idle connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def wait_zero(self, timeout_s: float) -> bool:
+        with trio.move_on_after(timeout_s):
+            while self.count > 0:
+                await trio.sleep(0.05)
+        return self.count == 0
+
+
 class Generation:
     """One request's stream of Deltas from the scheduler.
 
@@ -37,15 +50,19 @@ class Generation:
     the scheduler to stop if the client left before the end.
     """
 
-    def __init__(self, scheduler: ActorRef, submit: Submit) -> None:
+    def __init__(self, scheduler: ActorRef, submit: Submit, in_flight: InFlight) -> None:
         self.scheduler = scheduler
         self.submit = submit
+        self.in_flight = in_flight
+        self._counted = False
         self._stack = AsyncExitStack()
         self._items: AsyncIterator[Delta] | None = None
         self.first: Delta | None = None
         self.finished = False
 
     async def start(self) -> None:
+        self.in_flight.count += 1
+        self._counted = True
         try:
             self._items = await self._stack.enter_async_context(
                 self.scheduler.stream(self.submit, first_timeout_s=5.0)
@@ -78,6 +95,9 @@ class Generation:
             raise _api_error(exc) from None
 
     async def close(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.in_flight.count -= 1
         if not self.finished:
             try:
                 self.scheduler.cast_nowait(Abort(self.submit.seq_id))
