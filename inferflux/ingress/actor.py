@@ -15,9 +15,9 @@ from hypercorn.trio import serve
 
 from actors import Actor
 
-log = logging.getLogger("inferflux.ingress")
-
 from .app import Frontend, create_app
+
+log = logging.getLogger("inferflux.ingress")
 
 
 class IngressActor(Actor):
