@@ -36,7 +36,9 @@ class IngressActor(Actor):
         self.host, self.port = host, port
         self.graceful_timeout_s = graceful_timeout_s
         self.bound: list[str] = []
-        self._shutdown = trio.Event()  # stop accepting
+        self._draining = trio.Event()  # refuse new work, finish what runs
+        self._shutdown = trio.Event()  # close the listener and all connections
+        self._served = trio.Event()  # hypercorn has returned
 
     async def started(self) -> None:
         config = HypercornConfig()
@@ -47,32 +49,38 @@ class IngressActor(Actor):
         config.errorlog = logging.getLogger("hypercorn.error")
         app = create_app(self.front)
 
-        async def serve_until_drained(task_status: trio.TaskStatus[list[str]]) -> None:
+        async def serve_then_signal(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
                 await serve(
                     app, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
                 )
             finally:
-                self._drained.set()
+                self._served.set()
 
-        self.bound = await self.nursery.start(serve_until_drained)
+        self.bound = await self.nursery.start(serve_then_signal)
         if self.port == 0 and self.bound:
             self.port = int(self.bound[0].rsplit(":", 1)[1])
 
     def request_stop(self) -> None:
-        self._shutdown.set()
+        self._draining.set()
         super().request_stop()
 
     async def _handle_loop(self) -> None:
-        # No messages to handle. On a stop request hypercorn stops accepting; we wait for
-        # the generations under way (not for idle keep-alive connections, which hypercorn
-        # would wait out to its graceful timeout), then leave, which closes the rest.
-        await self._shutdown.wait()
+        # No messages to handle. A stop request starts the drain: /readyz answers 503 and
+        # new generations are refused with 503 (load balancers move traffic away), the
+        # generations under way finish (up to the drain timeout), then hypercorn closes
+        # the listener and every connection. Idle keep-alive connections do not hold the
+        # exit (hypercorn alone would wait its whole graceful timeout for them).
+        await self._draining.wait()
+        self.front.draining = True
         drained = await self.front.in_flight.wait_zero(self.graceful_timeout_s)
         if not drained:
             log.warning(
                 "drain timeout: %d requests still running are cut", self.front.in_flight.count
             )
+        self._shutdown.set()
+        with trio.move_on_after(1):  # let hypercorn close cleanly; idle connections may not
+            await self._served.wait()
 
     def details(self) -> dict[str, float | int | str]:
         return {"url": f"http://{self.host}:{self.port}"}

@@ -55,6 +55,7 @@ class Frontend:
     max_body_bytes: int
     snapshot: Callable[[], ActorInfo] | None = None
     in_flight: InFlight = field(default_factory=InFlight)
+    draining: bool = False
 
 
 def create_app(front: Frontend) -> QuartTrio:
@@ -98,6 +99,12 @@ def create_app(front: Frontend) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        if front.draining:
+            return Response(
+                b'{"status":"not ready","reason":"draining"}',
+                status=503,
+                content_type="application/json",
+            )
         if front.is_ready():
             return Response(b'{"status":"ready"}', content_type="application/json")
         return Response(
@@ -232,6 +239,14 @@ def create_app(front: Frontend) -> QuartTrio:
         max_tokens: int | None,
         max_param: str,
     ) -> Submit:
+        if front.draining:
+            raise APIError(
+                503,
+                "the server is shutting down; retry on another replica",
+                type="service_unavailable",
+                code="draining",
+                retry_after_s=1,
+            )
         room = front.ctx_size - len(prompt)
         if room <= 0 or (max_tokens is not None and max_tokens > room):
             wanted = len(prompt) + (max_tokens or 0)

@@ -1,4 +1,5 @@
-"""SIGTERM drains: in-flight streams finish, new connections are refused, exit 0, no orphans."""
+"""SIGTERM drains: readyz turns 503 at once, new work is refused with 503, in-flight streams
+finish, then exit 0 and no orphan worker."""
 
 from __future__ import annotations
 
@@ -43,12 +44,21 @@ def test_sigterm_finishes_in_flight_streams_then_exits_cleanly(model_path: str, 
                 chunks += 1
             if chunks == 5:
                 server.process.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+                ready = httpx.get(f"{server.url}/readyz", timeout=5)
+                assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+                refused = httpx.post(
+                    f"{server.url}/v1/completions",
+                    timeout=5,
+                    json={"model": MODEL_ID, "prompt": "hi", "max_tokens": 2},
+                )
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "draining"
+                assert refused.headers["retry-after"] == "1"
                 break
         tail = [line for line in lines if line.startswith("data: ")]
     assert tail[-1] == "data: [DONE]"
     assert '"completion_tokens":120' in tail[-2]  # the whole stream was delivered
-    with pytest.raises(httpx.ConnectError):  # draining: no new connections
-        httpx.get(f"{server.url}/readyz", timeout=2)
     assert server.process.wait(timeout=30) == 0
     time.sleep(0.2)
     assert subprocess.run(["kill", "-0", worker[0]], capture_output=True).returncode != 0
