@@ -60,5 +60,6 @@ def test_sigterm_finishes_in_flight_streams_then_exits_cleanly(model_path: str, 
     assert tail[-1] == "data: [DONE]"
     assert '"completion_tokens":120' in tail[-2]  # the whole stream was delivered
     assert server.process.wait(timeout=30) == 0
+    assert "crashed" not in server.log() and "Traceback" not in server.log()
     time.sleep(0.2)
     assert subprocess.run(["kill", "-0", worker[0]], capture_output=True).returncode != 0
