@@ -205,6 +205,10 @@ def create_app(front: Frontend) -> QuartTrio:
             parsed = decoder.decode(await _read_body())
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
+        except ValueError as exc:  # msgspec raises UnicodeDecodeError for invalid UTF-8
+            raise APIError(
+                400, f"request body is not valid UTF-8 JSON: {exc}", code="invalid_json"
+            ) from None
         _check_common(parsed)
         return parsed
 

@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import MODEL_ID, RunningServer
 
@@ -245,6 +247,7 @@ def test_bad_inputs_get_openai_errors_and_server_keeps_serving(server: RunningSe
         (post({**ok, "max_tokens": 5000}), 400, "max_tokens"),
         (post({**ok, "n": 3}), 400, "n"),
         (post(b"[1, 2, 3]"), 400, None),
+        (post(b'{"model": "x", "messages": [{"role": "user", "content": "\xff\xfe"}]}'), 400, None),
         (post(b"x" * (9 * 1024 * 1024)), 413, None),
     ]
     for response, status, param in cases:
@@ -268,6 +271,52 @@ def test_bad_inputs_get_openai_errors_and_server_keeps_serving(server: RunningSe
     assert httpx.get(f"{server.url}/v1/nothing-here").json()["error"]["code"] == "not_found"
     # and everyone else is still served
     assert ask(server, "Say yes.", max_tokens=3).usage.completion_tokens > 0
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "model",
+                    "messages",
+                    "max_tokens",
+                    "temperature",
+                    "stop",
+                    "stream",
+                    "n",
+                    "top_p",
+                    "seed",
+                    "prompt",
+                ]
+            ),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(),
+                st.floats(),
+                st.text(max_size=20),
+                st.lists(st.text(max_size=5), max_size=3),
+            ),
+            max_size=6,
+        ).map(lambda d: json.dumps(d).encode()),
+    )
+)
+def test_fuzzed_bodies_never_get_a_server_error(server: RunningServer, body: bytes) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        response = httpx.post(
+            f"{server.url}{path}",
+            content=body,
+            timeout=30,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code < 500, (body, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_worker_runs_in_its_own_process_with_a_recognizable_command_line(
