@@ -319,6 +319,58 @@ def test_fuzzed_bodies_never_get_a_server_error(server: RunningServer, body: byt
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(-3, 3),
+    st.text(max_size=8),
+    st.lists(st.text(max_size=4), max_size=5),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            k: anything
+            for k in [
+                "temperature",
+                "top_p",
+                "top_k",
+                "min_p",
+                "seed",
+                "stop",
+                "stream",
+                "presence_penalty",
+                "frequency_penalty",
+                "priority",
+                "user",
+                "n",
+            ]
+        },
+    ),
+    content=st.text(max_size=30),
+    max_tokens=st.integers(1, 4),
+)
+def test_fuzzed_valid_requests_generate_or_get_a_4xx(
+    server: RunningServer, fields: dict, content: str, max_tokens: int
+) -> None:
+    body = {
+        "model": MODEL_ID,
+        "max_tokens": max_tokens,
+        **fields,
+        "messages": [{"role": "user", "content": content}],
+    }
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code == 200 and not body.get("stream"):
+        assert response.json()["usage"]["completion_tokens"] <= max_tokens
+
+
 def test_worker_runs_in_its_own_process_with_a_recognizable_command_line(
     server: RunningServer,
 ) -> None:
