@@ -57,18 +57,11 @@ class Cancel(msgspec.Struct, tag=True, frozen=True, array_like=True):
     seq_id: int
 
 
-class Evict(msgspec.Struct, tag=True, frozen=True, array_like=True):
-    """Drop KV cells of `slot` from position `keep` on (keep=0 frees the slot)."""
-
-    slot: int
-    keep: int = 0
-
-
 class Attach(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Open the worker's result stream: WorkerReady first, then one StepResult per step."""
 
 
-WorkerMessage = Union[Admit, Cancel, Evict, Attach]
+WorkerMessage = Union[Admit, Cancel, Attach]
 
 
 class WorkerReady(msgspec.Struct, tag=True, frozen=True, array_like=True):

@@ -42,7 +42,6 @@ class Server:
     model_id: str
     root: Supervisor
     registry: Registry
-    ingress_name: str = "ingress"
     introspection: IntrospectionServer | None = None
 
     @property

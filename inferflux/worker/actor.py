@@ -1,7 +1,7 @@
 """The device worker: an actor in its own OS process that owns the model and runs steps.
 
 It runs the step loop itself (not one step per scheduler request): between steps it takes
-whatever Admit/Cancel/Evict messages arrived, then runs the next step and streams the
+whatever Admit/Cancel messages arrived, then runs the next step and streams the
 StepResult out on the stream the scheduler opened with Attach. When nothing is running it
 sleeps until a message arrives. llama_decode runs on the Trio thread: a step is tens of
 milliseconds, and messages queue in nng meanwhile, to be taken in order before the next.
@@ -20,7 +20,6 @@ from ..messages import (
     Admit,
     Attach,
     Cancel,
-    Evict,
     WorkerMessage,
     WorkerReady,
     WorkerReply,
@@ -96,8 +95,6 @@ class DeviceWorker(Actor):
                 self.engine.admit(message)
             case Cancel(seq_id):
                 self.engine.cancel(seq_id)
-            case Evict(slot, keep):
-                self.engine.evict(slot, keep)
         self._wake.set()
         return None
 

@@ -101,9 +101,6 @@ class Engine:
         if seq is not None:
             self._finish(seq, "cancelled")
 
-    def evict(self, slot: int, keep: int) -> None:
-        self.context.seq_rm(slot, keep)
-
     # the step ------------------------------------------------------------------------
     def step(self) -> StepResult:
         start = time.perf_counter()
