@@ -7,7 +7,7 @@ Each server is started here, measured alone (this machine has 2 cores), then sto
 Clients are the official `openai` client (AsyncOpenAI), streaming. For each concurrency
 level, that many clients each send `--rounds` chat requests back to back; we report
 aggregate completion tok/s (all completion tokens / wall time) and TTFT p50/p95.
-The shared-prefix workload sends concurrent requests that share a ~1,000-token system
+The shared-prefix workload sends concurrent requests that share a ~1,300-token system
 prompt, with InferFlux's prefix cache on and off.
 
 Peers run as their docs say, plus what this machine needs: llama-server with `-np 16
@@ -185,6 +185,14 @@ SHARED_SYSTEM = (
 )
 
 
+async def load_shared(target: Target) -> dict:
+    """16 concurrent requests sharing SHARED_SYSTEM, after one request warmed the prefix."""
+    await load(target, 1, 1, 8, SHARED_SYSTEM, "Tell me about {topic}.")
+    return await load(
+        target, 16, 1, 32, SHARED_SYSTEM, "Briefly: what is the warranty for {topic}?"
+    )
+
+
 async def run_target(target: Target, args: argparse.Namespace, shared: bool) -> dict:
     results = {}
     await load(target, 1, 1, 16)  # warm-up
@@ -193,10 +201,7 @@ async def run_target(target: Target, args: argparse.Namespace, shared: bool) -> 
         results[concurrency] = await load(target, concurrency, rounds, args.max_tokens)
         print(f"  {target.name} c={concurrency}: {results[concurrency]}", flush=True)
     if shared:
-        await load(target, 1, 1, 8, SHARED_SYSTEM, "Tell me about {topic}.")  # warm the prefix
-        results["shared"] = await load(
-            target, 16, 1, 32, SHARED_SYSTEM, "Briefly: what is the warranty for {topic}?"
-        )
+        results["shared"] = await load_shared(target)
         print(f"  {target.name} shared prefix: {results['shared']}", flush=True)
     return results
 
@@ -331,7 +336,7 @@ def table(all_results: dict[str, dict], concurrency: list[int]) -> str:
         if shared:
             lines += [
                 "",
-                "| shared-prefix workload (16 concurrent, ~1,000-token system prompt) "
+                "| shared-prefix workload (16 concurrent, ~1,300-token system prompt) "
                 "| TTFT p50 (s) | TTFT p95 (s) | tok/s |",
                 "|---|---|---|---|",
             ]
@@ -373,7 +378,7 @@ def main() -> None:
         target.start(args.log_dir)
         try:
             if target.name.startswith("inferflux (no prefix"):
-                all_results[target.name] = {"shared": trio.run(load_shared_only, target)}
+                all_results[target.name] = {"shared": trio.run(load_shared, target)}
                 print(f"  shared prefix: {all_results[target.name]['shared']}", flush=True)
             else:
                 all_results[target.name] = trio.run(run_target, target, args, shared)
@@ -384,13 +389,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_results, f, indent=2, default=str)
-
-
-async def load_shared_only(target: Target) -> dict:
-    await load(target, 1, 1, 8, SHARED_SYSTEM, "Tell me about {topic}.")
-    return await load(
-        target, 16, 1, 32, SHARED_SYSTEM, "Briefly: what is the warranty for {topic}?"
-    )
 
 
 def table_all(all_results: dict[str, dict], concurrency: list[int]) -> str:
