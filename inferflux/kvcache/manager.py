@@ -1,8 +1,8 @@
 """KV cache accounting: who owns each slot, what each slot's cells hold, what to reuse.
 
-The worker's llama.cpp context has one KV stream per slot, `cells_per_slot` cells each
-(one stream per slot measured ~15% faster than one unified buffer at 16 sequences on this
-CPU: attention only scans the sequence's own cells). A slot is
+The worker's llama.cpp context has one unified KV buffer of n_slots x cells_per_slot
+cells; admission caps every sequence at cells_per_slot (prompt + max_tokens), so the
+buffer cannot run out. Copied prefixes share cells. A slot (a llama.cpp sequence id) is
   free     holds nothing useful,
   running  owned by a sequence being generated,
   cached   holds a finished sequence's tokens, kept for prefix reuse until evicted (LRU).

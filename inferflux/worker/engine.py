@@ -37,7 +37,6 @@ class Sequence:
     # continuation, are identical; a multi-token prefill of them rounds differently.
     replay: list[int] = field(default_factory=list)
     replay_at: int = 0
-    replaying_this_step: bool = False
     logit_index: int = -1
     prompt_done_this_step: int = 0
     new_tokens: list[int] = field(default_factory=list)
@@ -66,8 +65,9 @@ class Engine:
             raise ValueError(f"sequence {admit.seq_id} is already running")
         ctx = self.context
         if admit.copy_from >= 0:
-            # With one KV stream per slot llama.cpp copies whole sequences only: copy all
-            # of the source, then cut it back to the shared prefix below.
+            # Copy the whole source sequence, then cut it back to the shared prefix below:
+            # in a unified buffer this only tags cells, and it is also the only form
+            # llama.cpp accepts if the cache is ever split into one stream per slot.
             ctx.seq_rm(admit.slot, 0)
             ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
         ctx.seq_rm(admit.slot, admit.n_cached)
@@ -112,9 +112,8 @@ class Engine:
             else:
                 for seq in batch_seqs:
                     seq.n_past += seq.prompt_done_this_step or 1
-                    if seq.replaying_this_step:
-                        seq.replay_at += 1
-                        seq.replaying_this_step = False
+                    if not seq.prompt_done_this_step and seq.replay_at < len(seq.replay):
+                        seq.replay_at += 1  # this step decoded a replayed token
                     if seq.logit_index >= 0:
                         self._sample(seq)
         outputs = self._finished
@@ -151,7 +150,6 @@ class Engine:
             if seq.replay_at < len(seq.replay):
                 last = seq.replay_at == len(seq.replay) - 1
                 self._put(batch, i, seq.replay[seq.replay_at], seq.n_past, seq.slot, last)
-                seq.replaying_this_step = True
                 seq.logit_index = i if last else -1
             else:
                 self._put(batch, i, seq.next_token, seq.n_past, seq.slot, True)
@@ -225,7 +223,6 @@ class Engine:
         for seq in batch_seqs:
             seq.prompt_done_this_step = 0
             seq.logit_index = -1
-            seq.replaying_this_step = False
             self.context.seq_rm(seq.slot, seq.n_past)  # nothing half-written survives
         # The failed ubatch may have left partial cells for the victim: drop them.
         self.context.seq_rm(victim.slot, 0)
