@@ -49,11 +49,6 @@ class Server:
         ingress = self.root.child("ingress")
         return ingress.port if isinstance(ingress, IngressActor) else self.config.server.port
 
-    @property
-    def scheduler(self) -> Scheduler | None:
-        child = self.root.child("scheduler")
-        return child if isinstance(child, Scheduler) else None
-
 
 def build_server(config: Config, *, introspection_address: Address | None = None) -> Server:
     model_path = config.model.path or str(default_model_path())
@@ -69,7 +64,6 @@ def build_server(config: Config, *, introspection_address: Address | None = None
     metrics = Metrics(model_id, config.role)
     sched = config.scheduler
     ctx_size = min(config.model.ctx_size, info.n_ctx_train or config.model.ctx_size)
-    holder: dict[str, Scheduler] = {}
 
     def make_worker() -> ProcessActor:
         return ProcessActor(
@@ -88,7 +82,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         )
 
     def make_scheduler() -> Scheduler:
-        scheduler = Scheduler(
+        return Scheduler(
             "scheduler",
             worker="worker-0",
             n_slots=sched.n_parallel,
@@ -99,12 +93,10 @@ def build_server(config: Config, *, introspection_address: Address | None = None
             worker_wait_s=sched.worker_wait_s,
             in_registry=registry,
         )
-        holder["scheduler"] = scheduler
-        return scheduler
 
     def is_ready() -> bool:
-        scheduler = holder.get("scheduler")
-        return scheduler is not None and scheduler.ready.is_set()
+        scheduler = root.child("scheduler")  # `root` is built below; called once serving
+        return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
 
     front = Frontend(
         model_id=model_id,
