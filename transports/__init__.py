@@ -5,10 +5,12 @@ from ._channel import (
     DEFAULT_RECV_MAX_SIZE,
     Channel,
     ChannelClosed,
+    LinkBroken,
     PeerEvent,
     SendTimeout,
 )
 from ._codec import Codec, MessageDecodeError
+from ._faults import Faults
 
 __all__ = [
     "DEFAULT_RECV_MAX_SIZE",
@@ -17,6 +19,8 @@ __all__ = [
     "Channel",
     "ChannelClosed",
     "Codec",
+    "Faults",
+    "LinkBroken",
     "MessageDecodeError",
     "PeerEvent",
     "SendTimeout",

@@ -10,7 +10,9 @@ buffer is full, always under a deadline so a dead peer cannot hang the sender.
 from __future__ import annotations
 
 import math
+import secrets
 import socket
+import struct
 from typing import Generic, Literal, TypeVar
 
 import msgspec
@@ -18,7 +20,8 @@ import pynng
 import trio
 
 from ._address import Address, parse_address
-from ._codec import Codec
+from ._codec import Codec, MessageDecodeError
+from ._faults import FaultInjector, Faults
 
 M = TypeVar("M")
 
@@ -36,6 +39,21 @@ class SendTimeout(TimeoutError):
 
 class ChannelClosed(Exception):
     """The channel was closed locally."""
+
+
+class LinkBroken(Exception):
+    """Messages from the peer went missing (a gap in its sequence numbers): whatever the
+    two ends were doing together can no longer be trusted, so the link must be rebuilt."""
+
+    def __init__(self, peer: str, expected: int, got: int) -> None:
+        super().__init__(
+            f"link to {peer} lost {got - expected} message(s) (expected #{expected}, got #{got})"
+        )
+
+
+# Every message carries the sender's epoch (random per channel) and a sequence number, so
+# the receiver discards duplicates and notices loss, whatever the transport does.
+_HEADER = struct.Struct("<QQ")
 
 
 class PeerEvent(msgspec.Struct, frozen=True):
@@ -75,6 +93,13 @@ class Channel(Generic[M]):
         self._send_fd = self._socket.send_fd
         self._closed = False
         self._receives_without_yield = 0
+        self._epoch = secrets.randbits(64)
+        self._sent = 0
+        self._peer_epoch = -1
+        self._expected = 0
+        self.duplicates_dropped = 0
+        self._injector: FaultInjector | None = None
+        self._pending_duplicate: bytes | None = None
         self._token = trio.lowlevel.current_trio_token()
         self._events_in, self._events_out = trio.open_memory_channel[PeerEvent](64)
         self.peers = 0
@@ -108,6 +133,15 @@ class Channel(Generic[M]):
             channel.close()
             raise
         return channel
+
+    # fault injection (chaos testing) -----------------------------------------------
+    @property
+    def faults(self) -> Faults | None:
+        return self._injector.faults if self._injector else None
+
+    @faults.setter
+    def faults(self, faults: Faults | None) -> None:
+        self._injector = FaultInjector(faults) if faults is not None and faults.active else None
 
     # peers -------------------------------------------------------------------------
     def _from_nng(self, kind: Literal["connected", "disconnected"], pipe: pynng.Pipe) -> None:
@@ -145,6 +179,19 @@ class Channel(Generic[M]):
         await self.send_bytes(self.codec.encode(message), timeout_s)
 
     async def send_bytes(self, data: bytes, timeout_s: float | None = None) -> None:
+        framed = _HEADER.pack(self._epoch, self._sent) + data
+        self._sent += 1
+        injector = self._injector
+        if injector is None:
+            await self._send_framed(framed, timeout_s)
+            return
+        delay = injector.delay_s()
+        if delay:
+            await trio.sleep(delay)
+        for _ in range(injector.copies()):
+            await self._send_framed(framed, timeout_s)
+
+    async def _send_framed(self, data: bytes, timeout_s: float | None) -> None:
         deadline = self.send_timeout_s if timeout_s is None else timeout_s
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -178,6 +225,47 @@ class Channel(Generic[M]):
         return self.codec.decode(await self.receive_bytes(), self.peer_label)
 
     async def receive_bytes(self) -> bytes:
+        """Next message's payload, in order, each exactly once; LinkBroken on a gap."""
+        while True:
+            framed = await self._receive_faulty()
+            payload = self._accept(framed)
+            if payload is not None:
+                return payload
+
+    def _accept(self, framed: bytes) -> memoryview | None:
+        """Check the sequence number: the payload, or None for a duplicate."""
+        if len(framed) < _HEADER.size:
+            raise MessageDecodeError(self.peer_label, None, "shorter than a header", len(framed))
+        epoch, number = _HEADER.unpack_from(framed)
+        if epoch != self._peer_epoch:  # a new peer (or the peer's first message)
+            self._peer_epoch, self._expected = epoch, 0
+        if number < self._expected:
+            self.duplicates_dropped += 1
+            return None
+        if number > self._expected:
+            raise LinkBroken(self.peer_label, self._expected, number)
+        self._expected += 1
+        return memoryview(framed)[_HEADER.size :]
+
+    async def _receive_faulty(self) -> bytes:
+        injector = self._injector
+        if injector is None:
+            return await self._receive_raw()
+        if self._pending_duplicate is not None:
+            data, self._pending_duplicate = self._pending_duplicate, None
+            return data
+        while True:
+            data = await self._receive_raw()
+            delay = injector.delay_s()
+            if delay:
+                await trio.sleep(delay)
+            copies = injector.copies()
+            if copies:
+                if copies == 2:
+                    self._pending_duplicate = data
+                return data
+
+    async def _receive_raw(self) -> bytes:
         # Like send, a message that is already queued returns without a scheduler yield
         # (cancellation is still checked); a receiver draining a busy peer still yields
         # every YIELD_EVERY messages so it cannot starve the other tasks.
@@ -199,16 +287,6 @@ class Channel(Generic[M]):
                 await trio.lowlevel.wait_readable(self._recv_fd)
             except (trio.ClosedResourceError, OSError):
                 raise ChannelClosed(str(self.address)) from None
-
-    def receive_nowait(self) -> M:
-        """A message already queued, or trio.WouldBlock. For draining a batch in one go."""
-        try:
-            data = self._socket.recv(block=False)
-        except pynng.TryAgain:
-            raise trio.WouldBlock from None
-        except pynng.Closed:
-            raise ChannelClosed(str(self.address)) from None
-        return self.codec.decode(data, self.peer_label)
 
     # lifetime ----------------------------------------------------------------------
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """KV cache accounting: who owns each slot, what each slot's cells hold, what to reuse.
 
-The worker's llama.cpp context has one unified KV buffer of n_slots x cells_per_slot
-cells; admission caps every sequence at cells_per_slot (prompt + max_tokens), so the
-buffer cannot run out. Copied prefixes share cells. A slot (a llama.cpp sequence id) is
+The worker's llama.cpp context has one KV stream of cells_per_slot cells per slot;
+admission caps every sequence at cells_per_slot (prompt + max_tokens), so a stream cannot
+run out. A prefix reused from another slot is copied between streams.
+A slot (a llama.cpp sequence id) is
   free     holds nothing useful,
   running  owned by a sequence being generated,
   cached   holds a finished sequence's tokens, kept for prefix reuse until evicted (LRU).

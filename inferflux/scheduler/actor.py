@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from actors import Actor, ActorError, ActorRef, Envelope
@@ -134,7 +136,12 @@ class Scheduler(Actor):
             envelope.fail(Overloaded(len(self.waiting)))
             return
         envelope.defer()
-        request = Request(submit.seq_id, submit.prompt, submit.sampling, submit.priority, envelope)
+        sampling = submit.sampling
+        if sampling.seed is None and sampling.temperature > 0:
+            # A seed of our own makes an unseeded sampled stream resumable after a crash
+            # (the worker restores the RNG), exactly like a seeded one.
+            sampling = msgspec.structs.replace(sampling, seed=random.getrandbits(32))
+        request = Request(submit.seq_id, submit.prompt, sampling, submit.priority, envelope)
         self._enqueue(request)
         self.metrics.of(self.metrics.prompt_tokens).inc(len(submit.prompt))
         self._admit_waiting()

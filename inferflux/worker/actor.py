@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from actors import Actor, Envelope
+from actors import Actor, ActorUnavailable, Envelope
 
 from ..messages import (
     Admit,
@@ -79,6 +79,9 @@ class DeviceWorker(Actor):
         assert self.engine is not None
         match message:
             case Attach():
+                if self._results is not None:
+                    self._results.fail(ActorUnavailable(self.name, "another scheduler attached"))
+                self.engine.reset()
                 self._results = envelope
                 envelope.defer()
                 info = self.engine.model.info

@@ -19,12 +19,19 @@ from .llama import Context, Model
 from .output import TextOutput
 from .sampling import Sampler
 
+# At most this many tokens of one sequence per step. ggml's CPU flash attention switches to
+# a tiled kernel at 64 query rows of one stream (GGML_FA_TILE_Q), which rounds differently
+# from the per-row kernel used for decodes and short chunks. Staying below it keeps every
+# token's numerics independent of how it was batched, which is what makes a recompute
+# after a crash bit-identical to the original run.
+MAX_CHUNK = 63
+
 
 @dataclass(eq=False)
 class Sequence:
     seq_id: int
     slot: int
-    tokens: list[int]  # the prompt, prefilled in chunks
+    tokens: list[int]  # prefilled in chunks: the prompt (+ on recompute what was generated)
     n_past: int  # tokens of this sequence already in the KV cache
     sampler: Sampler
     output: TextOutput
@@ -32,11 +39,6 @@ class Sequence:
     n_generated: int
     ignore_eos: bool
     next_token: int = -1  # sampled, not yet decoded
-    # Recompute after a crash or preemption: tokens already sent to the client, decoded
-    # again one per step (as they were the first time) so the numerics, and therefore the
-    # continuation, are identical; a multi-token prefill of them rounds differently.
-    replay: list[int] = field(default_factory=list)
-    replay_at: int = 0
     logit_index: int = -1
     prompt_done_this_step: int = 0
     new_tokens: list[int] = field(default_factory=list)
@@ -65,36 +67,38 @@ class Engine:
             raise ValueError(f"sequence {admit.seq_id} is already running")
         ctx = self.context
         if admit.copy_from >= 0:
-            # Copy the whole source sequence, then cut it back to the shared prefix below:
-            # in a unified buffer this only tags cells, and it is also the only form
-            # llama.cpp accepts if the cache is ever split into one stream per slot.
+            # Copy the whole source stream, then cut it back to the shared prefix below:
+            # between per-slot streams llama.cpp only copies whole sequences.
             ctx.seq_rm(admit.slot, 0)
             ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
         ctx.seq_rm(admit.slot, admit.n_cached)
+        # Recompute (n_generated > 0): the tokens already sent are prefilled with the
+        # prompt. In per-slot KV streams that gives bit-identical logits, so the
+        # continuation equals the undisturbed run; penalties, the RNG and the detokenizer
+        # are brought to where they were after those tokens.
         sampler = Sampler(admit.sampling, self.model.info.n_vocab)
-        prompt_len = len(admit.tokens) - admit.n_generated
-        for token in admit.tokens[prompt_len:]:
-            sampler.accept(token)  # recompute: penalties see the tokens already generated
+        generated = admit.tokens[len(admit.tokens) - admit.n_generated :]
+        for token in generated:
+            sampler.accept(token)
+        sampler.skip_draws(len(generated))
         output = TextOutput(admit.sampling.stop)
-        replay = admit.tokens[prompt_len:]
-        replayed = "".join(output.feed(self.model.piece(t)) for t in replay)
-        # Something must be computed to get logits: the last prompt token, or the replay.
-        n_past = min(admit.n_cached, prompt_len if replay else prompt_len - 1)
+        replayed = "".join(output.feed(self.model.piece(t)) for t in generated)
+        n_past = min(admit.n_cached, len(admit.tokens) - 1)  # the last token gives logits
         ctx.seq_rm(admit.slot, n_past)
-        self.sequences[admit.seq_id] = Sequence(
+        seq = Sequence(
             seq_id=admit.seq_id,
             slot=admit.slot,
-            tokens=admit.tokens[:prompt_len],
+            tokens=admit.tokens,
             n_past=n_past,
             sampler=sampler,
             output=output,
             max_tokens=admit.sampling.max_tokens,
             n_generated=admit.n_generated,
             ignore_eos=admit.sampling.ignore_eos,
-            replay=replay,
         )
+        self.sequences[admit.seq_id] = seq
         if replayed[admit.text_sent :]:
-            self.sequences[admit.seq_id].new_text.append(replayed[admit.text_sent :])
+            seq.new_text.append(replayed[admit.text_sent :])
 
     def cancel(self, seq_id: int) -> None:
         seq = self.sequences.get(seq_id)
@@ -112,8 +116,6 @@ class Engine:
             else:
                 for seq in batch_seqs:
                     seq.n_past += seq.prompt_done_this_step or 1
-                    if not seq.prompt_done_this_step and seq.replay_at < len(seq.replay):
-                        seq.replay_at += 1  # this step decoded a replayed token
                     if seq.logit_index >= 0:
                         self._sample(seq)
         outputs = self._finished
@@ -138,39 +140,40 @@ class Engine:
         )
 
     def _fill_batch(self) -> tuple[int, list[Sequence]]:
-        batch = self.context.batch
+        """Choose this step's tokens (decodes first, then prompt chunks, within the budget),
+        then lay them out in slot order: llama.cpp splits a batch over per-slot KV streams
+        into ubatches of consecutive slots, so slot order keeps a step at one ubatch plus
+        one per multi-token chunk."""
         capacity = self.context.n_batch
+        planned: list[tuple[Sequence, int]] = []  # (sequence, tokens this step)
+        room = capacity
+        for seq in self.sequences.values():
+            if not seq.prefilling and room > 0:
+                planned.append((seq, 1))
+                room -= 1
+        for seq in self.sequences.values():
+            if seq.prefilling and room > 0:
+                n = min(room, MAX_CHUNK, len(seq.tokens) - seq.n_past)
+                planned.append((seq, n))
+                room -= n
+        batch = self.context.batch
         i = 0
-        used: list[Sequence] = []
-        decoding = [s for s in self.sequences.values() if not s.prefilling]
-        prefilling = [s for s in self.sequences.values() if s.prefilling]
-        for seq in decoding:
-            if i >= capacity:
-                break
-            if seq.replay_at < len(seq.replay):
-                last = seq.replay_at == len(seq.replay) - 1
-                self._put(batch, i, seq.replay[seq.replay_at], seq.n_past, seq.slot, last)
-                seq.logit_index = i if last else -1
-            else:
+        for seq, n in sorted(planned, key=lambda p: p[0].slot):
+            if not seq.prefilling:
                 self._put(batch, i, seq.next_token, seq.n_past, seq.slot, True)
                 seq.logit_index = i
-            seq.prompt_done_this_step = 0
-            used.append(seq)
-            i += 1
-        for seq in prefilling:
-            room = capacity - i
-            if room <= 0:
-                break
-            chunk = seq.tokens[seq.n_past : seq.n_past + room]
-            completes = seq.n_past + len(chunk) == len(seq.tokens) and not seq.replay
+                seq.prompt_done_this_step = 0
+                i += 1
+                continue
+            chunk = seq.tokens[seq.n_past : seq.n_past + n]
+            completes = seq.n_past + n == len(seq.tokens)
             for j, token in enumerate(chunk):
-                last = completes and j == len(chunk) - 1
+                last = completes and j == n - 1
                 self._put(batch, i + j, token, seq.n_past + j, seq.slot, last)
-            seq.logit_index = i + len(chunk) - 1 if completes else -1
-            seq.prompt_done_this_step = len(chunk)
-            used.append(seq)
-            i += len(chunk)
-        return i, used
+            seq.logit_index = i + n - 1 if completes else -1
+            seq.prompt_done_this_step = n
+            i += n
+        return i, [seq for seq, _ in planned]
 
     @staticmethod
     def _put(batch: object, i: int, token: int, pos: int, slot: int, logits: bool) -> None:
@@ -228,6 +231,13 @@ class Engine:
         self.context.seq_rm(victim.slot, 0)
         victim.n_past = 0
         self._finish(victim, "preempted")
+
+    def reset(self) -> None:
+        """Forget every sequence and all KV: a new scheduler attached, and its accounting
+        starts from empty slots (its predecessor's requests ended with it)."""
+        self.close()
+        self._finished.clear()
+        self.context.clear()
 
     def close(self) -> None:
         for seq in self.sequences.values():

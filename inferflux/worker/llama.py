@@ -134,14 +134,15 @@ class Model:
 
 
 class Context:
-    """A llama.cpp context with one unified KV buffer of n_ctx cells for n_seq_max slots.
+    """A llama.cpp context with one KV stream per slot (n_ctx / n_seq_max cells each).
 
-    Unified, because served traffic is faster with it here: 142 vs 105 tok/s at 16 clients,
-    and shared-prefix TTFT 2.5 vs 4.3 s, against one stream per slot. Per-slot streams win
-    only when every sequence moves in lockstep (raw engine, 173 vs 147 tok/s): with
-    staggered arrivals llama.cpp must split mixed prefill + decode batches into
-    equal-per-stream ubatches, and copying a prefix between streams copies cells.
-    See docs/architecture.md.
+    Per-slot streams, because (1) a sequence's cells then always sit at the same indices
+    for the same positions, so recomputing it after a crash gives bit-identical logits
+    (greedy continuations equal token for token; with one unified buffer the cells land
+    elsewhere, SIMD sums group differently, and greedy output drifts), and (2) served
+    traffic is faster: 154 vs 143 tok/s at 16 clients in the same run, provided each
+    step's batch is laid out in slot order (llama.cpp splits it into ubatches of
+    consecutive slots). See docs/architecture.md.
     """
 
     def __init__(
@@ -154,7 +155,7 @@ class Context:
         params.n_seq_max = n_seq_max
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.kv_unified = True
+        params.kv_unified = False
         params.no_perf = True
         self.ptr = L.llama_init_from_model(model.ptr, params)
         if not self.ptr:
@@ -171,6 +172,9 @@ class Context:
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         L.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.memory, True)
 
     def decode(self, n_tokens: int) -> int:
         self.batch.n_tokens = n_tokens

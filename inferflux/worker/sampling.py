@@ -7,6 +7,7 @@ sequence owns its chain, so a seed gives the same output whatever else is in the
 
 from __future__ import annotations
 
+import ctypes
 import random
 
 import llama_cpp as L
@@ -25,7 +26,8 @@ class Sampler:
                     n_vocab, -1, 1.0, params.frequency_penalty, params.presence_penalty
                 )
             )
-        if params.temperature <= 0.0:
+        self._greedy = params.temperature <= 0.0
+        if self._greedy:
             add(L.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
@@ -41,6 +43,18 @@ class Sampler:
     def sample(self, ctx: object, batch_index: int) -> int:
         """Pick from the logits at `batch_index` of the last decode (and accept it)."""
         return L.llama_sampler_sample(self.chain, ctx, batch_index)
+
+    def skip_draws(self, n: int) -> None:
+        """Advance the random stream past `n` earlier samples (recompute after a crash):
+        llama.cpp's dist sampler draws exactly once per sample, so applying the chain to a
+        one-candidate array n times leaves its RNG where the original run had it."""
+        if self._greedy or n <= 0:
+            return
+        candidate = L.llama_token_data(0, 0.0, 1.0)
+        array = L.llama_token_data_array(ctypes.pointer(candidate), 1, -1, False)
+        for _ in range(n):
+            array.size, array.selected, array.sorted = 1, -1, False
+            L.llama_sampler_apply(self.chain, ctypes.byref(array))
 
     def accept(self, token: int) -> None:
         """Replay a token chosen earlier (recompute after a crash keeps penalties right)."""
