@@ -10,6 +10,7 @@ from ._errors import (
     ActorError,
     ActorUnavailable,
     CallTimeout,
+    InjectedCrash,
     MailboxFull,
     RemoteError,
     RestartIntensityExceeded,
@@ -17,7 +18,7 @@ from ._errors import (
     is_cancellation,
 )
 from ._info import ActorInfo
-from ._introspection import IntrospectionServer, fetch_snapshot
+from ._introspection import IntrospectionServer, chaos_control, fetch_snapshot, send_command
 from ._process import ProcessActor, ProcessExited
 from ._registry import ActorRef, Registry, registry
 from ._supervisor import ChildSpec, RestartType, Strategy, Supervisor
@@ -32,6 +33,7 @@ __all__ = [
     "CallTimeout",
     "ChildSpec",
     "Envelope",
+    "InjectedCrash",
     "IntrospectionServer",
     "MailboxFull",
     "ProcessActor",
@@ -42,8 +44,10 @@ __all__ = [
     "RestartType",
     "Strategy",
     "Supervisor",
+    "chaos_control",
     "describe",
     "fetch_snapshot",
     "is_cancellation",
     "registry",
+    "send_command",
 ]

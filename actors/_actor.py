@@ -15,7 +15,13 @@ from typing import Any
 import trio
 
 from ._envelope import Envelope, error_for_caller
-from ._errors import ActorCrashed, ActorUnavailable, describe, is_cancellation
+from ._errors import (
+    ActorCrashed,
+    ActorUnavailable,
+    InjectedCrash,
+    describe,
+    is_cancellation,
+)
 from ._info import ActorInfo, State
 from ._mailbox import Mailbox
 from ._registry import Registry, registry
@@ -112,6 +118,14 @@ class Actor:
             elif not envelope.answered:
                 envelope.reply(result)
                 self.messages_out += 1
+
+    def inject_crash(self, reason: str = "injected by the chaos harness") -> None:
+        """Crash this actor from inside, as a bug would: an exception in its nursery."""
+
+        async def crash() -> None:
+            raise InjectedCrash(reason)
+
+        self.nursery.start_soon(crash)
 
     def info(self) -> ActorInfo:
         return ActorInfo(

@@ -19,6 +19,10 @@ class ActorUnavailable(ActorError):
         super().__init__(f"actor {name!r} is unavailable: {why}")
 
 
+class InjectedCrash(Exception):
+    """Raised inside an actor on purpose by the chaos harness (`inject_crash`)."""
+
+
 class ActorCrashed(ActorError):
     """The actor died while handling (or before answering) this request."""
 

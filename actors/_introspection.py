@@ -1,7 +1,13 @@
 """Serve snapshots of an actor tree over an nng Rep0 socket (for inferflux-top and tests).
 
-Request: any bytes (b"snapshot"). Reply: the root's ActorInfo as JSON. Several clients can
-ask at once; each request costs one tree walk, no locks, nothing on the actors' hot paths.
+Request: b"snapshot" (or anything that is not a JSON command). Reply: the root's ActorInfo
+as JSON. Several clients can ask at once; each request costs one tree walk, no locks,
+nothing on the actors' hot paths.
+
+Chaos commands (only when the server was given a `control` handler, i.e. started with
+chaos enabled): a JSON object {"op": "crash", "actor": NAME} crashes that actor from the
+inside; {"op": "faults", "actor": NAME, "faults": {...}} sets a transports.Faults plan on a
+process actor's link ({} heals it). Reply: {"ok": true} or {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -9,24 +15,32 @@ from __future__ import annotations
 import contextlib
 import os
 import socket as socket_module
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 import pynng
 import trio
 
-from transports import Address, parse_address
+from transports import Address, Faults, parse_address
 
 from ._info import ActorInfo
+from ._process import ProcessActor
+from ._supervisor import Supervisor
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ActorInfo)
 
 
 class IntrospectionServer:
-    def __init__(self, address: Address | str, snapshot: Callable[[], ActorInfo]) -> None:
+    def __init__(
+        self,
+        address: Address | str,
+        snapshot: Callable[[], ActorInfo],
+        control: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.address = parse_address(address) if isinstance(address, str) else address
         self.snapshot = snapshot
+        self.control = control
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with pynng.Rep0() as socket:
@@ -42,17 +56,59 @@ class IntrospectionServer:
             try:
                 while True:
                     try:
-                        socket.recv(block=False)
+                        request = socket.recv(block=False)
                     except pynng.TryAgain:
                         await trio.lowlevel.wait_readable(fd)
                         continue
-                    socket.send(_encoder.encode(self.snapshot()), block=False)
+                    socket.send(self._answer(request), block=False)
                     await trio.lowlevel.checkpoint()
             finally:
                 trio.lowlevel.notify_closing(fd)
                 if self.address.scheme == "ipc":
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.address.path)
+
+    def _answer(self, request: bytes) -> bytes:
+        if not request.startswith(b"{"):
+            return _encoder.encode(self.snapshot())
+        if self.control is None:
+            return _encoder.encode({"error": "chaos commands are off (start with --chaos)"})
+        try:
+            command = msgspec.json.decode(request, type=dict[str, Any])
+            return _encoder.encode(self.control(command))
+        except Exception as exc:  # a bad command must never take the server down
+            return _encoder.encode({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def chaos_control(root: Supervisor) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The command handler for an IntrospectionServer that accepts chaos commands."""
+
+    def control(command: dict[str, Any]) -> dict[str, Any]:
+        name = str(command.get("actor", ""))
+        actor = root.find(name)
+        if actor is None:
+            return {"error": f"no running actor {name!r}"}
+        match command.get("op"):
+            case "crash":
+                actor.inject_crash()  # type: ignore[attr-defined]
+            case "faults":
+                if not isinstance(actor, ProcessActor):
+                    return {"error": f"{name!r} has no link to fault (not a process actor)"}
+                faults = msgspec.convert(command.get("faults") or {}, Faults)
+                actor.set_faults(faults if faults.active else None)
+            case other:
+                return {"error": f"unknown op {other!r} (crash, faults)"}
+        return {"ok": True}
+
+    return control
+
+
+def send_command(address: Address | str, command: dict[str, Any], timeout_s: float = 2.0) -> Any:
+    """Blocking client for chaos commands."""
+    with pynng.Req0(recv_timeout=int(timeout_s * 1000), send_timeout=int(timeout_s * 1000)) as sock:
+        sock.dial(str(address), block=True)
+        sock.send(_encoder.encode(command))
+        return msgspec.json.decode(sock.recv())
 
 
 def fetch_snapshot(address: Address | str, timeout_s: float = 2.0) -> ActorInfo:

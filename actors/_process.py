@@ -27,10 +27,17 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from transports import Channel, ChannelClosed, MessageDecodeError, unique_address
+from transports import Channel, ChannelClosed, Faults, MessageDecodeError, unique_address
 
 from ._envelope import Envelope
-from ._errors import ActorCrashed, ActorUnavailable, RemoteError, describe, is_cancellation
+from ._errors import (
+    ActorCrashed,
+    ActorUnavailable,
+    InjectedCrash,
+    RemoteError,
+    describe,
+    is_cancellation,
+)
 from ._info import ActorInfo, State
 from ._link import (
     Call,
@@ -94,6 +101,8 @@ class ProcessActor:
         self._pending: dict[int, Envelope] = {}
         self._stop_requested = False
         self._stop_event = trio.Event()
+        self._channel: Channel[Any] | None = None
+        self._pumps: trio.Nursery | None = None
 
     def request_stop(self) -> None:
         if self.state in ("starting", "running"):
@@ -114,6 +123,22 @@ class ProcessActor:
             last_error=self.last_error,
             details={"in_flight": len(self._pending)},
         )
+
+    def inject_crash(self, reason: str = "injected by the chaos harness") -> None:
+        """Crash the proxy from inside (its child process is then stopped and restarted)."""
+        if self._pumps is None:
+            raise RuntimeError(f"process actor {self.name!r} is not running")
+
+        async def crash() -> None:
+            raise InjectedCrash(reason)
+
+        self._pumps.start_soon(crash)
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Drop/duplicate/delay frames on the link to the child, both ways (chaos)."""
+        if self._channel is None:
+            raise RuntimeError(f"process actor {self.name!r} is not running")
+        self._channel.faults = faults
 
     def command(self, address: str) -> list[str]:
         return [
@@ -147,7 +172,9 @@ class ProcessActor:
                 self.registry.register(self.name, self.mailbox)
                 self.state = "running"
                 task_status.started()
+                self._channel = channel
                 async with trio.open_nursery() as nursery:
+                    self._pumps = nursery
                     nursery.start_soon(self._pump_out, channel)
                     nursery.start_soon(self._pump_in, channel)
                     nursery.start_soon(self._escalate_stop, process)
@@ -162,6 +189,7 @@ class ProcessActor:
                 self.last_error = describe(exc)
             raise
         finally:
+            self._channel = self._pumps = None
             self.registry.unregister(self.name, self.mailbox)
             cause = self.last_error or "stopped"
             for envelope in self._pending.values():

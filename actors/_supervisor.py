@@ -109,6 +109,20 @@ class Supervisor:
                 return slot.instance if slot.running else None
         raise KeyError(name)
 
+    def find(self, name: str) -> Child | None:
+        """The running actor called `name` anywhere below this supervisor."""
+        for slot in self._slots:
+            instance = slot.instance if slot.running else None
+            if instance is None:
+                continue
+            if slot.spec.name == name:
+                return instance
+            if isinstance(instance, Supervisor):
+                found = instance.find(name)
+                if found is not None:
+                    return found
+        return None
+
     def info(self) -> ActorInfo:
         children = []
         for slot in self._slots:

@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all)")
     run.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (CUDA builds)")
     run.add_argument("--no-prefix-cache", action="store_true", help="turn prefix reuse off")
+    run.add_argument(
+        "--chaos",
+        action="store_true",
+        help="accept fault-injection commands on the introspection socket (tools/chaos.py)",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -57,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(
             args.config,
             overrides={
-                "server": {"host": args.host, "port": args.port},
+                "server": {"host": args.host, "port": args.port, "chaos": args.chaos or None},
                 "model": {
                     "path": args.model,
                     "name": args.model_name,

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 
 import trio
 
-from actors import ActorRef, ChildSpec, IntrospectionServer, ProcessActor, Registry, Supervisor
+from actors import (
+    ActorRef,
+    ChildSpec,
+    IntrospectionServer,
+    ProcessActor,
+    Registry,
+    Supervisor,
+    chaos_control,
+)
 from transports import Address
 
 from .config import Config
@@ -140,8 +148,11 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         max_seconds=60,
     )
     front.snapshot = root.info
+    control = chaos_control(root) if config.server.chaos else None
     introspection = (
-        IntrospectionServer(introspection_address, root.info) if introspection_address else None
+        IntrospectionServer(introspection_address, root.info, control)
+        if introspection_address
+        else None
     )
     return Server(config, model_path, model_id, root, registry, introspection=introspection)
 

@@ -4,6 +4,7 @@ responses (one JSON body, or server-sent events)."""
 from __future__ import annotations
 
 import itertools
+import random
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -12,12 +13,13 @@ from typing import Any, AsyncIterator
 import msgspec
 import trio
 
-from actors import ActorError, ActorRef
+from actors import ActorCrashed, ActorError, ActorRef
 
 from ..scheduler.messages import Abort, Delta, NotReady, Overloaded, Submit
 from .errors import APIError
 
 _seq_ids = itertools.count(1)
+RESUBMIT_WINDOW_S = 10.0  # how long a stream waits for a restarted scheduler
 _json = msgspec.json.Encoder()
 
 
@@ -52,7 +54,15 @@ class Generation:
 
     def __init__(self, scheduler: ActorRef, submit: Submit, in_flight: InFlight) -> None:
         self.scheduler = scheduler
+        sampling = submit.sampling
+        if sampling.seed is None and sampling.temperature > 0:
+            # A seed of our own makes an unseeded sampled stream resumable after any crash
+            # (the worker restores the RNG from it), exactly like a seeded one.
+            sampling = msgspec.structs.replace(sampling, seed=random.getrandbits(32))
+            submit = msgspec.structs.replace(submit, sampling=sampling)
         self.submit = submit
+        self.tokens: list[int] = []  # what the client has been sent, for a resubmission
+        self.text_sent = 0
         self.in_flight = in_flight
         self._counted = False
         self._stack = AsyncExitStack()
@@ -67,7 +77,12 @@ class Generation:
             self._items = await self._stack.enter_async_context(
                 self.scheduler.stream(self.submit, first_timeout_s=5.0)
             )
-            self.first = await anext(self._items)
+            while True:
+                try:
+                    self.first = await anext(self._items)
+                    break
+                except ActorError as exc:  # the scheduler died holding the request
+                    await self._resubmit(exc)
         except StopAsyncIteration:
             self.first = None
         except Exception as exc:
@@ -81,18 +96,48 @@ class Generation:
     async def deltas(self) -> AsyncIterator[Delta]:
         assert self._items is not None
         if self.first is not None:
+            self._sent(self.first)
             yield self.first
             if self.first.finish_reason:
                 self.finished = True
                 return
-        try:
-            async for delta in self._items:
-                yield delta
-                if delta.finish_reason:
-                    self.finished = True
-                    return
-        except Exception as exc:
-            raise _api_error(exc) from None
+        while True:
+            try:
+                async for delta in self._items:
+                    self._sent(delta)
+                    yield delta
+                    if delta.finish_reason:
+                        self.finished = True
+                        return
+                raise ActorCrashed(self.scheduler.name, "stream ended without a finish")
+            except ActorError as exc:
+                # The scheduler died with our request: it is restarted by its supervisor,
+                # and we resume from what the client already has (recompute).
+                await self._resubmit(exc)
+            except Exception as exc:
+                raise _api_error(exc) from None
+
+    def _sent(self, delta: Delta) -> None:
+        self.tokens.extend(delta.token_ids)
+        self.text_sent += len(delta.text)
+
+    async def _resubmit(self, cause: ActorError) -> None:
+        resumed = msgspec.structs.replace(
+            self.submit, generated=list(self.tokens), text_sent=self.text_sent
+        )
+        await self._stack.aclose()
+        self._stack = AsyncExitStack()
+        deadline = trio.current_time() + RESUBMIT_WINDOW_S
+        while True:
+            try:
+                self._items = await self._stack.enter_async_context(
+                    self.scheduler.stream(resumed, first_timeout_s=5.0)
+                )
+                return
+            except ActorError as exc:
+                if trio.current_time() > deadline:
+                    raise _api_error(exc) from cause
+                await trio.sleep(0.1)
 
     async def close(self) -> None:
         if self._counted:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import trio
 
 from actors import Actor, ActorError, ActorRef, Envelope
@@ -75,7 +73,9 @@ class Scheduler(Actor):
         self.metrics = metrics
         self.max_waiting = max_waiting
         self.worker_wait_s = worker_wait_s
-        self.down_since: float | None = None  # monotonic time the worker was lost
+        # Monotonic time since when no worker is attached (starting counts: a restarted
+        # scheduler queues requests while it re-attaches, within worker_wait_s).
+        self.down_since: float | None = time.monotonic()
         self.waiting: list[tuple[int, int, Request]] = []
         self.running: dict[int, Request] = {}
         self._order = itertools.count()
@@ -126,9 +126,6 @@ class Scheduler(Actor):
         return None
 
     def _submit(self, submit: Submit, envelope: Envelope) -> None:
-        if not self.ready.is_set() and self.worker_info is None:
-            envelope.fail(NotReady("the model worker is still starting"))
-            return
         if self._down_too_long():
             envelope.fail(NotReady(self._down_reason()))
             return
@@ -136,12 +133,9 @@ class Scheduler(Actor):
             envelope.fail(Overloaded(len(self.waiting)))
             return
         envelope.defer()
-        sampling = submit.sampling
-        if sampling.seed is None and sampling.temperature > 0:
-            # A seed of our own makes an unseeded sampled stream resumable after a crash
-            # (the worker restores the RNG), exactly like a seeded one.
-            sampling = msgspec.structs.replace(sampling, seed=random.getrandbits(32))
-        request = Request(submit.seq_id, submit.prompt, sampling, submit.priority, envelope)
+        request = Request(submit.seq_id, submit.prompt, submit.sampling, submit.priority, envelope)
+        request.generated = list(submit.generated)
+        request.text_sent = submit.text_sent
         self._enqueue(request)
         self.metrics.of(self.metrics.prompt_tokens).inc(len(submit.prompt))
         self._admit_waiting()

@@ -8,13 +8,18 @@ from ..messages import FinishReason, SamplingParams
 
 
 class Submit(msgspec.Struct, frozen=True):
-    """Generate for `prompt`; opened as a stream, answered with Delta items."""
+    """Generate for `prompt`; opened as a stream, answered with Delta items.
+
+    `generated` / `text_sent` resume a stream the client already partly has (the ingress
+    resubmits after a scheduler crash): generation continues after those tokens."""
 
     seq_id: int
     prompt: list[int]
     sampling: SamplingParams
     priority: int = 0
     trace_id: str = ""
+    generated: list[int] = []
+    text_sent: int = 0
 
 
 class Abort(msgspec.Struct, frozen=True):

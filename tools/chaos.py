@@ -1,0 +1,410 @@
+"""Chaos harness: a real server, a seeded request mix, a seeded nemesis, then invariants.
+
+    python tools/chaos.py --profile ci --seed 1       # a couple of minutes (runs in CI)
+    python tools/chaos.py --profile soak --seed 7 --duration 1800
+
+1. Starts `inferflux run --chaos` (the real default model) and drives the request mix once
+   undisturbed, at temperature 0 or with a seed, to get reference outputs.
+2. Drives the same mix again while the nemesis, every few seconds, does one of: SIGKILL the
+   worker process, SIGSTOP it for a while then SIGCONT, crash an actor from the inside
+   (worker proxy or scheduler, via the introspection socket), drop/duplicate/delay frames
+   on the worker link for a while. Some clients hang up mid-stream on purpose.
+3. Heals everything, waits for quiescence, stops the server with SIGTERM, and checks:
+   every request got exactly one terminal outcome; every completed stream equals its
+   reference token for token (nothing lost, nothing duplicated); no sequence running or
+   waiting and no slot held at quiescence; restarts within the supervisor's intensity;
+   no orphan worker process; no leaked ipc socket file.
+Prints the seed and `chaos: F faults, R requests, L lost, D dup`; exits 1 on a violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import openai
+import trio
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from actors import fetch_snapshot, send_command  # noqa: E402
+from actors._info import ActorInfo  # noqa: E402
+
+PROFILES = {
+    # requests, concurrency, nemesis period (s), max_tokens range
+    "ci": dict(requests=36, concurrency=6, period=(2.0, 4.0), max_tokens=(16, 48)),
+    "soak": dict(requests=400, concurrency=8, period=(1.0, 5.0), max_tokens=(16, 128)),
+}
+PROMPTS = [
+    "Write a short story about a fox.",
+    "Explain how rain forms.",
+    "Describe a castle at night.",
+    "List three uses of copper.",
+    "What is a prime number?",
+    "Give advice to a new gardener.",
+    "Why is the sky blue?",
+    "Describe the taste of an apple.",
+]
+ENGINE_INTENSITY = 5  # engine supervisor: restarts allowed per 60 s (inferflux/server.py)
+
+
+@dataclass
+class Job:
+    index: int
+    prompt: str
+    max_tokens: int
+    stream: bool
+    sampling: dict
+    hang_up_after: int  # streamed chunks before the client disconnects; 0: never
+
+
+@dataclass
+class Outcome:
+    kind: str  # completed | hung_up | error
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    faults: list[str] = field(default_factory=list)
+    outcomes: dict[int, list[Outcome]] = field(default_factory=dict)
+
+
+def make_jobs(rng: random.Random, profile: dict) -> list[Job]:
+    jobs = []
+    for i in range(profile["requests"]):
+        sampled = rng.random() < 0.25
+        jobs.append(
+            Job(
+                i,
+                rng.choice(PROMPTS),
+                rng.randint(*profile["max_tokens"]),
+                stream=rng.random() < 0.75,
+                sampling={"temperature": 0.8, "seed": rng.randint(0, 10_000)}
+                if sampled
+                else {"temperature": 0},
+                hang_up_after=rng.choice([0] * 6 + [3, 8]),
+            )
+        )
+    return jobs
+
+
+class Server:
+    def __init__(self, log_path: str, extra_env: dict[str, str]) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        command = [sys.executable, "-m", "inferflux", "run", "--chaos", "--port", str(self.port)]
+        command += ["--n-parallel", "4", "--ctx-size", "512"]
+        env = dict(os.environ, **extra_env)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.introspection = ""
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early; see {self.log_path}")
+            match = re.search(r"actor tree at (\S+)", open(self.log_path).read())
+            try:
+                ready = httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready and match:
+                self.introspection = match.group(1)
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready in {timeout_s}s; see {self.log_path}")
+
+    def snapshot(self) -> ActorInfo:
+        return fetch_snapshot(self.introspection)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+def find(info: ActorInfo, name: str) -> ActorInfo | None:
+    if info.name == name:
+        return info
+    for child in info.children:
+        found = find(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+async def drive(url: str, model: str, jobs: list[Job], concurrency: int, report: Report) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+    limiter = trio.Semaphore(concurrency)
+
+    async def one(job: Job) -> None:
+        async with limiter:
+            outcome = await run_job(client, model, job)
+            report.outcomes.setdefault(job.index, []).append(outcome)
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(one, job)
+
+
+async def run_job(client: openai.AsyncOpenAI, model: str, job: Job) -> Outcome:
+    messages = [{"role": "user", "content": job.prompt}]
+    kwargs = dict(model=model, messages=messages, max_tokens=job.max_tokens, **job.sampling)
+    try:
+        if not job.stream:
+            reply = await client.chat.completions.create(**kwargs)
+            choice = reply.choices[0]
+            return Outcome(
+                "completed",
+                choice.message.content or "",
+                choice.finish_reason,
+                reply.usage.completion_tokens,
+            )
+        parts, finish, tokens, chunks = [], "", 0, 0
+        stream = await client.chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+        async with stream:
+            async for chunk in stream:
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+                    finish = chunk.choices[0].finish_reason or finish
+                    chunks += 1
+                    if job.hang_up_after and chunks >= job.hang_up_after:
+                        return Outcome("hung_up", "".join(parts))
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+        return Outcome("completed", "".join(parts), finish, tokens)
+    except (openai.APIError, httpx.HTTPError) as exc:
+        return Outcome("error", detail=f"{type(exc).__name__}: {exc}")
+
+
+async def nemesis(
+    server: Server, rng: random.Random, period: tuple, report: Report, done: trio.Event
+) -> None:
+    stopped_pid = 0
+    worker_restarts: list[float] = []  # faults that cost a worker restart
+    while not done.is_set():
+        with trio.move_on_after(rng.uniform(*period)):
+            await done.wait()
+        if done.is_set():
+            break
+        worker = find(server.snapshot(), "worker-0")
+        if worker is None or worker.state != "running":
+            continue  # restarting: let it come back
+        # Stay inside the engine's restart intensity: a harness that exceeds it on purpose
+        # tests something else (tests/integration/test_worker_crash.py does).
+        recent = [t for t in worker_restarts if trio.current_time() - t < 60]
+        if len(recent) < ENGINE_INTENSITY - 1:
+            action = rng.choice(["sigkill", "sigstop", "crash-worker", "crash-scheduler", "link"])
+        else:
+            action = rng.choice(["sigstop", "crash-scheduler", "link-soft"])
+        if action in ("sigkill", "crash-worker", "link"):
+            worker_restarts.append(trio.current_time())
+        if action == "sigkill":
+            os.kill(worker.pid, signal.SIGKILL)
+        elif action == "sigstop":
+            os.kill(worker.pid, signal.SIGSTOP)
+            stopped_pid = worker.pid
+            await trio.sleep(rng.uniform(0.3, 2.0))
+            os.kill(worker.pid, signal.SIGCONT)
+            stopped_pid = 0
+        elif action.startswith("crash-"):
+            name = "worker-0" if action == "crash-worker" else "scheduler"
+            answer = send_command(server.introspection, {"op": "crash", "actor": name})
+            if "error" in answer:
+                raise RuntimeError(f"crash command refused: {answer}")
+        else:
+            faults = {
+                "drop": 0.05 if action == "link" else 0.0,  # a lost frame breaks the link
+                "duplicate": rng.choice([0.0, 0.2]),
+                "delay": 0.3,
+                "delay_s": 0.02,
+                "seed": rng.randint(0, 1000),
+            }
+            send_command(
+                server.introspection, {"op": "faults", "actor": "worker-0", "faults": faults}
+            )
+            action = f"link(drop={faults['drop']}, dup={faults['duplicate']}, delay)"
+            await trio.sleep(rng.uniform(0.5, 2.0))
+            send_command(server.introspection, {"op": "faults", "actor": "worker-0", "faults": {}})
+        report.faults.append(action)
+    if stopped_pid:
+        os.kill(stopped_pid, signal.SIGCONT)
+
+
+async def chaos_run(
+    server: Server, model: str, jobs: list[Job], profile: dict, rng: random.Random
+) -> Report:
+    report = Report()
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(nemesis, server, rng, profile["period"], report, done)
+        await drive(server.url, model, jobs, profile["concurrency"], report)
+        done.set()
+    return report
+
+
+def ipc_files() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "*inferflux*.sock")))
+
+
+def worker_pids_alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"inferflux-worker" in f.read():
+                    alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="ci")
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    parser.add_argument(
+        "--duration", type=float, default=0, help="soak: repeat rounds for this many seconds"
+    )
+    parser.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "inferflux-chaos.log"))
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    rng = random.Random(args.seed)
+    print(f"chaos: seed {args.seed}, profile {args.profile}; server log {args.log}", flush=True)
+    files_before = ipc_files()
+    server = Server(args.log, {"INFERFLUX_SCHEDULER_WORKER_WAIT_S": "120"})
+    problems: list[str] = []
+    worker_pids: set[int] = set()
+    totals = Report()
+    try:
+        server.wait_ready()
+        model = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
+        jobs = make_jobs(rng, profile)
+        reference = Report()
+        trio.run(drive, server.url, model, [j for j in jobs if not j.hang_up_after], 4, reference)
+        ref = {i: o[0] for i, o in reference.outcomes.items()}
+        if any(o.kind != "completed" for o in ref.values()):
+            problems.append("the undisturbed reference run had failures")
+        started = time.monotonic()
+        while True:
+            report = trio.run(chaos_run, server, model, jobs, profile, rng)
+            totals.faults += report.faults
+            for i, outcomes in report.outcomes.items():
+                totals.outcomes.setdefault(len(totals.outcomes), []).extend(outcomes)
+                problems += check_job(jobs[i], outcomes, ref.get(i))
+            worker_pids.add(find(server.snapshot(), "worker-0").pid)
+            if time.monotonic() - started >= args.duration:
+                break
+        problems += check_quiescence(server)
+        worker_pids.add(find(server.snapshot(), "worker-0").pid)
+    finally:
+        code = server.stop()
+    if code != 0:
+        problems.append(f"server exited with {code} on SIGTERM")
+    time.sleep(0.5)
+    if worker_pids_alive(worker_pids):
+        problems.append(f"orphan worker processes: {sorted(worker_pids_alive(worker_pids))}")
+    leaked = ipc_files() - files_before
+    if leaked:
+        problems.append(f"leaked ipc files: {sorted(leaked)}")
+    outcomes = [o for os_ in totals.outcomes.values() for o in os_]
+    lost = sum(1 for p in problems if p.startswith("lost"))
+    dup = sum(1 for p in problems if p.startswith("dup"))
+    kinds = {k: sum(1 for o in outcomes if o.kind == k) for k in ("completed", "hung_up", "error")}
+    print(f"chaos: faults by kind: {summarize(totals.faults)}")
+    for problem in problems:
+        print(f"chaos: VIOLATION: {problem}")
+    print(
+        f"chaos: seed {args.seed}, {len(totals.faults)} faults, {len(outcomes)} requests "
+        f"({kinds['completed']} completed, {kinds['hung_up']} hung up by the client, "
+        f"{kinds['error']} errors), {lost} lost, {dup} dup, {len(problems)} violations"
+    )
+    return 1 if problems else 0
+
+
+def summarize(faults: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for f in faults:
+        key = f.split("(")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def check_job(job: Job, outcomes: list[Outcome], ref: Outcome | None) -> list[str]:
+    if len(outcomes) != 1:
+        return [f"request {job.index}: {len(outcomes)} terminal outcomes"]
+    got = outcomes[0]
+    if got.kind == "error":
+        return [f"request {job.index}: error {got.detail}"]
+    if got.kind == "hung_up" or ref is None:
+        return []
+    if got.text == ref.text and got.completion_tokens == ref.completion_tokens:
+        if got.finish_reason != ref.finish_reason:
+            return [f"request {job.index}: finish {got.finish_reason} != {ref.finish_reason}"]
+        return []
+    kind = "lost" if len(got.text) < len(ref.text) else "dup"
+    return [
+        f"{kind} tokens in request {job.index} ({got.completion_tokens} vs {ref.completion_tokens}"
+        f" tokens): got {got.text[:80]!r}... expected {ref.text[:80]!r}..."
+    ]
+
+
+def check_quiescence(server: Server) -> list[str]:
+    deadline = time.monotonic() + 30
+    while True:
+        tree = server.snapshot()
+        scheduler = find(tree, "scheduler")
+        worker = find(tree, "worker-0")
+        busy = (
+            scheduler is None
+            or scheduler.details.get("running")
+            or scheduler.details.get("waiting")
+        )
+        if not busy and worker is not None and worker.state == "running":
+            break
+        if time.monotonic() > deadline:
+            return [
+                f"not quiescent 30 s after the load: scheduler {scheduler and scheduler.details}"
+            ]
+        time.sleep(0.5)
+    problems = []
+    engine = find(tree, "engine")
+    if tree.state != "running" or engine is None or engine.state != "running":
+        problems.append(
+            f"tree not healthy at the end: root {tree.state}, engine {engine and engine.state}"
+        )
+    if engine is not None and engine.restarts > ENGINE_INTENSITY:
+        problems.append(f"engine restarted {engine.restarts} times (intensity {ENGINE_INTENSITY})")
+    return problems
+
+
+if __name__ == "__main__":
+    sys.exit(main())
