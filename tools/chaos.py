@@ -44,7 +44,7 @@ from actors._info import ActorInfo  # noqa: E402
 
 PROFILES = {
     # requests, concurrency, nemesis period (s), max_tokens range
-    "ci": dict(requests=36, concurrency=6, period=(2.0, 4.0), max_tokens=(16, 48)),
+    "ci": dict(requests=90, concurrency=6, period=(1.5, 3.0), max_tokens=(16, 48)),
     "soak": dict(requests=400, concurrency=8, period=(1.0, 5.0), max_tokens=(16, 128)),
 }
 PROMPTS = [
