@@ -80,7 +80,10 @@ class Supervisor:
         strategy: Strategy = "one_for_one",
         max_restarts: int = 3,
         max_seconds: float = 5.0,
+        on_give_up: Callable[[RestartIntensityExceeded], None] | None = None,
     ) -> None:
+        """`on_give_up` is told when the intensity is exceeded, before the escalation: the
+        place to fail the work that depended on these children, loudly and at once."""
         names = [c.name for c in children]
         if len(set(names)) != len(names):
             raise ValueError(f"supervisor {name!r}: duplicate child names in {names}")
@@ -88,6 +91,7 @@ class Supervisor:
         self.strategy = strategy
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds
+        self.on_give_up = on_give_up
         self.state: State = "starting"
         self.last_error = ""
         self._slots = [_Slot(spec) for spec in children]
@@ -240,12 +244,18 @@ class Supervisor:
         while self._restart_times and now - self._restart_times[0] > self.max_seconds:
             self._restart_times.popleft()
         if len(self._restart_times) > self.max_restarts:
-            raise RestartIntensityExceeded(
+            exceeded = RestartIntensityExceeded(
                 self.name,
                 self.max_restarts,
                 self.max_seconds,
                 f"{slot.spec.name}: {error or 'exited'}",
             )
+            if self.on_give_up is not None:
+                try:
+                    self.on_give_up(exceeded)
+                except Exception:
+                    log.exception("%s: on_give_up hook failed", self.name)
+            raise exceeded
         slot.restarts += 1
 
     async def _restart_for(self, failed: _Slot) -> None:

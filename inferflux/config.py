@@ -59,12 +59,22 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Reuse the KV cells of a shared prompt prefix instead of recomputing them."""
 
 
+class SupervisionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    worker_max_restarts: int = 5
+    """Worker restarts allowed within worker_restart_window_s. One more and the engine
+    supervisor gives up: requests waiting on the worker end with a 503 at once, new ones
+    get 503, and the root supervisor starts a fresh engine."""
+    worker_restart_window_s: float = 60.0
+    """The window worker_max_restarts counts in, in seconds."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     role: Role = "unified"
     """unified: one server does prefill and decode. prefill/decode: not available yet."""
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
 
 
 class ConfigError(ValueError):

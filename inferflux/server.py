@@ -1,7 +1,7 @@
 """Wiring of the actor tree for `inferflux run --role unified`.
 
     inferflux (one_for_one)
-    ├── engine (one_for_one, 5 restarts / 60 s)
+    ├── engine (one_for_one, supervision.worker_max_restarts / window)
     │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
     ├── scheduler         queues, admission, KV accounting, prefix reuse
     ├── policy            authorization (allow-all for now)
@@ -102,6 +102,11 @@ def build_server(config: Config, *, introspection_address: Address | None = None
             in_registry=registry,
         )
 
+    def engine_gave_up(exceeded: Exception) -> None:
+        scheduler = root.child("scheduler")
+        if isinstance(scheduler, Scheduler):
+            scheduler.worker_gave_up(str(exceeded))
+
     def is_ready() -> bool:
         scheduler = root.child("scheduler")  # `root` is built below; called once serving
         return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
@@ -125,8 +130,9 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                 lambda: Supervisor(
                     "engine",
                     [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
-                    max_restarts=5,
-                    max_seconds=60,
+                    max_restarts=config.supervision.worker_max_restarts,
+                    max_seconds=config.supervision.worker_restart_window_s,
+                    on_give_up=engine_gave_up,
                 ),
             ),
             ChildSpec("scheduler", make_scheduler),

@@ -76,6 +76,7 @@ class Scheduler(Actor):
         # Monotonic time since when no worker is attached (starting counts: a restarted
         # scheduler queues requests while it re-attaches, within worker_wait_s).
         self.down_since: float | None = time.monotonic()
+        self.gave_up = ""  # why the worker's supervisor gave up, until a worker is back
         self.waiting: list[tuple[int, int, Request]] = []
         self.running: dict[int, Request] = {}
         self._order = itertools.count()
@@ -128,6 +129,9 @@ class Scheduler(Actor):
     def _submit(self, submit: Submit, envelope: Envelope) -> None:
         if self._down_too_long():
             envelope.fail(NotReady(self._down_reason()))
+            return
+        if self.gave_up:
+            envelope.fail(NotReady(f"the model worker keeps crashing ({self.gave_up})"))
             return
         if len(self.waiting) >= self.max_waiting:
             envelope.fail(Overloaded(len(self.waiting)))
@@ -226,7 +230,21 @@ class Scheduler(Actor):
                 self._on_worker_lost()
             await trio.sleep(0.05)
 
+    def worker_gave_up(self, reason: str) -> None:
+        """The worker's supervisor exceeded its restart intensity: every request that
+        waits on it (streams under way included) ends now with a 503 error, and new
+        requests get 503 until a worker is ready again."""
+        self.gave_up = reason
+        self._on_worker_lost()
+        error = NotReady(f"the model worker keeps crashing ({reason}); try again later")
+        for _, _, request in self.waiting:
+            request.envelope.fail(error)
+            self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
+        self.waiting.clear()
+        self._update_gauges()
+
     def _on_worker_ready(self, ready: WorkerReady) -> None:
+        self.gave_up = ""
         if self.worker_info is not None:
             self.worker_restarts += 1
             self.metrics.restarts.labels(actor=self.worker.name, **self.metrics.labels).inc()
@@ -240,7 +258,7 @@ class Scheduler(Actor):
         """Every running sequence goes back to the queue, to be recomputed on the new
         worker from prompt + the tokens its client already has."""
         self.ready = trio.Event()
-        self.down_since = time.monotonic()
+        self.down_since = self.down_since or time.monotonic()
         for request in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
             self._enqueue(request, front=True)
         self.running.clear()

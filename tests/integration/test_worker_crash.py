@@ -28,13 +28,19 @@ SAMPLING = [
 
 
 def worker_pid(server: RunningServer) -> int:
+    pid = current_worker(server)
+    assert pid, "no worker process"
+    return pid
+
+
+def current_worker(server: RunningServer) -> int:
+    """The worker's pid, 0 while none runs (between a crash and the restart)."""
     out = subprocess.run(
         ["pgrep", "-f", "-P", str(server.process.pid), "inferflux-worker"],
         capture_output=True,
         text=True,
     ).stdout.split()
-    assert out, "no worker process"
-    return int(out[0])
+    return int(out[0]) if out else 0
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +99,57 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(crash_server: Run
         await trio.sleep(0.1)
     assert worker_pid(crash_server) != first_pid
     assert crash_server.metric("inferflux:actor_restarts_total") >= 1
+
+
+@pytest.fixture(scope="module")
+def fragile_server(model_path: str, tmp_path_factory: pytest.TempPathFactory):
+    """A server whose engine gives up after one worker restart within a minute."""
+    config = tmp_path_factory.mktemp("fragile") / "fragile.toml"
+    config.write_text("[supervision]\nworker_max_restarts = 1\nworker_restart_window_s = 60\n")
+    yield from serving(tmp_path_factory, "fragile", 2, "--config", str(config))
+
+
+async def test_restart_intensity_exceeded_ends_streams_with_503(fragile_server) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{fragile_server.url}/v1", api_key="x", max_retries=0)
+    kwargs = dict(model=MODEL_ID, max_tokens=400, temperature=0, extra_body={"ignore_eos": True})
+    errors: list[openai.APIError] = []
+    got_text: list[int] = []
+
+    async def long_stream() -> None:
+        chunks = await client.chat.completions.create(
+            messages=[{"role": "user", "content": "Tell a long story."}], stream=True, **kwargs
+        )
+        try:
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    got_text.append(1)
+        except openai.APIError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(long_stream)
+        with trio.fail_after(60):
+            while len(got_text) < 10:
+                await trio.sleep(0.01)
+            first = worker_pid(fragile_server)
+            os.kill(first, signal.SIGKILL)  # restart 1: allowed, streams continue
+            while current_worker(fragile_server) in (0, first):
+                await trio.sleep(0.05)
+            second = worker_pid(fragile_server)
+            os.kill(second, signal.SIGKILL)  # restart 2 within a minute: the engine gives up
+    # Both streams ended with an error event (not a hang, not a silent close).
+    assert len(errors) == 2
+    assert all("keeps crashing" in str(e) for e in errors), [str(e) for e in errors]
+    # A fresh engine comes back (the root restarts it) and serving resumes.
+    with trio.fail_after(60):
+        while True:
+            try:
+                reply = await client.chat.completions.create(
+                    messages=[{"role": "user", "content": "Hi"}], model=MODEL_ID, max_tokens=4
+                )
+                break
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503 and exc.response.headers.get("retry-after")
+                await trio.sleep(0.2)
+    assert reply.choices[0].finish_reason in ("stop", "length")
