@@ -7,7 +7,7 @@
    undisturbed, at temperature 0 or with a seed, to get reference outputs.
 2. Drives the same mix again while the nemesis, every few seconds, does one of: SIGKILL the
    worker process, SIGSTOP it for a while then SIGCONT, crash an actor from the inside
-   (worker proxy or scheduler, via the introspection socket), drop/duplicate/delay frames
+   (worker proxy, scheduler or policy, via the introspection socket), drop/duplicate/delay frames
    on the worker link for a while. Some clients hang up mid-stream on purpose.
 3. Heals everything, waits for quiescence, stops the server with SIGTERM, and checks:
    every request got exactly one terminal outcome; every completed stream equals its
@@ -222,9 +222,11 @@ async def nemesis(
         # tests something else (tests/integration/test_worker_crash.py does).
         recent = [t for t in worker_restarts if trio.current_time() - t < 60]
         if len(recent) < ENGINE_INTENSITY - 1:
-            action = rng.choice(["sigkill", "sigstop", "crash-worker", "crash-scheduler", "link"])
+            action = rng.choice(
+                ["sigkill", "sigstop", "crash-worker", "crash-scheduler", "crash-policy", "link"]
+            )
         else:
-            action = rng.choice(["sigstop", "crash-scheduler", "link-soft"])
+            action = rng.choice(["sigstop", "crash-scheduler", "crash-policy", "link-soft"])
         if action in ("sigkill", "crash-worker", "link"):
             worker_restarts.append(trio.current_time())
         if action == "sigkill":
@@ -236,7 +238,7 @@ async def nemesis(
             os.kill(worker.pid, signal.SIGCONT)
             stopped_pid = 0
         elif action.startswith("crash-"):
-            name = "worker-0" if action == "crash-worker" else "scheduler"
+            name = {"crash-worker": "worker-0"}.get(action, action.removeprefix("crash-"))
             answer = send_command(server.introspection, {"op": "crash", "actor": name})
             if "error" in answer:
                 raise RuntimeError(f"crash command refused: {answer}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import msgspec
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -33,6 +34,8 @@ from .openai_types import (
     check_unsupported,
     stop_list,
 )
+
+POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
 
 log = logging.getLogger("inferflux.ingress")
 
@@ -263,12 +266,7 @@ def create_app(front: Frontend) -> QuartTrio:
                 code="context_length_exceeded",
             )
         seq_id = next_seq_id()
-        try:
-            await front.policy.call(Authorize(seq_id, front.model_id, len(prompt)), timeout_s=5)
-        except ActorError as exc:
-            raise APIError(
-                503, f"policy unavailable: {exc}", type="service_unavailable", retry_after_s=2
-            ) from None
+        await _authorize(Authorize(seq_id, front.model_id, len(prompt)))
         sampling = SamplingParams(
             max_tokens=max_tokens or room,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -282,6 +280,24 @@ def create_app(front: Frontend) -> QuartTrio:
             ignore_eos=req.ignore_eos,
         )
         return Submit(seq_id, prompt, sampling, req.priority)
+
+    async def _authorize(request: Authorize) -> None:
+        """Ask the policy actor. It is restarted if it crashes, and a decision has no side
+        effects, so a crash or a restart in progress is retried for a few seconds."""
+        deadline = trio.current_time() + POLICY_RETRY_WINDOW_S
+        while True:
+            try:
+                await front.policy.call(request, timeout_s=5)
+                return
+            except ActorError as exc:
+                if trio.current_time() > deadline:
+                    raise APIError(
+                        503,
+                        f"policy unavailable: {exc}",
+                        type="service_unavailable",
+                        retry_after_s=2,
+                    ) from None
+                await trio.sleep(0.05)
 
     async def _respond(submit: Submit, req: Any, kind: str) -> Response:
         generation = Generation(front.scheduler, submit, front.in_flight)
