@@ -119,11 +119,12 @@ class Actor:
                 envelope.reply(result)
                 self.messages_out += 1
 
-    def inject_crash(self, reason: str = "injected by the chaos harness") -> None:
-        """Crash this actor from inside, as a bug would: an exception in its nursery."""
+    def inject_crash(self, where: str = "") -> None:
+        """Chaos: crash this actor from inside, as a bug would (an exception in its
+        nursery). `where` matters only for process actors."""
 
         async def crash() -> None:
-            raise InjectedCrash(reason)
+            raise InjectedCrash("injected by the chaos harness")
 
         self.nursery.start_soon(crash)
 

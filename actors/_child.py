@@ -26,6 +26,7 @@ from ._link import (
     Done,
     Fail,
     Hello,
+    InjectCrash,
     Item,
     PayloadCodecs,
     Stop,
@@ -116,6 +117,8 @@ async def serve(name: str, address: str, target: str, options: dict[str, Any]) -
                         )
                     case Stop():
                         actor.request_stop()
+                    case InjectCrash():
+                        actor.inject_crash()
 
 
 class _RelayCount:

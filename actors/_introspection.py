@@ -5,9 +5,12 @@ as JSON. Several clients can ask at once; each request costs one tree walk, no l
 nothing on the actors' hot paths.
 
 Chaos commands (only when the server was given a `control` handler, i.e. started with
-chaos enabled): a JSON object {"op": "crash", "actor": NAME} crashes that actor from the
-inside; {"op": "faults", "actor": NAME, "faults": {...}} sets a transports.Faults plan on a
-process actor's link ({} heals it). Reply: {"ok": true} or {"error": "..."}.
+chaos enabled), JSON objects:
+  {"op": "crash", "actor": NAME}   an exception inside that actor (for a process actor in
+                                   its child process; add "where": "proxy" for the proxy)
+  {"op": "faults", "actor": NAME, "faults": {...}}   a transports.Faults plan on a process
+                                   actor's link ({} heals it)
+Reply: {"ok": true} or {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def chaos_control(root: Supervisor) -> Callable[[dict[str, Any]], dict[str, Any]
             return {"error": f"no running actor {name!r}"}
         match command.get("op"):
             case "crash":
-                actor.inject_crash()  # type: ignore[attr-defined]
+                actor.inject_crash(str(command.get("where", "child")))  # type: ignore[attr-defined]
             case "faults":
                 if not isinstance(actor, ProcessActor):
                     return {"error": f"{name!r} has no link to fault (not a process actor)"}

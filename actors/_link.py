@@ -48,7 +48,11 @@ class Stop(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Graceful stop: finish queued messages, run `stopping()`, exit 0."""
 
 
-Frame = Union[Hello, Cast, Call, Item, Done, Fail, Stop]
+class InjectCrash(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Chaos: raise InjectedCrash inside the child's actor, as a bug there would."""
+
+
+Frame = Union[Hello, Cast, Call, Item, Done, Fail, Stop, InjectCrash]
 frame_codec: Codec[Frame] = Codec(Frame)
 
 

@@ -45,6 +45,7 @@ from ._link import (
     Done,
     Fail,
     Hello,
+    InjectCrash,
     Item,
     PayloadCodecs,
     Stop,
@@ -124,13 +125,17 @@ class ProcessActor:
             details={"in_flight": len(self._pending)},
         )
 
-    def inject_crash(self, reason: str = "injected by the chaos harness") -> None:
-        """Crash the proxy from inside (its child process is then stopped and restarted)."""
-        if self._pumps is None:
+    def inject_crash(self, where: str = "child") -> None:
+        """Chaos: an exception inside the child's actor ("child": the process exits with
+        it) or inside this proxy ("proxy"); either way the supervisor restarts it."""
+        if self._pumps is None or self._channel is None:
             raise RuntimeError(f"process actor {self.name!r} is not running")
+        if where == "child":
+            self._pumps.start_soon(self._channel.send, InjectCrash())
+            return
 
         async def crash() -> None:
-            raise InjectedCrash(reason)
+            raise InjectedCrash("injected by the chaos harness")
 
         self._pumps.start_soon(crash)
 

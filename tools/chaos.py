@@ -5,10 +5,11 @@
 
 1. Starts `inferflux run --chaos` (the real default model) and drives the request mix once
    undisturbed, at temperature 0 or with a seed, to get reference outputs.
-2. Drives the same mix again while the nemesis, every few seconds, does one of: SIGKILL the
-   worker process, SIGSTOP it for a while then SIGCONT, crash an actor from the inside
-   (worker proxy, scheduler or policy, via the introspection socket), drop/duplicate/delay frames
-   on the worker link for a while. Some clients hang up mid-stream on purpose.
+2. Drives the same mix again while the nemesis, every few seconds, does one of: SIGKILL or
+   SIGSEGV the worker process, SIGSTOP it for a while then SIGCONT, raise an exception
+   inside an actor (the worker in its process, its proxy, the scheduler or the policy,
+   via the introspection socket), drop/duplicate/delay frames on the worker link for a
+   while. Some clients hang up mid-stream on purpose.
 3. Heals everything, waits for quiescence, stops the server with SIGTERM, and checks:
    every request got exactly one terminal outcome; every completed stream equals its
    reference token for token (nothing lost, nothing duplicated); no sequence running or
@@ -223,14 +224,23 @@ async def nemesis(
         recent = [t for t in worker_restarts if trio.current_time() - t < 60]
         if len(recent) < ENGINE_INTENSITY - 1:
             action = rng.choice(
-                ["sigkill", "sigstop", "crash-worker", "crash-scheduler", "crash-policy", "link"]
+                [
+                    "sigkill",
+                    "sigsegv",
+                    "sigstop",
+                    "crash-worker",
+                    "crash-worker-proxy",
+                    "crash-scheduler",
+                    "crash-policy",
+                    "link",
+                ]
             )
         else:
             action = rng.choice(["sigstop", "crash-scheduler", "crash-policy", "link-soft"])
-        if action in ("sigkill", "crash-worker", "link"):
+        if action in ("sigkill", "sigsegv", "crash-worker", "crash-worker-proxy", "link"):
             worker_restarts.append(trio.current_time())
-        if action == "sigkill":
-            os.kill(worker.pid, signal.SIGKILL)
+        if action in ("sigkill", "sigsegv"):  # SIGSEGV: what a C-level crash delivers
+            os.kill(worker.pid, signal.SIGKILL if action == "sigkill" else signal.SIGSEGV)
         elif action == "sigstop":
             os.kill(worker.pid, signal.SIGSTOP)
             stopped_pid = worker.pid
@@ -238,8 +248,11 @@ async def nemesis(
             os.kill(worker.pid, signal.SIGCONT)
             stopped_pid = 0
         elif action.startswith("crash-"):
-            name = {"crash-worker": "worker-0"}.get(action, action.removeprefix("crash-"))
-            answer = send_command(server.introspection, {"op": "crash", "actor": name})
+            name = "worker-0" if "worker" in action else action.removeprefix("crash-")
+            where = "proxy" if action.endswith("proxy") else "child"
+            answer = send_command(
+                server.introspection, {"op": "crash", "actor": name, "where": where}
+            )
             if "error" in answer:
                 raise RuntimeError(f"crash command refused: {answer}")
         else:

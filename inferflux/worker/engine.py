@@ -19,12 +19,12 @@ from .llama import Context, Model
 from .output import TextOutput
 from .sampling import Sampler
 
-# At most this many tokens of one sequence per step. ggml's CPU flash attention switches to
-# a tiled kernel at 64 query rows of one stream (GGML_FA_TILE_Q), which rounds differently
-# from the per-row kernel used for decodes and short chunks. Staying below it keeps every
-# token's numerics independent of how it was batched, which is what makes a recompute
-# after a crash bit-identical to the original run.
-MAX_CHUNK = 63
+# Recompute replays the tokens a client already has in chunks of at most this many. They
+# were computed one per step (decodes) the first time; ggml's CPU flash attention rounds
+# those rows the same way in any chunk below 64 rows of one stream, and switches to a
+# tiled kernel that rounds differently at 64 (GGML_FA_TILE_Q). Prompts keep full-size
+# chunks both times (capping them too costs 3x on long-prompt prefill).
+REPLAY_CHUNK = 63
 
 
 @dataclass(eq=False)
@@ -38,6 +38,7 @@ class Sequence:
     max_tokens: int
     n_generated: int
     ignore_eos: bool
+    n_prompt: int  # tokens[:n_prompt] is the prompt, the rest was generated (recompute)
     next_token: int = -1  # sampled, not yet decoded
     logit_index: int = -1
     prompt_done_this_step: int = 0
@@ -95,6 +96,7 @@ class Engine:
             max_tokens=admit.sampling.max_tokens,
             n_generated=admit.n_generated,
             ignore_eos=admit.sampling.ignore_eos,
+            n_prompt=len(admit.tokens) - admit.n_generated,
         )
         self.sequences[admit.seq_id] = seq
         if replayed[admit.text_sent :]:
@@ -153,7 +155,10 @@ class Engine:
                 room -= 1
         for seq in self.sequences.values():
             if seq.prefilling and room > 0:
-                n = min(room, MAX_CHUNK, len(seq.tokens) - seq.n_past)
+                if seq.n_past < seq.n_prompt:  # the prompt; replayed tokens start a new chunk
+                    n = min(room, seq.n_prompt - seq.n_past)
+                else:
+                    n = min(room, REPLAY_CHUNK, len(seq.tokens) - seq.n_past)
                 planned.append((seq, n))
                 room -= n
         batch = self.context.batch

@@ -1,5 +1,6 @@
 """Chaos commands over a real introspection socket: refused unless enabled; `crash`
-crashes the named actor from inside (its supervisor restarts it); `faults` sets and clears
+crashes the named actor from inside, in its child process for a process actor (its
+supervisor restarts it); `faults` sets and clears
 a fault plan on a process actor's link; bad commands answer an error, never crash."""
 
 import trio
@@ -57,7 +58,16 @@ async def test_chaos_commands() -> None:
         assert "InjectedCrash" in root.info().children[0].last_error
         assert await ActorRef("echo", registry).call(Echo("back"), timeout_s=5) == "back"
 
-        proc = root.find("proc")
+        # A process actor: the exception is raised in its child process, which exits; the
+        # supervisor starts a new one.
+        first_pid = root.find("proc").pid
+        assert await ask(on.address, {"op": "crash", "actor": "proc"}) == {"ok": True}
+        with trio.fail_after(10):
+            while (proc := root.find("proc")) is None or proc.pid in (0, first_pid):
+                await trio.sleep(0.05)
+            while proc.state != "running":
+                await trio.sleep(0.05)
+        assert "exited unexpectedly (exit code 1)" in root.info().children[1].last_error
         assert isinstance(proc, ProcessActor)
         plan = {"duplicate": 1.0, "seed": 2}
         assert await ask(on.address, {"op": "faults", "actor": "proc", "faults": plan}) == {
