@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import socket
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="accept fault-injection commands on the introspection socket (tools/chaos.py)",
     )
+    run.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -48,9 +52,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    if args.log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.role is not None and args.role != "unified":
         print(
             f"inferflux: --role {args.role} is not available yet; only --role unified is "
@@ -95,6 +102,21 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     trio.run(_serve, server)
     return 0
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 class PortInUse(Exception):

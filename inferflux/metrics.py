@@ -6,7 +6,12 @@ servers in one process and read each one's numbers.
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from actors import ActorInfo
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -47,8 +52,48 @@ class Metrics:
         self.step_duration = histogram(
             "step_duration_seconds", "Engine step time.", LATENCY_BUCKETS
         )
-        self.restarts = counter("actor_restarts_total", "Worker restarts seen.", ("actor",))
         self.labels = {"model": model, "role": role}
+
+    def watch_tree(self, snapshot: Callable[[], ActorInfo]) -> None:
+        """Export the actor runtime's numbers, read from the tree at scrape time."""
+        self.registry.register(_TreeCollector(snapshot, self.labels))
 
     def of(self, metric):  # noqa: ANN001, ANN201 - prometheus child types are untyped
         return metric.labels(**self.labels)
+
+
+class _TreeCollector:
+    """Per actor: mailbox depth, messages in and out, restarts (one tree walk per scrape;
+    nothing on the actors' hot paths)."""
+
+    def __init__(self, snapshot: Callable[[], ActorInfo], labels: dict[str, str]) -> None:
+        self.snapshot = snapshot
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        names = [*self.labels, "actor"]
+        depth = GaugeMetricFamily(
+            "inferflux:actor_mailbox_depth", "Messages waiting in an actor's mailbox.", labels=names
+        )
+        received = CounterMetricFamily(
+            "inferflux:actor_messages_received", "Messages an actor took in.", labels=names
+        )
+        sent = CounterMetricFamily(
+            "inferflux:actor_messages_sent", "Replies and results an actor sent.", labels=names
+        )
+        restarts = CounterMetricFamily(
+            "inferflux:actor_restarts", "Restarts of an actor by its supervisor.", labels=names
+        )
+        values = list(self.labels.values())
+
+        def walk(info: ActorInfo) -> None:
+            label = [*values, info.name]
+            depth.add_metric(label, info.mailbox_depth)
+            received.add_metric(label, info.messages_in)
+            sent.add_metric(label, info.messages_out)
+            restarts.add_metric(label, info.restarts)
+            for child in info.children:
+                walk(child)
+
+        walk(self.snapshot())
+        yield from (depth, received, sent, restarts)

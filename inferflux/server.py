@@ -154,6 +154,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         max_seconds=60,
     )
     front.snapshot = root.info
+    metrics.watch_tree(root.info)
     control = chaos_control(root) if config.server.chaos else None
     introspection = (
         IntrospectionServer(introspection_address, root.info, control)

@@ -8,13 +8,15 @@ unexpected server fault is logged and answered 500 in the same shape (never a ha
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import msgspec
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -34,6 +36,18 @@ from .openai_types import (
     check_unsupported,
     stop_list,
 )
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+
+
+def trace_id_from(header: str) -> str:
+    """The trace id of a valid W3C traceparent, else a fresh one (all-zero ids are
+    invalid by the spec)."""
+    match = _TRACEPARENT.fullmatch(header.strip().lower())
+    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        return match.group(1)
+    return secrets.token_hex(16)
+
 
 POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
 
@@ -96,24 +110,47 @@ def create_app(front: Frontend) -> QuartTrio:
             )
         )
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', content_type="application/json")
+    def readiness() -> tuple[bool, list[str]]:
+        reasons = []
+        if front.draining:
+            reasons.append("draining")
+        if not front.is_ready():
+            reasons.append("no model worker ready")
+        return not reasons, reasons
+
+    @app.before_request
+    async def take_trace() -> None:
+        g.trace_id = trace_id_from(request.headers.get("traceparent", ""))
+
+    @app.after_request
+    async def give_trace(response: Response) -> Response:
+        trace = getattr(g, "trace_id", "") or secrets.token_hex(16)
+        response.headers["traceparent"] = f"00-{trace}-{secrets.token_hex(8)}-01"
+        return response
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        return Response(b'{"status":"alive"}', content_type="application/json")
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if front.draining:
-            return Response(
-                b'{"status":"not ready","reason":"draining"}',
-                status=503,
-                content_type="application/json",
-            )
-        if front.is_ready():
-            return Response(b'{"status":"ready"}', content_type="application/json")
-        return Response(
-            b'{"status":"not ready","reason":"no model worker ready"}',
-            status=503,
-            content_type="application/json",
+        ready, reasons = readiness()
+        body = {"status": "ready"} if ready else {"status": "not ready", "reason": reasons[0]}
+        return json_response(body, 200 if ready else 503)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """Both answers in one JSON body (always 200 while the process serves HTTP)."""
+        ready, reasons = readiness()
+        return json_response(
+            {
+                "status": "ready" if ready else "not ready",
+                "live": True,
+                "ready": ready,
+                "reasons": reasons,
+                "model": front.model_id,
+            },
+            200,
         )
 
     @app.get("/metrics")
@@ -279,7 +316,8 @@ def create_app(front: Frontend) -> QuartTrio:
             stop=stop_list(req.stop),
             ignore_eos=req.ignore_eos,
         )
-        return Submit(seq_id, prompt, sampling, req.priority)
+        log.info("request %d trace %s: %d prompt tokens", seq_id, g.trace_id, len(prompt))
+        return Submit(seq_id, prompt, sampling, req.priority, g.trace_id)
 
     async def _authorize(request: Authorize) -> None:
         """Ask the policy actor. It is restarted if it crashes, and a decision has no side

@@ -247,7 +247,6 @@ class Scheduler(Actor):
         self.gave_up = ""
         if self.worker_info is not None:
             self.worker_restarts += 1
-            self.metrics.restarts.labels(actor=self.worker.name, **self.metrics.labels).inc()
         self.worker_info = ready
         self.down_since = None
         self.kv.reset()
