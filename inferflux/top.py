@@ -1,18 +1,24 @@
-"""`inferflux-top`: look inside a running server's actor tree.
+"""`inferflux-top`: a live look inside a running server's actor tree.
 
-`--once` prints one plain-text snapshot of the supervision tree and exits (for scripts and
-tests). The live terminal UI comes with the observability issue; until then the command
-without `--once` refreshes the same text every `--interval` seconds.
+    inferflux-top --url http://127.0.0.1:8000          # live terminal UI (textual)
+    inferflux-top --url http://127.0.0.1:8000 --once   # one plain-text snapshot, for scripts
+
+It polls two read-only endpoints, `/debug/actors` (the supervision tree, one tree walk on
+the server) and `/metrics`, once per `--interval`: nothing on the serving hot path.
+Keys in the UI: `s` cycles the sort column, `f` filters actors by name, `p` pauses, `q`
+quits.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
 
+import httpx
 import msgspec
 
 from actors import ActorInfo
@@ -20,31 +26,159 @@ from actors import ActorInfo
 _decode = msgspec.json.Decoder(ActorInfo).decode
 
 
-def fetch(url: str, timeout_s: float = 5.0) -> ActorInfo:
-    with urllib.request.urlopen(f"{url.rstrip('/')}/debug/actors", timeout=timeout_s) as r:
-        return _decode(r.read())
+@dataclass
+class Sample:
+    """One poll: the tree and the server's metrics (summed over label sets)."""
+
+    tree: ActorInfo
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
-def render(root: ActorInfo) -> str:
-    lines = [
-        f"{'ACTOR':<28} {'KIND':<10} {'STATE':<10} {'PID':>7} {'MBOX':>5} "
-        f"{'IN':>8} {'OUT':>8} {'RESTARTS':>8}  DETAILS / LAST ERROR"
-    ]
+def parse_metrics(text: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        name = key.split("{", 1)[0]
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return totals
+
+
+def fetch(url: str, timeout_s: float = 5.0) -> Sample:
+    base = url.rstrip("/")
+    with urllib.request.urlopen(f"{base}/debug/actors", timeout=timeout_s) as r:
+        tree = _decode(r.read())
+    with urllib.request.urlopen(f"{base}/metrics", timeout=timeout_s) as r:
+        metrics = parse_metrics(r.read().decode())
+    return Sample(tree, metrics)
+
+
+async def fetch_async(client: httpx.AsyncClient, url: str) -> Sample:
+    base = url.rstrip("/")
+    tree = await client.get(f"{base}/debug/actors")
+    metrics = await client.get(f"{base}/metrics")
+    return Sample(_decode(tree.content), parse_metrics(metrics.text))
+
+
+# what both views show ------------------------------------------------------------------
+COLUMNS = (
+    "actor",
+    "kind",
+    "state",
+    "pid",
+    "mailbox",
+    "in",
+    "out",
+    "msgs/s",
+    "restarts",
+    "last error",
+)
+
+
+def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
 
     def walk(info: ActorInfo, depth: int) -> None:
-        name = ("  " * depth + info.name)[:28]
-        extra = " ".join(f"{k}={v}" for k, v in info.details.items())
-        if info.last_error:
-            extra = f"{extra} last_error={info.last_error!r}".strip()
-        lines.append(
-            f"{name:<28} {info.kind:<10} {info.state:<10} {info.pid or '':>7} "
-            f"{info.mailbox_depth:>5} {info.messages_in:>8} {info.messages_out:>8} "
-            f"{info.restarts:>8}  {extra}"
+        rows.append(
+            (
+                "  " * depth + info.name,
+                info.kind,
+                info.state,
+                str(info.pid or ""),
+                str(info.mailbox_depth),
+                str(info.messages_in),
+                str(info.messages_out),
+                f"{rates.get(info.name, 0.0):.1f}",
+                str(info.restarts),
+                info.last_error[:60],
+            )
         )
         for child in info.children:
             walk(child, depth + 1)
 
-    walk(root, 0)
+    walk(tree, 0)
+    return rows
+
+
+def find(tree: ActorInfo, name: str) -> ActorInfo | None:
+    if tree.name == name:
+        return tree
+    for child in tree.children:
+        found = find(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def scheduler_summary(sample: Sample, tok_s: float, ttft_s: float) -> str:
+    scheduler = find(sample.tree, "scheduler")
+    d = scheduler.details if scheduler else {}
+    slots = sample.metrics.get("inferflux:num_requests_running", 0)
+    return (
+        f"running {d.get('running', 0)}  waiting {d.get('waiting', 0)}  "
+        f"max batch {d.get('max_batch', 0)}  steps {d.get('steps', 0)}  "
+        f"worker restarts {d.get('worker_restarts', 0)}  |  {tok_s:.1f} tok/s  "
+        f"TTFT {ttft_s * 1000:.0f} ms (last interval)  |  running {slots:.0f}"
+    )
+
+
+def kv_summary(sample: Sample) -> str:
+    scheduler = find(sample.tree, "scheduler")
+    d = scheduler.details if scheduler else {}
+    m = sample.metrics
+    queries = m.get("inferflux:prefix_cache_queries_total", 0.0)
+    hits = m.get("inferflux:prefix_cache_hits_total", 0.0)
+    usage = m.get("inferflux:kv_cache_usage_perc", 0.0)
+    return (
+        f"KV cells used {d.get('kv_cells_used', 0)} ({usage:.0%})  "
+        f"cached slots {d.get('kv_slots_cached', 0)}  "
+        f"prefix-cache hit rate {hits / queries if queries else 0.0:.0%} of prompt tokens"
+    )
+
+
+class Rates:
+    """Per-interval rates from two consecutive samples."""
+
+    def __init__(self) -> None:
+        self.previous: Sample | None = None
+        self.tok_s_history: deque[float] = deque(maxlen=120)
+
+    def update(self, sample: Sample, dt: float) -> tuple[dict[str, float], float, float]:
+        prev, self.previous = self.previous, sample
+        if prev is None or dt <= 0:
+            return {}, 0.0, 0.0
+        before = {row[0].strip(): int(row[5]) for row in actor_rows(prev.tree, {})}
+        msgs = {
+            row[0].strip(): (int(row[5]) - before.get(row[0].strip(), int(row[5]))) / dt
+            for row in actor_rows(sample.tree, {})
+        }
+        m, p = sample.metrics, prev.metrics
+        name = "inferflux:generation_tokens_total"
+        tok_s = max(0.0, (m.get(name, 0) - p.get(name, 0)) / dt)
+        self.tok_s_history.append(tok_s)
+        count = m.get("inferflux:time_to_first_token_seconds_count", 0) - p.get(
+            "inferflux:time_to_first_token_seconds_count", 0
+        )
+        total = m.get("inferflux:time_to_first_token_seconds_sum", 0) - p.get(
+            "inferflux:time_to_first_token_seconds_sum", 0
+        )
+        return msgs, tok_s, (total / count if count > 0 else 0.0)
+
+
+def render(sample: Sample) -> str:
+    """The plain-text snapshot (`--once`)."""
+    rows = [COLUMNS] + actor_rows(sample.tree, {})
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    lines.append("")
+    lines.append("scheduler: " + scheduler_summary(sample, 0.0, 0.0))
+    lines.append("kv cache:  " + kv_summary(sample))
     return "\n".join(lines)
 
 
@@ -54,18 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server to inspect")
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     args = parser.parse_args(argv)
-    try:
-        while True:
-            text = render(fetch(args.url))
-            if args.once:
-                print(text)
-                return
-            print("\033[2J\033[H" + text, flush=True)
-            time.sleep(args.interval)
-    except (urllib.error.URLError, OSError, msgspec.DecodeError) as exc:
-        print(f"inferflux-top: cannot read {args.url}/debug/actors: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        pass
+    if args.once:
+        try:
+            print(render(fetch(args.url)))
+        except (urllib.error.URLError, OSError, msgspec.DecodeError) as exc:
+            print(f"inferflux-top: cannot read {args.url}: {exc}", file=sys.stderr)
+            sys.exit(1)
+        return
+    from .top_app import TopApp  # textual loads only for the live UI
+
+    TopApp(args.url, args.interval).run()

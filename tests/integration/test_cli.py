@@ -103,8 +103,11 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
             timeout=30,
         )
         assert top.returncode == 0, top.stderr
-        rows = {line.split()[0]: line for line in top.stdout.splitlines()[1:]}
+        table, _, summary = top.stdout.partition("\n\n")
+        rows = {line.split()[0]: line for line in table.splitlines()[1:]}
         assert set(rows) == {"inferflux", "engine", "worker-0", "scheduler", "policy", "ingress"}
         assert " process " in rows["worker-0"] and str(worker["pid"]) in rows["worker-0"]
+        assert "scheduler: running 0  waiting 0" in summary
+        assert "kv cache:  KV cells used" in summary
     finally:
         stop_server(server)
