@@ -122,7 +122,7 @@ def scheduler_summary(sample: Sample, tok_s: float, ttft_s: float) -> str:
         f"running {d.get('running', 0)}  waiting {d.get('waiting', 0)}  "
         f"max batch {d.get('max_batch', 0)}  steps {d.get('steps', 0)}  "
         f"worker restarts {d.get('worker_restarts', 0)}  |  {tok_s:.1f} tok/s  "
-        f"TTFT {ttft_s * 1000:.0f} ms (last interval)  |  running {slots:.0f}"
+        f"TTFT {ttft_s * 1000:.0f} ms (latest)  |  running {slots:.0f}"
     )
 
 
@@ -146,6 +146,7 @@ class Rates:
     def __init__(self) -> None:
         self.previous: Sample | None = None
         self.tok_s_history: deque[float] = deque(maxlen=120)
+        self.ttft_s = 0.0  # mean TTFT of the last interval that had first tokens
 
     def update(self, sample: Sample, dt: float) -> tuple[dict[str, float], float, float]:
         prev, self.previous = self.previous, sample
@@ -166,7 +167,9 @@ class Rates:
         total = m.get("inferflux:time_to_first_token_seconds_sum", 0) - p.get(
             "inferflux:time_to_first_token_seconds_sum", 0
         )
-        return msgs, tok_s, (total / count if count > 0 else 0.0)
+        if count > 0:
+            self.ttft_s = total / count
+        return msgs, tok_s, self.ttft_s
 
 
 def render(sample: Sample) -> str:

@@ -68,6 +68,8 @@ class Target:
     model: str = "default"
     extra_body: dict = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    with_top: bool = False  # run the inferflux-top UI (headless, 1 s polls) against it
+    top: subprocess.Popen | None = None
 
     def start(self, log_dir: str) -> None:
         log = open(os.path.join(log_dir, f"{self.name.replace(' ', '_')}.log"), "w")
@@ -84,6 +86,13 @@ class Target:
                 models = httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=2)
                 if models.status_code == 200:
                     self.model = models.json()["data"][0]["id"]
+                    if self.with_top:
+                        self.top = subprocess.Popen(
+                            [sys.executable, "-c", TOP_HEADLESS, f"http://127.0.0.1:{self.port}"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            cwd=REPO,
+                        )
                     return
             except (httpx.HTTPError, KeyError, IndexError, ValueError):
                 pass
@@ -91,6 +100,9 @@ class Target:
         raise RuntimeError(f"{self.name} did not start in 180 s")
 
     def stop(self) -> None:
+        if self.top is not None:
+            self.top.kill()
+            self.top.wait()
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -98,6 +110,11 @@ class Target:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+TOP_HEADLESS = (
+    "import sys; from inferflux.top_app import TopApp; TopApp(sys.argv[1], 1.0).run(headless=True)"
+)
 
 
 @dataclass
@@ -228,6 +245,20 @@ def targets(args: argparse.Namespace, model_path: str) -> list[tuple[Target, boo
             True,
         )
     ]
+    if args.with_top:
+        port = free_port()
+        found.append(
+            (
+                Target(
+                    "inferflux + inferflux-top",
+                    [py, "-m", "inferflux", "run", "--port", str(port), *common],
+                    port,
+                    extra_body={"ignore_eos": True},
+                    with_top=True,
+                ),
+                True,
+            )
+        )
     if args.prefix_off:
         port = free_port()
         found.append(
@@ -361,6 +392,11 @@ def main() -> None:
         help="skip the InferFlux run with the prefix cache off",
     )
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
+    parser.add_argument(
+        "--with-top",
+        action="store_true",
+        help="also run InferFlux with the inferflux-top UI polling it (its overhead)",
+    )
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--log-dir", default="/tmp")
     args = parser.parse_args()
