@@ -25,6 +25,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Largest request body accepted; larger answers 413 before it is read whole."""
     drain_timeout_s: float = 30.0
     """On SIGTERM/SIGINT, how long in-flight requests may finish before the exit."""
+    otel_traces: str = ""
+    """OpenTelemetry export of one span per request (needs opentelemetry-sdk): "console"
+    prints spans on stdout; an http(s) URL sends OTLP/HTTP there (needs
+    opentelemetry-exporter-otlp-proto-http). Empty: off."""
     chaos: bool = False
     """Accept fault-injection commands (crash an actor, drop/duplicate/delay link messages)
     on the local introspection socket, for tools/chaos.py. Never turn on in production."""

@@ -38,6 +38,7 @@ from .model.chat_template import ChatTemplate
 from .model.store import default_model_path
 from .policy.actor import PolicyActor
 from .scheduler.actor import Scheduler
+from .tracing import RequestTracer
 from .worker.llama import Model
 
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
@@ -111,6 +112,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         scheduler = root.child("scheduler")  # `root` is built below; called once serving
         return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
 
+    tracer = RequestTracer(config.server.otel_traces) if config.server.otel_traces else None
     front = Frontend(
         model_id=model_id,
         tokenizer=tokenizer,
@@ -121,6 +123,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         metrics=metrics,
         is_ready=is_ready,
         max_body_bytes=config.server.max_body_bytes,
+        tracer=tracer,
     )
     root = Supervisor(
         "inferflux",

@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from ..model.chat_template import ChatTemplate, TemplateError
 from ..policy.actor import Authorize
 from ..scheduler.messages import Submit
+from ..tracing import RequestTracer
 from ..worker.llama import Model
 from .errors import APIError, from_decode_error
 from .generation import SSE_DONE, Generation, InFlight, next_seq_id, now, request_id, sse, usage
@@ -40,13 +41,13 @@ from .openai_types import (
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
 
-def trace_id_from(header: str) -> str:
-    """The trace id of a valid W3C traceparent, else a fresh one (all-zero ids are
-    invalid by the spec)."""
+def trace_from(header: str) -> tuple[str, str]:
+    """(trace id, caller's span id) of a valid W3C traceparent, else a fresh trace id and
+    no parent (all-zero ids are invalid by the spec)."""
     match = _TRACEPARENT.fullmatch(header.strip().lower())
     if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
-        return match.group(1)
-    return secrets.token_hex(16)
+        return match.group(1), match.group(2)
+    return secrets.token_hex(16), ""
 
 
 POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
@@ -71,6 +72,7 @@ class Frontend:
     is_ready: Callable[[], bool]
     max_body_bytes: int
     snapshot: Callable[[], ActorInfo] | None = None
+    tracer: RequestTracer | None = None  # OpenTelemetry export, when configured
     in_flight: InFlight = field(default_factory=InFlight)
     draining: bool = False
 
@@ -120,12 +122,13 @@ def create_app(front: Frontend) -> QuartTrio:
 
     @app.before_request
     async def take_trace() -> None:
-        g.trace_id = trace_id_from(request.headers.get("traceparent", ""))
+        g.trace_id, g.parent_span = trace_from(request.headers.get("traceparent", ""))
 
     @app.after_request
     async def give_trace(response: Response) -> Response:
         trace = getattr(g, "trace_id", "") or secrets.token_hex(16)
-        response.headers["traceparent"] = f"00-{trace}-{secrets.token_hex(8)}-01"
+        span = getattr(g, "span_id", "") or secrets.token_hex(8)
+        response.headers["traceparent"] = f"00-{trace}-{span}-01"
         return response
 
     @app.get("/livez")
@@ -339,6 +342,18 @@ def create_app(front: Frontend) -> QuartTrio:
 
     async def _respond(submit: Submit, req: Any, kind: str) -> Response:
         generation = Generation(front.scheduler, submit, front.in_flight)
+        if front.tracer is not None:
+            generation.span = front.tracer.start(
+                f"inferflux {kind}",
+                g.trace_id,
+                g.parent_span,
+                {
+                    "gen_ai.request.model": front.model_id,
+                    "gen_ai.usage.input_tokens": len(submit.prompt),
+                    "inferflux.seq_id": submit.seq_id,
+                },
+            )
+            g.span_id = format(generation.span.get_span_context().span_id, "016x")
         await generation.start()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

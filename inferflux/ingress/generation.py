@@ -63,6 +63,8 @@ class Generation:
         self.submit = submit
         self.tokens: list[int] = []  # what the client has been sent, for a resubmission
         self.text_sent = 0
+        self.finish_reason = ""
+        self.span: Any = None  # an OpenTelemetry span, ended with the generation
         self.in_flight = in_flight
         self._counted = False
         self._stack = AsyncExitStack()
@@ -120,6 +122,7 @@ class Generation:
     def _sent(self, delta: Delta) -> None:
         self.tokens.extend(delta.token_ids)
         self.text_sent += len(delta.text)
+        self.finish_reason = delta.finish_reason or self.finish_reason
 
     async def _resubmit(self, cause: ActorError) -> None:
         resumed = msgspec.structs.replace(
@@ -148,6 +151,11 @@ class Generation:
                 self.scheduler.cast_nowait(Abort(self.submit.seq_id))
             except ActorError:
                 pass
+        if self.span is not None:
+            self.span.set_attribute("gen_ai.usage.output_tokens", len(self.tokens))
+            self.span.set_attribute("inferflux.finish_reason", self.finish_reason or "aborted")
+            self.span.end()
+            self.span = None
         await self._stack.aclose()
 
 

@@ -3,12 +3,13 @@ the actor runtime's metrics moving after real traffic."""
 
 import json
 import re
+import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID, RunningServer, serving
+from tests.conftest import MODEL_ID, RunningServer, serving, start_server, stop_server
 
 pytestmark = pytest.mark.model
 
@@ -79,3 +80,39 @@ def test_runtime_metrics_move_with_traffic(obs_server: RunningServer) -> None:
         ), actor
     assert value(after, "inferflux:actor_restarts_total", "worker-0") == 0
     assert obs_server.metric("inferflux:generation_tokens_total") >= 12
+
+
+def test_opentelemetry_span_per_request(model_path: str, tmp_path) -> None:
+    """With server.otel_traces = "console" each request is exported as a span in the
+    caller's trace, child of the caller's span, with token counts."""
+    config = tmp_path / "otel.toml"
+    config.write_text('[server]\notel_traces = "console"\n')
+    server = start_server(
+        str(tmp_path), "--n-parallel", "1", "--ctx-size", "512", "--config", str(config)
+    )
+    try:
+        trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=5,
+            extra_body={"ignore_eos": True},
+            extra_headers={"traceparent": f"00-{trace}-{parent}-01"},
+        )
+        our_span = raw.headers["traceparent"].split("-")[2]
+        deadline = time.monotonic() + 10
+        while f"0x{our_span}" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        spans, lines = [], server.log().splitlines()
+        for i, line in enumerate(lines):  # the console exporter prints indented JSON
+            if line == "{":
+                end = lines.index("}", i)
+                spans.append(json.loads("\n".join(lines[i : end + 1])))
+        span = next(sp for sp in spans if sp["context"]["span_id"] == f"0x{our_span}")
+        assert span["context"]["trace_id"] == f"0x{trace}"
+        assert span["parent_id"] == f"0x{parent}"
+        assert span["attributes"]["gen_ai.usage.output_tokens"] == 5
+        assert span["attributes"]["inferflux.finish_reason"] == "length"
+    finally:
+        stop_server(server)
