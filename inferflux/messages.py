@@ -49,12 +49,14 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     copy_len: int = 0
     n_generated: int = 0
     text_sent: int = 0  # recompute: characters of text the client already has
+    trace_id: str = ""  # the request's W3C trace id, for the worker's logs
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Stop a sequence now; its StepResult output carries finish_reason 'cancelled'."""
 
     seq_id: int
+    trace_id: str = ""
 
 
 class Attach(msgspec.Struct, tag=True, frozen=True, array_like=True):

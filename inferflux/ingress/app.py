@@ -306,7 +306,7 @@ def create_app(front: Frontend) -> QuartTrio:
                 code="context_length_exceeded",
             )
         seq_id = next_seq_id()
-        await _authorize(Authorize(seq_id, front.model_id, len(prompt)))
+        await _authorize(Authorize(seq_id, front.model_id, len(prompt), trace_id=g.trace_id))
         sampling = SamplingParams(
             max_tokens=max_tokens or room,
             temperature=1.0 if req.temperature is None else req.temperature,

@@ -148,7 +148,7 @@ class Generation:
             self.in_flight.count -= 1
         if not self.finished:
             try:
-                self.scheduler.cast_nowait(Abort(self.submit.seq_id))
+                self.scheduler.cast_nowait(Abort(self.submit.seq_id, self.submit.trace_id))
             except ActorError:
                 pass
         if self.span is not None:

@@ -18,6 +18,7 @@ class Authorize(msgspec.Struct, frozen=True):
     model: str
     prompt_tokens: int
     principal: str = "anonymous"
+    trace_id: str = ""
 
 
 class Decision(msgspec.Struct, frozen=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from ..kvcache.manager import KVCacheManager
 from ..messages import Admit, Attach, Cancel, SamplingParams, StepResult, WorkerReady
 from ..metrics import Metrics
 from .messages import Abort, Delta, NotReady, Overloaded, Submit
+
+log = logging.getLogger("inferflux.scheduler")
 
 
 @dataclass(eq=False)
@@ -47,6 +50,7 @@ class Request:
     aborted: bool = False  # the client left
     preempting: bool = False  # cancelled by us, to be re-admitted
     text_sent: int = 0  # characters delivered to the client (for recompute)
+    trace_id: str = ""
     first_token_at: float = 0.0
     last_token_at: float = 0.0
 
@@ -111,6 +115,7 @@ class Scheduler(Actor):
             if self.waiting and self._down_too_long():
                 error = NotReady(self._down_reason())
                 for _, _, request in self.waiting:
+                    log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
                     request.envelope.fail(error)
                     self.metrics.success.labels(
                         finished_reason="error", **self.metrics.labels
@@ -122,7 +127,7 @@ class Scheduler(Actor):
         match message:
             case Submit():
                 self._submit(message, envelope)
-            case Abort(seq_id):
+            case Abort(seq_id, _):
                 self._abort(seq_id)
         return None
 
@@ -139,6 +144,7 @@ class Scheduler(Actor):
         envelope.defer()
         request = Request(submit.seq_id, submit.prompt, submit.sampling, submit.priority, envelope)
         request.generated = list(submit.generated)
+        request.trace_id = submit.trace_id
         request.text_sent = submit.text_sent
         self._enqueue(request)
         self.metrics.of(self.metrics.prompt_tokens).inc(len(submit.prompt))
@@ -154,7 +160,7 @@ class Scheduler(Actor):
         if request is not None:
             if not request.aborted:
                 request.aborted = True
-                self._cast(Cancel(seq_id))
+                self._cast(Cancel(seq_id, request.trace_id))
             return
         for _, _, queued in self.waiting:
             if queued.seq_id == seq_id:
@@ -193,6 +199,7 @@ class Scheduler(Actor):
                     placement.n_cached,
                     len(request.generated),
                     request.text_sent,
+                    request.trace_id,
                 )
             )
         self._update_gauges()
@@ -204,7 +211,7 @@ class Scheduler(Actor):
         victim = min(candidates, key=lambda r: (r.priority, -r.arrival))
         if victim.priority < request.priority:
             victim.preempting = True
-            self._cast(Cancel(victim.seq_id))
+            self._cast(Cancel(victim.seq_id, victim.trace_id))
 
     def _cast(self, message: Any) -> None:
         try:
@@ -238,6 +245,7 @@ class Scheduler(Actor):
         self._on_worker_lost()
         error = NotReady(f"the model worker keeps crashing ({reason}); try again later")
         for _, _, request in self.waiting:
+            log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
             request.envelope.fail(error)
             self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
         self.waiting.clear()
@@ -339,7 +347,7 @@ class Scheduler(Actor):
         request.envelope.send(delta)
         if request.envelope.closed and not request.aborted:
             request.aborted = True
-            self._cast(Cancel(request.seq_id))
+            self._cast(Cancel(request.seq_id, request.trace_id))
 
     # views ---------------------------------------------------------------------------
     def _update_gauges(self) -> None:

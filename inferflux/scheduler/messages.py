@@ -26,6 +26,7 @@ class Abort(msgspec.Struct, frozen=True):
     """The client went away: stop the sequence and free its slot."""
 
     seq_id: int
+    trace_id: str = ""
 
 
 class Delta(msgspec.Struct, frozen=True, array_like=True, gc=False):

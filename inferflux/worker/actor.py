@@ -96,7 +96,7 @@ class DeviceWorker(Actor):
                 )
             case Admit():
                 self.engine.admit(message)
-            case Cancel(seq_id):
+            case Cancel(seq_id, _):
                 self.engine.cancel(seq_id)
         self._wake.set()
         return None
