@@ -2,6 +2,8 @@
 
     inferflux-top --url http://127.0.0.1:8000          # live terminal UI (textual)
     inferflux-top --url http://127.0.0.1:8000 --once   # one plain-text snapshot, for scripts
+    inferflux-top --socket ipc:///tmp/inferflux-8000-....sock   # the tree over the local
+                                                       # introspection socket (no HTTP)
 
 It polls two read-only endpoints, `/debug/actors` (the supervision tree, one tree walk on
 the server) and `/metrics`, once per `--interval`: nothing on the serving hot path.
@@ -12,6 +14,7 @@ quits.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import urllib.error
 import urllib.request
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field
 
 import httpx
 import msgspec
+import pynng
 
-from actors import ActorInfo
+from actors import ActorInfo, fetch_snapshot
 
 _decode = msgspec.json.Decoder(ActorInfo).decode
 
@@ -49,6 +53,10 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def fetch(url: str, timeout_s: float = 5.0) -> Sample:
+    if not url.startswith(("http://", "https://")):
+        # The introspection socket serves the tree only; the panels fall back to the
+        # numbers in the actors' details.
+        return Sample(fetch_snapshot(url, timeout_s))
     base = url.rstrip("/")
     with urllib.request.urlopen(f"{base}/debug/actors", timeout=timeout_s) as r:
         tree = _decode(r.read())
@@ -58,6 +66,8 @@ def fetch(url: str, timeout_s: float = 5.0) -> Sample:
 
 
 async def fetch_async(client: httpx.AsyncClient, url: str) -> Sample:
+    if not url.startswith(("http://", "https://")):
+        return await asyncio.to_thread(fetch, url)
     base = url.rstrip("/")
     tree = await client.get(f"{base}/debug/actors")
     metrics = await client.get(f"{base}/metrics")
@@ -190,16 +200,22 @@ def main(argv: list[str] | None = None) -> None:
         prog="inferflux-top", description="Inspect a running InferFlux server's actor tree."
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server to inspect")
+    parser.add_argument(
+        "--socket",
+        help="read the tree from this introspection address instead (logged at start as "
+        "'actor tree at ...')",
+    )
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     args = parser.parse_args(argv)
+    source = args.socket or args.url
     if args.once:
         try:
-            print(render(fetch(args.url)))
-        except (urllib.error.URLError, OSError, msgspec.DecodeError) as exc:
-            print(f"inferflux-top: cannot read {args.url}: {exc}", file=sys.stderr)
+            print(render(fetch(source)))
+        except (urllib.error.URLError, OSError, msgspec.DecodeError, pynng.NNGException) as exc:
+            print(f"inferflux-top: cannot read {source}: {exc}", file=sys.stderr)
             sys.exit(1)
         return
     from .top_app import TopApp  # textual loads only for the live UI
 
-    TopApp(args.url, args.interval).run()
+    TopApp(source, args.interval).run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pynng
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -74,7 +75,7 @@ class TopApp(App[None]):
         now = time.monotonic()
         try:
             sample = await fetch_async(self._client, self.url)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, OSError, pynng.NNGException) as exc:
             self.error = f"cannot read {self.url}: {exc}"
             self.refresh_view()
             return

@@ -109,5 +109,21 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         assert " process " in rows["worker-0"] and str(worker["pid"]) in rows["worker-0"]
         assert "scheduler: running 0  waiting 0" in summary
         assert "kv cache:  KV cells used" in summary
+        via_socket = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from inferflux.top import main; main()",
+                "--socket",
+                address,
+                "--once",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        assert via_socket.returncode == 0, via_socket.stderr
+        assert "worker-0" in via_socket.stdout and str(worker["pid"]) in via_socket.stdout
     finally:
         stop_server(server)
