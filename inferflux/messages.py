@@ -25,6 +25,7 @@ class SamplingParams(msgspec.Struct, frozen=True, array_like=True, omit_defaults
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):

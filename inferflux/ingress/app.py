@@ -33,7 +33,10 @@ from .errors import APIError, from_decode_error
 from .generation import SSE_DONE, Generation, InFlight, next_seq_id, now, request_id, sse, usage
 from .openai_types import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
     check_unsupported,
     stop_list,
 )
@@ -50,12 +53,36 @@ def trace_from(header: str) -> tuple[str, str]:
     return secrets.token_hex(16), ""
 
 
+def logit_bias(biases: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias ({"token id": bias in [-100, 100]}) checked against the vocab."""
+    checked = []
+    for key, bias in (biases or {}).items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < n_vocab:
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids in [0, {n_vocab}), got {key!r}",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        if not -100 <= bias <= 100:
+            raise APIError(
+                400,
+                f"logit_bias values must be in [-100, 100], got {bias} for token {key}",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        checked.append((int(key), float(bias)))
+    return tuple(checked)
+
+
 POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
 
 log = logging.getLogger("inferflux.ingress")
 
 _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _completion_decoder = msgspec.json.Decoder(CompletionRequest)
+_tokenize_decoder = msgspec.json.Decoder(TokenizeRequest)
+_detokenize_decoder = msgspec.json.Decoder(DetokenizeRequest)
 
 
 @dataclass
@@ -188,15 +215,7 @@ def create_app(front: Frontend) -> QuartTrio:
                 param="messages",
                 code="invalid_value",
             )
-        messages = [
-            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-            for m in chat.messages
-        ]
-        try:
-            prompt_text = front.template.render(messages)
-        except TemplateError as exc:
-            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
-        prompt = front.tokenizer.tokenize(prompt_text, add_special=True, parse_special=True)
+        prompt = _chat_prompt(chat.messages)
         max_tokens = chat.max_completion_tokens or chat.max_tokens
         submit = await _prepare(
             chat,
@@ -242,18 +261,61 @@ def create_app(front: Frontend) -> QuartTrio:
         submit = await _prepare(completion, prompt, completion.max_tokens, "max_tokens")
         return await _respond(submit, completion, "completion")
 
+    def _chat_prompt(chat_messages: list[ChatMessage]) -> list[int]:
+        messages = [
+            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+            for m in chat_messages
+        ]
+        try:
+            prompt_text = front.template.render(messages)
+        except TemplateError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+        return front.tokenizer.tokenize(prompt_text, add_special=True, parse_special=True)
+
+    @app.post("/tokenize")
+    async def tokenize() -> Response:
+        body = await _decode(_tokenize_decoder)
+        if body.model is not None:
+            _check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(
+                400, "send exactly one of prompt or messages", param="prompt", code="invalid_value"
+            )
+        if body.messages is not None:
+            tokens = _chat_prompt(body.messages) if body.messages else []
+        else:
+            tokens = front.tokenizer.tokenize(body.prompt, add_special=True, parse_special=False)
+        return json_response(
+            {"tokens": tokens, "count": len(tokens), "max_model_len": front.ctx_size}
+        )
+
+    @app.post("/detokenize")
+    async def detokenize() -> Response:
+        body = await _decode(_detokenize_decoder)
+        if body.model is not None:
+            _check_model(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < front.tokenizer.info.n_vocab]
+        if bad:
+            raise APIError(
+                400, f"token ids out of range: {bad[:5]}", param="tokens", code="invalid_value"
+            )
+        return json_response({"prompt": front.tokenizer.detokenize(body.tokens)})
+
     async def _parse(decoder: msgspec.json.Decoder) -> Any:
         """Read, decode and check the fields every generation request shares."""
+        parsed = await _decode(decoder)
+        _check_common(parsed)
+        return parsed
+
+    async def _decode(decoder: msgspec.json.Decoder) -> Any:
         try:
-            parsed = decoder.decode(await _read_body())
+            return decoder.decode(await _read_body())
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
         except ValueError as exc:  # msgspec raises UnicodeDecodeError for invalid UTF-8
             raise APIError(
                 400, f"request body is not valid UTF-8 JSON: {exc}", code="invalid_json"
             ) from None
-        _check_common(parsed)
-        return parsed
 
     async def _read_body() -> bytes:
         length = request.content_length
@@ -266,15 +328,18 @@ def create_app(front: Frontend) -> QuartTrio:
             )
         return await request.get_data(cache=False)
 
-    def _check_common(req: ChatCompletionRequest | CompletionRequest) -> None:
-        if req.model != front.model_id:
+    def _check_model(model: str | None) -> None:
+        if model != front.model_id:
             raise APIError(
                 404,
-                f"model {req.model!r} does not exist; this server serves {front.model_id!r}",
+                f"model {model!r} does not exist; this server serves {front.model_id!r}",
                 type="invalid_request_error",
                 param="model",
                 code="model_not_found",
             )
+
+    def _check_common(req: ChatCompletionRequest | CompletionRequest) -> None:
+        _check_model(req.model)
         unsupported = check_unsupported(req)
         if unsupported:
             param, message = unsupported
@@ -318,6 +383,7 @@ def create_app(front: Frontend) -> QuartTrio:
             frequency_penalty=req.frequency_penalty or 0.0,
             stop=stop_list(req.stop),
             ignore_eos=req.ignore_eos,
+            logit_bias=logit_bias(req.logit_bias, front.tokenizer.info.n_vocab),
         )
         log.info("request %d trace %s: %d prompt tokens", seq_id, g.trace_id, len(prompt))
         return Submit(seq_id, prompt, sampling, req.priority, g.trace_id)

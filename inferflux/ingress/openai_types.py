@@ -74,6 +74,20 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     logit_bias: dict[str, float] | None = None
 
 
+class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /tokenize` (an extra, as in vLLM): a prompt, or chat messages rendered with the
+    model's chat template exactly as /v1/chat/completions does."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class DetokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    tokens: list[int]
+
+
 class CompletionRequest(_Sampling, kw_only=True):
     # str, [str] or [token ids]: one array type (msgspec unions allow one), checked later
     prompt: Union[str, list[Union[str, int]]]
@@ -95,8 +109,6 @@ def check_unsupported(request: ChatCompletionRequest | CompletionRequest) -> tup
             return "response_format", "structured output (response_format) is not supported yet"
         if request.logprobs:
             return "logprobs", "logprobs are not supported yet"
-        if request.logit_bias:
-            return "logit_bias", "logit_bias is not supported yet"
     else:
         if request.echo:
             return "echo", "echo is not supported yet"
@@ -106,8 +118,6 @@ def check_unsupported(request: ChatCompletionRequest | CompletionRequest) -> tup
             return "suffix", "suffix is not supported"
         if request.best_of not in (None, 1):
             return "best_of", "best_of is not supported"
-        if request.logit_bias:
-            return "logit_bias", "logit_bias is not supported yet"
     return None
 
 

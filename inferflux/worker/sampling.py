@@ -19,6 +19,11 @@ class Sampler:
     def __init__(self, params: SamplingParams, n_vocab: int) -> None:
         self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = lambda s: L.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        if params.logit_bias:
+            biases = (L.llama_logit_bias * len(params.logit_bias))(
+                *(L.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+            )
+            add(L.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
         if params.presence_penalty or params.frequency_penalty:
             # OpenAI semantics: penalties count generated tokens; -1 = the whole context.
             add(
