@@ -259,7 +259,14 @@ def create_app(front: Frontend) -> QuartTrio:
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         submit = await _prepare(completion, prompt, completion.max_tokens, "max_tokens")
-        return await _respond(submit, completion, "completion")
+        echo = ""
+        if completion.echo:  # the prompt comes back before the completion, as OpenAI does
+            echo = (
+                prompt_field
+                if isinstance(prompt_field, str)
+                else front.tokenizer.detokenize(prompt)
+            )
+        return await _respond(submit, completion, "completion", echo)
 
     def _chat_prompt(chat_messages: list[ChatMessage]) -> list[int]:
         messages = [
@@ -406,7 +413,7 @@ def create_app(front: Frontend) -> QuartTrio:
                     ) from None
                 await trio.sleep(0.05)
 
-    async def _respond(submit: Submit, req: Any, kind: str) -> Response:
+    async def _respond(submit: Submit, req: Any, kind: str, echo: str = "") -> Response:
         generation = Generation(front.scheduler, submit, front.in_flight)
         if front.tracer is not None:
             generation.span = front.tracer.start(
@@ -423,7 +430,7 @@ def create_app(front: Frontend) -> QuartTrio:
         await generation.start()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = _stream(generation, kind, include_usage)
+            body = _stream(generation, kind, include_usage, echo)
             return Response(
                 body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
             )
@@ -436,7 +443,7 @@ def create_app(front: Frontend) -> QuartTrio:
                     use = usage(delta.prompt_tokens, delta.completion_tokens, delta.cached_tokens)
         finally:
             await generation.close()
-        content = "".join(text)
+        content = echo + "".join(text)
         if kind == "chat":
             choice = {
                 "index": 0,
@@ -467,7 +474,7 @@ def create_app(front: Frontend) -> QuartTrio:
         )
 
     async def _stream(
-        generation: Generation, kind: str, include_usage: bool
+        generation: Generation, kind: str, include_usage: bool, echo: str = ""
     ) -> AsyncIterator[bytes]:
         rid = request_id("chatcmpl" if kind == "chat" else "cmpl")
         created = now()
@@ -496,6 +503,8 @@ def create_app(front: Frontend) -> QuartTrio:
         try:
             if kind == "chat":
                 yield chunk("", None, first=True)
+            if echo:
+                yield chunk(echo, None)
             async for delta in generation.deltas():
                 if delta.text:
                     yield chunk(delta.text, None)

@@ -110,8 +110,6 @@ def check_unsupported(request: ChatCompletionRequest | CompletionRequest) -> tup
         if request.logprobs:
             return "logprobs", "logprobs are not supported yet"
     else:
-        if request.echo:
-            return "echo", "echo is not supported yet"
         if request.logprobs:
             return "logprobs", "logprobs are not supported yet"
         if request.suffix:

@@ -76,3 +76,17 @@ def test_logit_bias_out_of_range_is_400(server: RunningServer, bias: dict) -> No
             model=MODEL_ID, messages=[{"role": "user", "content": "x"}], logit_bias=bias
         )
     assert err.value.body["param"] == "logit_bias"
+
+
+def test_echo_returns_the_prompt_first(server: RunningServer) -> None:
+    c = client(server)
+    kwargs = dict(model=MODEL_ID, prompt="Once upon a time", max_tokens=5, temperature=0)
+    plain = c.completions.create(**kwargs).choices[0].text
+    echoed = c.completions.create(**kwargs, echo=True).choices[0].text
+    assert echoed == "Once upon a time" + plain
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in c.completions.create(**kwargs, echo=True, stream=True)
+        if chunk.choices
+    )
+    assert streamed == echoed
