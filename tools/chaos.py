@@ -58,7 +58,8 @@ PROMPTS = [
     "Why is the sky blue?",
     "Describe the taste of an apple.",
 ]
-ENGINE_INTENSITY = 5  # engine supervisor: restarts allowed per 60 s (inferflux/server.py)
+ENGINE_INTENSITY = 5  # engine supervisor: restarts allowed per 60 s (config supervision.*)
+ROOT_INTENSITY = 10  # root supervisor: restarts of scheduler/policy/engine per 60 s
 
 
 @dataclass
@@ -211,6 +212,7 @@ async def nemesis(
 ) -> None:
     stopped_pid = 0
     worker_restarts: list[float] = []  # faults that cost a worker restart
+    root_restarts: list[float] = []  # faults that cost the root supervisor a restart
     while not done.is_set():
         with trio.move_on_after(rng.uniform(*period)):
             await done.wait()
@@ -219,10 +221,13 @@ async def nemesis(
         worker = find(server.snapshot(), "worker-0")
         if worker is None or worker.state != "running":
             continue  # restarting: let it come back
-        # Stay inside the engine's restart intensity: a harness that exceeds it on purpose
-        # tests something else (tests/integration/test_worker_crash.py does).
-        recent = [t for t in worker_restarts if trio.current_time() - t < 60]
-        if len(recent) < ENGINE_INTENSITY - 1:
+        # Stay inside every supervisor's restart intensity: exceeding one is a different
+        # test (tests/integration/test_worker_crash.py); the root giving up stops the
+        # server, as it should.
+        now = trio.current_time()
+        recent = [t for t in worker_restarts if now - t < 60]
+        recent_root = [t for t in root_restarts if now - t < 60]
+        if len(recent) < ENGINE_INTENSITY - 1 and len(recent_root) < ROOT_INTENSITY - 2:
             action = rng.choice(
                 [
                     "sigkill",
@@ -236,9 +241,11 @@ async def nemesis(
                 ]
             )
         else:
-            action = rng.choice(["sigstop", "crash-scheduler", "crash-policy", "link-soft"])
+            action = rng.choice(["sigstop", "link-soft"])
         if action in ("sigkill", "sigsegv", "crash-worker", "crash-worker-proxy", "link"):
-            worker_restarts.append(trio.current_time())
+            worker_restarts.append(now)
+        if action in ("crash-scheduler", "crash-policy"):
+            root_restarts.append(now)
         if action in ("sigkill", "sigsegv"):  # SIGSEGV: what a C-level crash delivers
             os.kill(worker.pid, signal.SIGKILL if action == "sigkill" else signal.SIGSEGV)
         elif action == "sigstop":
