@@ -28,3 +28,7 @@ class ActorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
         for child in self.children:
             found.extend(child.walk())
         return found
+
+    def find(self, name: str) -> ActorInfo | None:
+        """The actor called `name` in this subtree."""
+        return next((info for info in self.walk() if info.name == name), None)

@@ -86,14 +86,10 @@ class _TreeCollector:
         )
         values = list(self.labels.values())
 
-        def walk(info: ActorInfo) -> None:
+        for info in self.snapshot().walk():
             label = [*values, info.name]
             depth.add_metric(label, info.mailbox_depth)
             received.add_metric(label, info.messages_in)
             sent.add_metric(label, info.messages_out)
             restarts.add_metric(label, info.restarts)
-            for child in info.children:
-                walk(child)
-
-        walk(self.snapshot())
         yield from (depth, received, sent, restarts)

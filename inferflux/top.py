@@ -114,30 +114,19 @@ def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]
     return rows
 
 
-def find(tree: ActorInfo, name: str) -> ActorInfo | None:
-    if tree.name == name:
-        return tree
-    for child in tree.children:
-        found = find(child, name)
-        if found is not None:
-            return found
-    return None
-
-
 def scheduler_summary(sample: Sample, tok_s: float, ttft_s: float) -> str:
-    scheduler = find(sample.tree, "scheduler")
+    scheduler = sample.tree.find("scheduler")
     d = scheduler.details if scheduler else {}
-    slots = sample.metrics.get("inferflux:num_requests_running", 0)
     return (
         f"running {d.get('running', 0)}  waiting {d.get('waiting', 0)}  "
         f"max batch {d.get('max_batch', 0)}  steps {d.get('steps', 0)}  "
         f"worker restarts {d.get('worker_restarts', 0)}  |  {tok_s:.1f} tok/s  "
-        f"TTFT {ttft_s * 1000:.0f} ms (latest)  |  running {slots:.0f}"
+        f"TTFT {ttft_s * 1000:.0f} ms (latest)"
     )
 
 
 def kv_summary(sample: Sample) -> str:
-    scheduler = find(sample.tree, "scheduler")
+    scheduler = sample.tree.find("scheduler")
     d = scheduler.details if scheduler else {}
     m = sample.metrics
     queries = m.get("inferflux:prefix_cache_queries_total", 0.0)
@@ -162,10 +151,10 @@ class Rates:
         prev, self.previous = self.previous, sample
         if prev is None or dt <= 0:
             return {}, 0.0, 0.0
-        before = {row[0].strip(): int(row[5]) for row in actor_rows(prev.tree, {})}
+        before = {info.name: info.messages_in for info in prev.tree.walk()}
         msgs = {
-            row[0].strip(): (int(row[5]) - before.get(row[0].strip(), int(row[5]))) / dt
-            for row in actor_rows(sample.tree, {})
+            info.name: (info.messages_in - before.get(info.name, info.messages_in)) / dt
+            for info in sample.tree.walk()
         }
         m, p = sample.metrics, prev.metrics
         name = "inferflux:generation_tokens_total"

@@ -151,16 +151,6 @@ class Server:
         return self.process.returncode
 
 
-def find(info: ActorInfo, name: str) -> ActorInfo | None:
-    if info.name == name:
-        return info
-    for child in info.children:
-        found = find(child, name)
-        if found is not None:
-            return found
-    return None
-
-
 async def drive(url: str, model: str, jobs: list[Job], concurrency: int, report: Report) -> None:
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
     limiter = trio.Semaphore(concurrency)
@@ -218,7 +208,7 @@ async def nemesis(
             await done.wait()
         if done.is_set():
             break
-        worker = find(server.snapshot(), "worker-0")
+        worker = server.snapshot().find("worker-0")
         if worker is None or worker.state != "running":
             continue  # restarting: let it come back
         # Stay inside every supervisor's restart intensity: exceeding one is a different
@@ -342,11 +332,11 @@ def main() -> int:
             for i, outcomes in report.outcomes.items():
                 totals.outcomes.setdefault(len(totals.outcomes), []).extend(outcomes)
                 problems += check_job(jobs[i], outcomes, ref.get(i))
-            worker_pids.add(find(server.snapshot(), "worker-0").pid)
+            worker_pids.add(server.snapshot().find("worker-0").pid)
             if time.monotonic() - started >= args.duration:
                 break
         problems += check_quiescence(server)
-        worker_pids.add(find(server.snapshot(), "worker-0").pid)
+        worker_pids.add(server.snapshot().find("worker-0").pid)
     finally:
         code = server.stop()
     if code != 0:
@@ -403,8 +393,8 @@ def check_quiescence(server: Server) -> list[str]:
     deadline = time.monotonic() + 30
     while True:
         tree = server.snapshot()
-        scheduler = find(tree, "scheduler")
-        worker = find(tree, "worker-0")
+        scheduler = tree.find("scheduler")
+        worker = tree.find("worker-0")
         busy = (
             scheduler is None
             or scheduler.details.get("running")
@@ -418,7 +408,7 @@ def check_quiescence(server: Server) -> list[str]:
             ]
         time.sleep(0.5)
     problems = []
-    engine = find(tree, "engine")
+    engine = tree.find("engine")
     if tree.state != "running" or engine is None or engine.state != "running":
         problems.append(
             f"tree not healthy at the end: root {tree.state}, engine {engine and engine.state}"

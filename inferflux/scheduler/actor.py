@@ -113,15 +113,7 @@ class Scheduler(Actor):
         while True:
             await trio.sleep(min(0.5, self.worker_wait_s / 4))
             if self.waiting and self._down_too_long():
-                error = NotReady(self._down_reason())
-                for _, _, request in self.waiting:
-                    log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
-                    request.envelope.fail(error)
-                    self.metrics.success.labels(
-                        finished_reason="error", **self.metrics.labels
-                    ).inc()
-                self.waiting.clear()
-                self._update_gauges()
+                self._fail_waiting(NotReady(self._down_reason()))
 
     async def handle(self, message: Any, envelope: Envelope) -> Any:
         match message:
@@ -243,7 +235,10 @@ class Scheduler(Actor):
         requests get 503 until a worker is ready again."""
         self.gave_up = reason
         self._on_worker_lost()
-        error = NotReady(f"the model worker keeps crashing ({reason}); try again later")
+        self._fail_waiting(NotReady(f"the model worker keeps crashing ({reason}); try again later"))
+
+    def _fail_waiting(self, error: NotReady) -> None:
+        """End every waiting request (re-queued streams included) with `error`."""
         for _, _, request in self.waiting:
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
             request.envelope.fail(error)

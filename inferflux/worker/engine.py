@@ -72,7 +72,6 @@ class Engine:
             # between per-slot streams llama.cpp only copies whole sequences.
             ctx.seq_rm(admit.slot, 0)
             ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
-        ctx.seq_rm(admit.slot, admit.n_cached)
         # Recompute (n_generated > 0): the tokens already sent are prefilled with the
         # prompt. In per-slot KV streams that gives bit-identical logits, so the
         # continuation equals the undisturbed run; penalties, the RNG and the detokenizer
@@ -85,7 +84,7 @@ class Engine:
         output = TextOutput(admit.sampling.stop)
         replayed = "".join(output.feed(self.model.piece(t)) for t in generated)
         n_past = min(admit.n_cached, len(admit.tokens) - 1)  # the last token gives logits
-        ctx.seq_rm(admit.slot, n_past)
+        ctx.seq_rm(admit.slot, n_past)  # anything past what is reused is dropped
         seq = Sequence(
             seq_id=admit.seq_id,
             slot=admit.slot,

@@ -41,27 +41,20 @@ def test_bad_config_and_bad_model_are_clear_errors(tmp_path) -> None:
     assert result.returncode != 0 and "cannot start" in result.stderr
 
 
+def run_top(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from inferflux.top import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+
+
 def test_top_answers_help_and_fails_clearly_without_a_server() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "from inferflux.top import main; main()", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = run_top("--help")
     assert result.returncode == 0 and "--once" in result.stdout
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from inferflux.top import main; main()",
-            "--url",
-            "http://127.0.0.1:9",
-            "--once",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = run_top("--url", "http://127.0.0.1:9", "--once")
     assert result.returncode == 1 and "cannot read" in result.stderr
 
 
@@ -88,20 +81,7 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         snapshot = fetch_snapshot(address)
         assert snapshot.name == "inferflux"
         assert [c.name for c in snapshot.children] == ["engine", "scheduler", "policy", "ingress"]
-        top = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from inferflux.top import main; main()",
-                "--url",
-                server.url,
-                "--once",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=30,
-        )
+        top = run_top("--url", server.url, "--once")
         assert top.returncode == 0, top.stderr
         table, _, summary = top.stdout.partition("\n\n")
         rows = {line.split()[0]: line for line in table.splitlines()[1:]}
@@ -109,20 +89,7 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         assert " process " in rows["worker-0"] and str(worker["pid"]) in rows["worker-0"]
         assert "scheduler: running 0  waiting 0" in summary
         assert "kv cache:  KV cells used" in summary
-        via_socket = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from inferflux.top import main; main()",
-                "--socket",
-                address,
-                "--once",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=30,
-        )
+        via_socket = run_top("--socket", address, "--once")
         assert via_socket.returncode == 0, via_socket.stderr
         assert "worker-0" in via_socket.stdout and str(worker["pid"]) in via_socket.stdout
     finally:
