@@ -224,8 +224,9 @@ class Channel(Generic[M]):
         """Next message. MessageDecodeError for a bad one; the channel stays usable."""
         return self.codec.decode(await self.receive_bytes(), self.peer_label)
 
-    async def receive_bytes(self) -> bytes:
-        """Next message's payload, in order, each exactly once; LinkBroken on a gap."""
+    async def receive_bytes(self) -> memoryview:
+        """Next message's payload (a view past the header, no copy), in order, each
+        exactly once; LinkBroken on a gap."""
         while True:
             framed = await self._receive_faulty()
             payload = self._accept(framed)
