@@ -26,6 +26,8 @@ class SamplingParams(msgspec.Struct, frozen=True, array_like=True, omit_defaults
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: str = ""  # an llguidance grammar (JSON schema, Lark): masks logits each step
+    logprobs: int = -1  # -1: none; 0: the chosen token's logprob; k: also the k likeliest
 
 
 class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -75,6 +77,14 @@ class WorkerReady(msgspec.Struct, tag=True, frozen=True, array_like=True):
     pid: int
 
 
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A sampled token's log-probability under the model, and the likeliest alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = []
+
+
 class SeqOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     seq_id: int
     token_ids: list[int]
@@ -82,6 +92,7 @@ class SeqOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     finish_reason: FinishReason | None = None
     n_prompt_computed: int = 0  # prompt tokens actually prefilled this step
     kv_tokens: int = 0  # tokens of this sequence now held in KV (on finish: what stays cached)
+    logprobs: list[TokenLogprob] = []  # one per token_ids entry, when requested
 
 
 class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):

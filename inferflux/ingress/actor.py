@@ -48,6 +48,7 @@ class IngressActor(Actor):
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
         app = create_app(self.front)
+        self.front.nursery = self.nursery
 
         async def serve_then_signal(task_status: trio.TaskStatus[list[str]]) -> None:
             try:

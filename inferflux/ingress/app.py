@@ -29,8 +29,20 @@ from ..policy.actor import Authorize
 from ..scheduler.messages import Submit
 from ..tracing import RequestTracer
 from ..worker.llama import Model
+from .choices import Choice
 from .errors import APIError, from_decode_error
-from .generation import SSE_DONE, Generation, InFlight, next_seq_id, now, request_id, sse, usage
+from .generation import (
+    SSE_DONE,
+    Generation,
+    InFlight,
+    merged,
+    next_seq_id,
+    now,
+    request_id,
+    sibling,
+    sse,
+    total_usage,
+)
 from .openai_types import (
     ChatCompletionRequest,
     ChatMessage,
@@ -40,6 +52,8 @@ from .openai_types import (
     check_unsupported,
     stop_list,
 )
+from .structured import response_format_grammar
+from .tools import ToolPlan, generic_messages, knows_tools, plan_tools
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
@@ -101,6 +115,7 @@ class Frontend:
     snapshot: Callable[[], ActorInfo] | None = None
     tracer: RequestTracer | None = None  # OpenTelemetry export, when configured
     in_flight: InFlight = field(default_factory=InFlight)
+    nursery: trio.Nursery | None = None  # the ingress actor's: tasks that outlive a handler
     draining: bool = False
 
 
@@ -215,15 +230,27 @@ def create_app(front: Frontend) -> QuartTrio:
                 param="messages",
                 code="invalid_value",
             )
-        prompt = _chat_prompt(chat.messages)
+        if chat.top_logprobs is not None and not chat.logprobs:
+            raise APIError(
+                400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+            )
+        tools = await plan_tools(
+            front.tokenizer, chat.tools, chat.tool_choice, chat.parallel_tool_calls
+        )
+        grammar = tools.grammar or await response_format_grammar(
+            front.tokenizer, chat.response_format
+        )
+        prompt = _chat_prompt(chat.messages, tools)
         max_tokens = chat.max_completion_tokens or chat.max_tokens
         submit = await _prepare(
             chat,
             prompt,
             max_tokens,
             "max_completion_tokens" if chat.max_completion_tokens else "max_tokens",
+            grammar=grammar,
+            logprobs=(chat.top_logprobs or 0) if chat.logprobs else -1,
         )
-        return await _respond(submit, chat, "chat")
+        return await _respond(submit, chat, "chat", tools=tools)
 
     @app.post("/v1/completions")
     async def completions() -> Response:
@@ -258,7 +285,13 @@ def create_app(front: Frontend) -> QuartTrio:
                 )
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
-        submit = await _prepare(completion, prompt, completion.max_tokens, "max_tokens")
+        submit = await _prepare(
+            completion,
+            prompt,
+            completion.max_tokens,
+            "max_tokens",
+            logprobs=-1 if completion.logprobs is None else completion.logprobs,
+        )
         echo = ""
         if completion.echo:  # the prompt comes back before the completion, as OpenAI does
             echo = (
@@ -268,13 +301,17 @@ def create_app(front: Frontend) -> QuartTrio:
             )
         return await _respond(submit, completion, "completion", echo)
 
-    def _chat_prompt(chat_messages: list[ChatMessage]) -> list[int]:
-        messages = [
-            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-            for m in chat_messages
-        ]
+    def _chat_prompt(chat_messages: list[ChatMessage], tools: ToolPlan | None = None) -> list[int]:
+        messages = [m.as_template_dict() for m in chat_messages]
+        offered = tools.functions if tools is not None and tools.active else []
+        extra: dict[str, Any] = {}
+        if knows_tools(front.template.source):
+            if offered:
+                extra["tools"] = [f.to_openai() for f in offered]
+        else:
+            messages = generic_messages(messages, offered)
         try:
-            prompt_text = front.template.render(messages)
+            prompt_text = front.template.render(messages, **extra)
         except TemplateError as exc:
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         return front.tokenizer.tokenize(prompt_text, add_special=True, parse_special=True)
@@ -357,6 +394,8 @@ def create_app(front: Frontend) -> QuartTrio:
         prompt: list[int],
         max_tokens: int | None,
         max_param: str,
+        grammar: str = "",
+        logprobs: int = -1,
     ) -> Submit:
         if front.draining:
             raise APIError(
@@ -391,6 +430,8 @@ def create_app(front: Frontend) -> QuartTrio:
             stop=stop_list(req.stop),
             ignore_eos=req.ignore_eos,
             logit_bias=logit_bias(req.logit_bias, front.tokenizer.info.n_vocab),
+            grammar=grammar,
+            logprobs=logprobs,
         )
         log.info("request %d trace %s: %d prompt tokens", seq_id, g.trace_id, len(prompt))
         return Submit(seq_id, prompt, sampling, req.priority, g.trace_id)
@@ -413,10 +454,14 @@ def create_app(front: Frontend) -> QuartTrio:
                     ) from None
                 await trio.sleep(0.05)
 
-    async def _respond(submit: Submit, req: Any, kind: str, echo: str = "") -> Response:
-        generation = Generation(front.scheduler, submit, front.in_flight)
+    async def _respond(
+        submit: Submit, req: Any, kind: str, echo: str = "", tools: ToolPlan | None = None
+    ) -> Response:
+        generations = [Generation(front.scheduler, submit, front.in_flight)]
+        for i in range(1, req.n):
+            generations.append(Generation(front.scheduler, sibling(submit, i), front.in_flight))
         if front.tracer is not None:
-            generation.span = front.tracer.start(
+            span = front.tracer.start(
                 f"inferflux {kind}",
                 g.trace_id,
                 g.parent_span,
@@ -426,70 +471,66 @@ def create_app(front: Frontend) -> QuartTrio:
                     "inferflux.seq_id": submit.seq_id,
                 },
             )
-            g.span_id = format(generation.span.get_span_context().span_id, "016x")
-        await generation.start()
+            generations[0].span = span
+            g.span_id = format(span.get_span_context().span_id, "016x")
+        want_logprobs = submit.sampling.logprobs >= 0
+        choices = [
+            Choice(i, kind, front.tokenizer.piece, tools, echo, want_logprobs) for i in range(req.n)
+        ]
+        try:
+            # The first choice starts alone: once its first token is out its prompt is
+            # resident, and the other choices copy those KV cells instead of recomputing.
+            for generation in generations:
+                await generation.start()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for generation in generations:
+                    await generation.close()
+            raise
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = _stream(generation, kind, include_usage, echo)
+            body = _stream(generations, choices, kind, include_usage)
             return Response(
                 body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
             )
         try:
-            text, reason, use = [], None, usage(len(submit.prompt), 0, 0)
-            async for delta in generation.deltas():
-                text.append(delta.text)
-                if delta.finish_reason:
-                    reason = delta.finish_reason
-                    use = usage(delta.prompt_tokens, delta.completion_tokens, delta.cached_tokens)
+            async for i, delta in merged(generations, front.nursery):
+                choices[i].add(delta)
         finally:
-            await generation.close()
-        content = echo + "".join(text)
+            with trio.CancelScope(shield=True):
+                for generation in generations:
+                    await generation.close()
+        use = total_usage(len(submit.prompt), choices)
         if kind == "chat":
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
             return json_response(
                 {
                     "id": request_id("chatcmpl"),
                     "object": "chat.completion",
                     "created": now(),
                     "model": front.model_id,
-                    "choices": [choice],
+                    "choices": [choice.message() for choice in choices],
                     "usage": use,
                 }
             )
-        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": reason}
         return json_response(
             {
                 "id": request_id("cmpl"),
                 "object": "text_completion",
                 "created": now(),
                 "model": front.model_id,
-                "choices": [choice],
+                "choices": [choice.text_choice() for choice in choices],
                 "usage": use,
             }
         )
 
     async def _stream(
-        generation: Generation, kind: str, include_usage: bool, echo: str = ""
+        generations: list[Generation], choices: list[Choice], kind: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         rid = request_id("chatcmpl" if kind == "chat" else "cmpl")
         created = now()
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
-        def chunk(text: str | None, reason: str | None, first: bool = False) -> bytes:
-            if kind == "chat":
-                delta: dict[str, Any] = {}
-                if first:
-                    delta["role"] = "assistant"
-                if text is not None:
-                    delta["content"] = text
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+        def chunk(choice: dict[str, Any]) -> bytes:
             return sse(
                 {
                     "id": rid,
@@ -500,38 +541,59 @@ def create_app(front: Frontend) -> QuartTrio:
                 }
             )
 
-        try:
+        def part_chunk(choice: Choice, part: dict[str, Any], logprobs: Any) -> bytes:
             if kind == "chat":
-                yield chunk("", None, first=True)
-            if echo:
-                yield chunk(echo, None)
-            async for delta in generation.deltas():
-                if delta.text:
-                    yield chunk(delta.text, None)
+                body = {"index": choice.index, "delta": part, "logprobs": logprobs}
+            else:
+                body = {"index": choice.index, "text": part["text"], "logprobs": logprobs}
+            return chunk({**body, "finish_reason": None})
+
+        try:
+            for choice in choices:
+                if kind == "chat":
+                    yield part_chunk(choice, {"role": "assistant", "content": ""}, None)
+                if choice.text:  # echo
+                    yield part_chunk(choice, {"text": choice.text[0]}, None)
+            async for i, delta in merged(generations, front.nursery):
+                choice = choices[i]
+                offset = len("".join(choice.text))
+                parts = choice.add(delta)
+                logprobs = (
+                    choice.chat_logprobs(delta.logprobs)
+                    if kind == "chat"
+                    else choice.completion_logprobs(delta.logprobs, offset)
+                )
+                if delta.logprobs and not parts:
+                    parts = [{} if kind == "chat" else {"text": ""}]
+                for j, part in enumerate(parts):
+                    yield part_chunk(choice, part, logprobs if j == 0 else None)
                 if delta.finish_reason:
-                    yield chunk(None if kind == "chat" else "", delta.finish_reason)
-                    if include_usage:
-                        yield sse(
-                            {
-                                "id": rid,
-                                "object": obj,
-                                "created": created,
-                                "model": front.model_id,
-                                "choices": [],
-                                "usage": usage(
-                                    delta.prompt_tokens,
-                                    delta.completion_tokens,
-                                    delta.cached_tokens,
-                                ),
-                            }
-                        )
+                    end: dict[str, Any] = {"index": i, "finish_reason": choice.final_reason}
+                    if kind == "chat":
+                        end.update(delta={}, logprobs=None)
+                    else:
+                        end.update(text="", logprobs=None)
+                    yield chunk(end)
+            if include_usage:
+                yield sse(
+                    {
+                        "id": rid,
+                        "object": obj,
+                        "created": created,
+                        "model": front.model_id,
+                        "choices": [],
+                        "usage": total_usage(len(generations[0].submit.prompt), choices),
+                    }
+                )
             yield SSE_DONE
         except APIError as error:
             # Headers are gone already: the error travels as an SSE event, then the end.
             yield b"data: " + error.body() + b"\n\n"
             yield SSE_DONE
         finally:
-            await generation.close()
+            with trio.CancelScope(shield=True):
+                for generation in generations:
+                    await generation.close()
 
     return app
 

@@ -3,6 +3,7 @@ responses (one JSON body, or server-sent events)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import time
@@ -157,6 +158,67 @@ class Generation:
             self.span.end()
             self.span = None
         await self._stack.aclose()
+
+
+def sibling(submit: Submit, index: int) -> Submit:
+    """Choice `index` of an n > 1 request: its own sequence, and its own seed (the same seed
+    would make every choice identical)."""
+    sampling = submit.sampling
+    if sampling.seed is not None:
+        sampling = msgspec.structs.replace(sampling, seed=(sampling.seed + index) & 0xFFFFFFFF)
+    return msgspec.structs.replace(submit, seq_id=next_seq_id(), sampling=sampling)
+
+
+async def merged(
+    generations: list[Generation], nursery: trio.Nursery | None
+) -> AsyncIterator[tuple[int, Delta]]:
+    """(choice index, delta) from every generation, in arrival order.
+
+    With several choices, one pump task per generation runs in `nursery` (the ingress
+    actor's: a response body is an async generator, which must not hold a nursery open
+    across its yields). The pumps are cancelled when this iterator ends or is closed."""
+    if len(generations) == 1:
+        async for delta in generations[0].deltas():
+            yield 0, delta
+        return
+    assert nursery is not None, "n > 1 needs the ingress nursery"
+    send, receive = trio.open_memory_channel[tuple[int, Delta | BaseException]](64)
+    scopes = [trio.CancelScope() for _ in generations]
+
+    async def pump(index: int) -> None:
+        # Never raises: an exception here would take the ingress actor down with it.
+        with scopes[index], contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            try:
+                async for delta in generations[index].deltas():
+                    await send.send((index, delta))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise
+            except Exception as exc:  # an APIError: handed to the response
+                await send.send((index, exc))
+
+    try:
+        for index in range(len(generations)):
+            nursery.start_soon(pump, index)
+        finished = 0
+        while finished < len(generations):
+            index, item = await receive.receive()
+            if isinstance(item, BaseException):
+                raise item
+            if item.finish_reason:
+                finished += 1
+            yield index, item
+    finally:
+        for scope in scopes:
+            scope.cancel()
+        receive.close()
+
+
+def total_usage(prompt_tokens: int, choices: list[Any]) -> dict[str, Any]:
+    """Usage of all choices: the prompt counts once (its KV cells are shared)."""
+    ends = [choice.delta for choice in choices if choice.delta is not None]
+    completion = sum(delta.completion_tokens for delta in ends)
+    cached = ends[0].cached_tokens if ends else 0
+    return usage(prompt_tokens, completion, cached)
 
 
 def _api_error(exc: BaseException) -> BaseException:

@@ -7,6 +7,7 @@ the field path, e.g. "Expected `number`, got `str` - at `$.temperature`".
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -36,6 +37,27 @@ class ChatMessage(msgspec.Struct):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def as_template_dict(self) -> dict[str, Any]:
+        """The message as chat templates expect it (tool call arguments as objects)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [_parsed_arguments(call) for call in self.tool_calls]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+def _parsed_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    function = dict(call.get("function") or {})
+    if isinstance(function.get("arguments"), str):
+        try:
+            function["arguments"] = json.loads(function["arguments"])
+        except ValueError:
+            pass  # malformed history is shown to the model as sent
+    return {**call, "function": function}
+
 
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
@@ -57,7 +79,7 @@ class _Sampling(msgspec.Struct, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stop: Stop = None
-    n: PositiveInt = 1
+    n: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     user: str | None = None
     priority: int = 0
     ignore_eos: bool = False
@@ -70,8 +92,9 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -92,26 +115,15 @@ class CompletionRequest(_Sampling, kw_only=True):
     # str, [str] or [token ids]: one array type (msgspec unions allow one), checked later
     prompt: Union[str, list[Union[str, int]]]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
     logit_bias: dict[str, float] | None = None
     suffix: str | None = None
     best_of: int | None = None
 
 
 def check_unsupported(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
-    """(param, message) for a field we accept syntactically but do not implement yet."""
-    if request.n != 1:
-        return "n", "n > 1 is not supported yet; send n=1 (or omit it)"
-    if isinstance(request, ChatCompletionRequest):
-        if request.tools:
-            return "tools", "tool calling is not supported yet"
-        if request.response_format and request.response_format.get("type", "text") != "text":
-            return "response_format", "structured output (response_format) is not supported yet"
-        if request.logprobs:
-            return "logprobs", "logprobs are not supported yet"
-    else:
-        if request.logprobs:
-            return "logprobs", "logprobs are not supported yet"
+    """(param, message) for a field we accept syntactically but do not implement."""
+    if isinstance(request, CompletionRequest):
         if request.suffix:
             return "suffix", "suffix is not supported"
         if request.best_of not in (None, 1):

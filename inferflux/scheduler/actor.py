@@ -26,7 +26,7 @@ import trio
 from actors import Actor, ActorError, ActorRef, Envelope
 
 from ..kvcache.manager import KVCacheManager
-from ..messages import Admit, Attach, Cancel, SamplingParams, StepResult, WorkerReady
+from ..messages import Admit, Attach, Cancel, SamplingParams, SeqOutput, StepResult, WorkerReady
 from ..metrics import Metrics
 from .messages import Abort, Delta, NotReady, Overloaded, Submit
 
@@ -288,9 +288,9 @@ class Scheduler(Actor):
                 self.kv.grew(request.slot, out.kv_tokens)
             if out.finish_reason is None:
                 if out.token_ids or out.text:
-                    self._send(request, Delta(out.token_ids, out.text))
+                    self._send(request, Delta(out.token_ids, out.text, logprobs=out.logprobs))
                 continue
-            self._finish(request, out.finish_reason, out.token_ids, out.text, out.kv_tokens)
+            self._finish(request, out)
         self._admit_waiting()
 
     def _record_timing(self, request: Request, now: float, n: int) -> None:
@@ -302,9 +302,8 @@ class Scheduler(Actor):
         request.last_token_at = now
         self.metrics.of(self.metrics.generation_tokens).inc(n)
 
-    def _finish(
-        self, request: Request, reason: str, token_ids: list[int], text: str, kv_tokens: int
-    ) -> None:
+    def _finish(self, request: Request, out: SeqOutput) -> None:
+        reason, token_ids, text = out.finish_reason, out.token_ids, out.text
         del self.running[request.seq_id]
         held = (
             request.admitted_tokens
@@ -315,10 +314,10 @@ class Scheduler(Actor):
         ):
             self.kv.release(request.slot, None)
             if token_ids or text:
-                self._send(request, Delta(token_ids, text))
+                self._send(request, Delta(token_ids, text, logprobs=out.logprobs))
             self._enqueue(request, front=True)
             return
-        self.kv.release(request.slot, held[:kv_tokens])
+        self.kv.release(request.slot, held[: out.kv_tokens])
         if reason == "cancelled":
             request.envelope.reply(None)
             return
@@ -331,6 +330,7 @@ class Scheduler(Actor):
                 len(request.prompt),
                 len(request.generated),
                 request.cached_tokens,
+                out.logprobs,
             ),
         )
         request.envelope.reply(None)

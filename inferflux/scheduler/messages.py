@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..messages import FinishReason, SamplingParams
+from ..messages import FinishReason, SamplingParams, TokenLogprob
 
 
 class Submit(msgspec.Struct, frozen=True):
@@ -36,6 +36,7 @@ class Delta(msgspec.Struct, frozen=True, array_like=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    logprobs: list[TokenLogprob] = []
 
 
 class Overloaded(Exception):

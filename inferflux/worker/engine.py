@@ -11,10 +11,15 @@ outcome is one StepResult for all of them.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
-from ..messages import Admit, SeqOutput, StepResult
+import llama_cpp as L
+import numpy as np
+
+from ..messages import Admit, SeqOutput, StepResult, TokenLogprob
+from .constraint import Constraint, GrammarError
 from .llama import Context, Model
 from .output import TextOutput
 from .sampling import Sampler
@@ -25,6 +30,8 @@ from .sampling import Sampler
 # tiled kernel that rounds differently at 64 (GGML_FA_TILE_Q). Prompts keep full-size
 # chunks both times (capping them too costs 3x on long-prompt prefill).
 REPLAY_CHUNK = 63
+
+log = logging.getLogger("inferflux.worker")
 
 
 @dataclass(eq=False)
@@ -39,11 +46,14 @@ class Sequence:
     n_generated: int
     ignore_eos: bool
     n_prompt: int  # tokens[:n_prompt] is the prompt, the rest was generated (recompute)
+    constraint: Constraint | None = None  # structured output: masks logits each step
+    logprobs: int = -1  # SamplingParams.logprobs
     next_token: int = -1  # sampled, not yet decoded
     logit_index: int = -1
     prompt_done_this_step: int = 0
     new_tokens: list[int] = field(default_factory=list)
     new_text: list[str] = field(default_factory=list)
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def prefilling(self) -> bool:
@@ -76,8 +86,18 @@ class Engine:
         # prompt. In per-slot KV streams that gives bit-identical logits, so the
         # continuation equals the undisturbed run; penalties, the RNG and the detokenizer
         # are brought to where they were after those tokens.
-        sampler = Sampler(admit.sampling, self.model.info.n_vocab)
         generated = admit.tokens[len(admit.tokens) - admit.n_generated :]
+        constraint = None
+        if admit.sampling.grammar:
+            try:
+                constraint = Constraint(self.model, admit.sampling.grammar)
+            except GrammarError as exc:  # the ingress validated it: never the client's fault
+                log.error("sequence %d: grammar rejected: %s", admit.seq_id, exc)
+                self._finished.append(SeqOutput(admit.seq_id, [], "", "error"))
+                return
+            for token in generated:
+                constraint.consume(token)
+        sampler = Sampler(admit.sampling, self.model.info.n_vocab)
         for token in generated:
             sampler.accept(token)
         sampler.skip_draws(len(generated))
@@ -96,6 +116,8 @@ class Engine:
             n_generated=admit.n_generated,
             ignore_eos=admit.sampling.ignore_eos,
             n_prompt=len(admit.tokens) - admit.n_generated,
+            constraint=constraint,
+            logprobs=admit.sampling.logprobs,
         )
         self.sequences[admit.seq_id] = seq
         if replayed[admit.text_sent :]:
@@ -131,9 +153,10 @@ class Engine:
                         None,
                         seq.prompt_done_this_step,
                         seq.n_past,
+                        seq.new_logprobs,
                     )
                 )
-                seq.new_tokens, seq.new_text = [], []
+                seq.new_tokens, seq.new_text, seq.new_logprobs = [], [], []
             seq.prompt_done_this_step = 0
         self.steps += 1
         return StepResult(
@@ -188,6 +211,11 @@ class Engine:
         batch.logits[i] = logits
 
     def _sample(self, seq: Sequence) -> None:
+        logits = L.llama_get_logits_ith(self.context.ptr, seq.logit_index)
+        # Logprobs are the model's own distribution, read before any grammar mask.
+        log_probs = log_softmax(logits, self.model.info.n_vocab) if seq.logprobs >= 0 else None
+        if seq.constraint is not None:
+            seq.constraint.apply(logits)
         token = seq.sampler.sample(self.context.ptr, seq.logit_index)
         seq.logit_index = -1
         if self.model.is_eog(token) and not seq.ignore_eos:
@@ -196,7 +224,11 @@ class Engine:
         seq.n_generated += 1
         seq.new_tokens.append(token)
         seq.new_text.append(seq.output.feed(self.model.piece(token)))
-        if seq.output.stopped:
+        if log_probs is not None:
+            seq.new_logprobs.append(token_logprob(log_probs, token, seq.logprobs))
+        if seq.constraint is not None:
+            seq.constraint.consume(token)
+        if seq.output.stopped or (seq.constraint is not None and seq.constraint.complete):
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
             self._finish(seq, "length")
@@ -216,6 +248,7 @@ class Engine:
                 reason,
                 seq.prompt_done_this_step,
                 seq.n_past,
+                seq.new_logprobs,
             )
         )
         seq.sampler.close()
@@ -247,3 +280,18 @@ class Engine:
         for seq in self.sequences.values():
             seq.sampler.close()
         self.sequences.clear()
+
+
+def log_softmax(logits: object, n_vocab: int) -> np.ndarray:
+    row = np.ctypeslib.as_array(logits, shape=(n_vocab,)).astype(np.float64)
+    top = row.max()
+    return row - (top + np.log(np.exp(row - top).sum()))
+
+
+def token_logprob(log_probs: np.ndarray, token: int, k: int) -> TokenLogprob:
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        best = np.argpartition(log_probs, -k)[-k:]
+        best = best[np.argsort(log_probs[best])[::-1]]
+        top = [(int(t), float(log_probs[t])) for t in best]
+    return TokenLogprob(token, float(log_probs[token]), top)

@@ -1,0 +1,78 @@
+"""`response_format` -> an llguidance grammar the worker enforces token by token.
+
+The grammar is compiled and checked here, before anything is queued, so a schema using a
+feature the constraint engine lacks is a 400 naming that feature, never a failed stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import llguidance
+import trio
+
+from ..worker.constraint import check_grammar
+from ..worker.llama import Model
+from .errors import APIError
+
+# Compact but readable JSON, and no free-form whitespace: a small model given the choice
+# tends to emit newlines forever instead of closing the object.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE)
+
+
+async def checked(model: Model, grammar: str, param: str) -> str:
+    """`grammar`, once it compiles for this vocabulary; else a 400 on `param`.
+    Compiling a big schema can take a while: it runs off the event loop."""
+    error = await trio.to_thread.run_sync(check_grammar, model, grammar)
+    if error:
+        raise APIError(
+            400,
+            f"{param}: unsupported or invalid schema: {error}",
+            param=param,
+            code="invalid_schema",
+        )
+    return grammar
+
+
+async def response_format_grammar(model: Model, response_format: dict[str, Any] | None) -> str:
+    """The grammar for a chat request's response_format ("" for free text)."""
+    if not response_format:
+        return ""
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return ""
+    if kind == "json_object":
+        return await checked(model, schema_grammar({"type": "object"}), "response_format")
+    if kind != "json_schema":
+        raise APIError(
+            400,
+            f"response_format.type must be text, json_object or json_schema, not {kind!r}",
+            param="response_format.type",
+            code="invalid_value",
+        )
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise APIError(
+            400,
+            "response_format.json_schema must be an object with a `schema` object",
+            param="response_format.json_schema",
+            code="invalid_value",
+        )
+    # No schema means any JSON value, as OpenAI treats it.
+    schema = spec.get("schema") or {}
+    try:
+        grammar = schema_grammar(schema)
+    except ValueError as exc:
+        raise APIError(
+            400, f"invalid JSON schema: {exc}", param="response_format.json_schema.schema"
+        ) from None
+    return await checked(model, grammar, "response_format.json_schema.schema")
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))

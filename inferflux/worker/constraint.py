@@ -1,0 +1,65 @@
+"""Constrained decoding: an llguidance grammar masks one sequence's logits every step.
+
+The grammar (compiled from a JSON schema or a Lark grammar by the ingress) travels in
+SamplingParams.grammar. Each sequence gets its own matcher, so constrained and free
+sequences share a batch: the mask is applied to that sequence's row of logits only, in
+place, just before its sampler chain reads them. Computing a mask takes ~30 us and applying
+it ~30 us for SmolLM2's 49k-token vocabulary (measured), next to a ~60 ms batched decode.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import llguidance
+import numpy as np
+from llguidance.llamacpp import lltokenizer_from_vocab
+
+from .llama import Model
+
+
+class GrammarError(ValueError):
+    """The grammar does not compile (the ingress validates first, so this is a bug)."""
+
+
+@cache
+def grammar_tokenizer(model: Model) -> llguidance.LLTokenizer:
+    """llguidance's view of the model's vocabulary (~0.3 s to build; once per model)."""
+    return lltokenizer_from_vocab(model.vocab)
+
+
+def check_grammar(model: Model, grammar: str) -> str:
+    """The compile error of `grammar` for this model's vocabulary, or "" when it is valid."""
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+        grammar, grammar_tokenizer(model)
+    )
+    return messages[0] if is_error else ""
+
+
+class Constraint:
+    def __init__(self, model: Model, grammar: str) -> None:
+        self.n_vocab = model.info.n_vocab
+        self.matcher = llguidance.LLMatcher(grammar_tokenizer(model), grammar)
+        if self.matcher.is_error():
+            raise GrammarError(self.matcher.get_error())
+        self._mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
+
+    def apply(self, logits: ctypes.Array | ctypes._Pointer) -> None:
+        """Set every token the grammar forbids next to -inf in this row of logits."""
+        self.matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
+        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little", count=self.n_vocab)
+        row = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        row[allowed == 0] = -np.inf
+
+    def consume(self, token: int) -> None:
+        self.matcher.consume_token(token)
+
+    @property
+    def complete(self) -> bool:
+        """The grammar admits nothing more (only end of sequence could follow)."""
+        return self.matcher.is_stopped()
+
+    @property
+    def failed(self) -> str:
+        return self.matcher.get_error() if self.matcher.is_error() else ""
