@@ -1,0 +1,100 @@
+"""The admin HTTP API: /v1/admin/keys, /v1/admin/roles, /v1/admin/limits.
+
+Each route turns the request into one `Admin` message for the policy actor, which checks
+the `admin` permission (again: the before_request gate already did) and changes the store;
+the change is in force for the next request, on this server, without a restart.
+
+    POST   /v1/admin/keys                {name, scopes, models?, max_tokens?, max_priority?,
+                                          requests_per_minute?, tokens_per_minute?}
+                                         -> 201, the key (shown once) and its record
+    GET    /v1/admin/keys                -> {"object": "list", "data": [records]}
+    DELETE /v1/admin/keys/<id or name>   -> the revoked record
+    GET    /v1/admin/roles               -> {name: grant}
+    PUT    /v1/admin/roles/<name>        {permissions, models?, max_tokens?, max_priority?}
+    DELETE /v1/admin/roles/<name>
+    GET    /v1/admin/limits              -> {principal: limit}
+    PUT    /v1/admin/limits/<principal>  {requests_per_minute, tokens_per_minute}
+    DELETE /v1/admin/limits/<principal>  (principal: key:<id>, oidc:<sub>, role:<name>, *)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from quart import Blueprint, Response, g, request
+
+from ..policy.messages import Admin, AdminOp
+from .auth import Guard, api_error, ask_policy
+from .errors import APIError
+
+
+def admin_blueprint(guard: Guard) -> Blueprint:
+    admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
+
+    async def run(op: AdminOp, name: str = "", with_body: bool = False) -> Response:
+        body: Any = None
+        if with_body:
+            raw = await request.get_data(cache=False)
+            try:
+                body = msgspec.json.decode(raw) if raw else {}
+            except msgspec.DecodeError as exc:
+                raise APIError(
+                    400, f"request body is not valid JSON: {exc}", code="invalid_json"
+                ) from None
+        decision = await ask_policy(
+            guard.policy,
+            Admin(
+                credential=request.headers.get("authorization", ""),
+                op=op,
+                name=name,
+                body=body,
+                trace_id=getattr(g, "trace_id", ""),
+            ),
+        )
+        if not decision.allowed:
+            g.denial = decision
+            raise api_error(decision)
+        return Response(
+            msgspec.json.encode(decision.result),
+            status=decision.status,
+            content_type="application/json",
+        )
+
+    @admin.post("/keys")
+    async def create_key() -> Response:
+        return await run("keys.create", with_body=True)
+
+    @admin.get("/keys")
+    async def list_keys() -> Response:
+        return await run("keys.list")
+
+    @admin.delete("/keys/<key>")
+    async def revoke_key(key: str) -> Response:
+        return await run("keys.revoke", key)
+
+    @admin.get("/roles")
+    async def list_roles() -> Response:
+        return await run("roles.list")
+
+    @admin.put("/roles/<name>")
+    async def put_role(name: str) -> Response:
+        return await run("roles.put", name, with_body=True)
+
+    @admin.delete("/roles/<name>")
+    async def delete_role(name: str) -> Response:
+        return await run("roles.delete", name)
+
+    @admin.get("/limits")
+    async def list_limits() -> Response:
+        return await run("limits.list")
+
+    @admin.put("/limits/<path:principal>")
+    async def put_limit(principal: str) -> Response:
+        return await run("limits.put", principal, with_body=True)
+
+    @admin.delete("/limits/<path:principal>")
+    async def delete_limit(principal: str) -> Response:
+        return await run("limits.delete", principal)
+
+    return admin

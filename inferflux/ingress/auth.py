@@ -1,0 +1,348 @@
+"""The HTTP side of the policy: who may call what, and one audit line per request.
+
+`install(app, front)` adds, when a policy is configured (`front.guard`):
+- a before_request check: every protected path asks the policy actor (`Access`) before
+  the body is read, so an unauthenticated caller costs neither parsing nor tokenizing;
+- an after_request hook that writes the audit line of every protected request, except a
+  generation that was admitted: its line is written when its last delta has gone out
+  (`watch`), with the completion tokens;
+- the admin blueprint (/v1/admin/...).
+
+The credential travels to the policy actor raw (the Authorization header value): parsing
+and checking it happen in one place. Open paths: /livez, /readyz, /healthz, /metrics,
+/debug/actors (and anything outside /v1, /tokenize, /detokenize).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from actors import ActorError, ActorRef
+
+from ..policy.audit import AuditLog, AuditRecord, timestamp
+from ..policy.guardrails import Blocklist
+from ..policy.messages import Access, Authorize, Decision, Settle
+from ..scheduler.messages import Delta
+from .errors import APIError
+
+if TYPE_CHECKING:
+    from .app import Frontend
+    from .generation import Generation
+
+log = logging.getLogger("inferflux.ingress")
+
+POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
+MAX_OPEN_TICKETS = 10_000  # admitted generations awaiting their audit line
+
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def required_permission(path: str) -> str | None:
+    """The permission a path needs; None: open. Unknown /v1 paths need `generate`, so a
+    new endpoint is protected until someone decides otherwise."""
+    if path == "/v1/admin" or path.startswith("/v1/admin/"):
+        return "admin"
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models:read"
+    if path.startswith("/v1/") or path in ("/tokenize", "/detokenize"):
+        return "generate"
+    return None
+
+
+class PolicyError(APIError):
+    """A denial in OpenAI's error shape; 401s say how to authenticate."""
+
+    def headers(self) -> dict[str, str]:
+        headers = super().headers()
+        if self.status == 401:
+            headers["www-authenticate"] = 'Bearer realm="inferflux"'
+        return headers
+
+
+def api_error(decision: Decision) -> APIError:
+    return PolicyError(
+        decision.status,
+        decision.reason or "denied",
+        type=_ERROR_TYPES.get(decision.status, "invalid_request_error"),
+        param=decision.param,
+        code=decision.code or None,
+        retry_after_s=decision.retry_after_s,
+    )
+
+
+async def ask_policy(policy: ActorRef, message: Any) -> Decision:
+    """Call the policy actor, retrying while it restarts (a decision it never gave has no
+    effect to repeat)."""
+    deadline = trio.current_time() + POLICY_RETRY_WINDOW_S
+    while True:
+        try:
+            return await policy.call(message, timeout_s=5)
+        except ActorError as exc:
+            if trio.current_time() > deadline:
+                raise APIError(
+                    503, f"policy unavailable: {exc}", type="service_unavailable", retry_after_s=2
+                ) from None
+            await trio.sleep(0.05)
+
+
+@dataclass
+class Ticket:
+    """An admitted generation, until its audit line is written."""
+
+    seq_id: int
+    principal: str
+    trace_id: str
+    method: str
+    path: str
+    model: str
+    prompt_tokens: int
+    prompt: str
+    reserved_tokens: int
+    started: float
+
+
+@dataclass
+class Guard:
+    policy: ActorRef
+    auth_required: bool
+    audit: AuditLog | None
+    blocklist: Blocklist
+    needs_prompt_text: bool
+    tickets: dict[int, Ticket] = field(default_factory=dict)
+
+    def record(self, **fields: Any) -> None:
+        """One audit line (nothing without an audit log)."""
+        if self.audit is None:
+            return
+        prompt, completion = fields.pop("prompt", None), fields.pop("completion", None)
+        self.audit.write(AuditRecord(time=timestamp(), **fields), prompt, completion)
+
+    def open_ticket(self, ticket: Ticket) -> None:
+        if len(self.tickets) >= MAX_OPEN_TICKETS:  # a stream whose body never started
+            oldest = next(iter(self.tickets.values()))
+            self.close_ticket(oldest, status=499, finish_reason="abandoned")
+        self.tickets[ticket.seq_id] = ticket
+
+    def close_ticket(
+        self,
+        ticket: Ticket,
+        *,
+        status: int,
+        completion_tokens: int = 0,
+        completion: str | None = None,
+        finish_reason: str = "",
+        reason: str = "",
+    ) -> None:
+        if self.tickets.pop(ticket.seq_id, None) is None:
+            return
+        try:
+            self.policy.cast_nowait(
+                Settle(
+                    principal=ticket.principal,
+                    reserved_tokens=ticket.reserved_tokens,
+                    # a request that never ran (429/503 from the scheduler) costs nothing
+                    used_tokens=ticket.prompt_tokens + completion_tokens if status == 200 else 0,
+                )
+            )
+        except ActorError:
+            pass  # a restarting policy actor has fresh buckets anyway
+        self.record(
+            trace_id=ticket.trace_id,
+            principal=ticket.principal,
+            method=ticket.method,
+            path=ticket.path,
+            status=status,
+            decision="allow",
+            reason=reason,
+            model=ticket.model,
+            prompt_tokens=ticket.prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+            latency_ms=round((trio.current_time() - ticket.started) * 1000, 3),
+            prompt=ticket.prompt if self.needs_prompt_text else None,
+            completion=completion,
+        )
+
+    async def watch(
+        self, generations: list[Generation], deltas: AsyncIterator[tuple[int, Delta]]
+    ) -> AsyncIterator[tuple[int, Delta]]:
+        """The (choice, delta) stream with the output blocklist applied, then the audit line.
+
+        A delta that would complete a blocked pattern in its choice is not sent: that
+        choice ends there with finish_reason `content_filter` (what was already sent stays
+        sent) and its later deltas are dropped."""
+        ticket = self.tickets.get(generations[0].submit.seq_id)
+        texts = [""] * len(generations)
+        reasons = [""] * len(generations)
+        try:
+            async for index, delta in deltas:
+                if reasons[index] == "content_filter":
+                    continue
+                if self.blocklist and delta.text:
+                    if self.blocklist.first_match(texts[index] + delta.text):
+                        reasons[index] = "content_filter"
+                        yield (
+                            index,
+                            msgspec.structs.replace(
+                                delta,
+                                token_ids=[],
+                                text="",
+                                logprobs=[],
+                                finish_reason="content_filter",  # type: ignore[arg-type]
+                                prompt_tokens=len(generations[0].submit.prompt),
+                                completion_tokens=len(generations[index].tokens),
+                            ),
+                        )
+                        if all(reasons):
+                            return
+                        continue
+                texts[index] += delta.text
+                reasons[index] = delta.finish_reason or reasons[index]
+                yield index, delta
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+            if ticket is not None:
+                self.close_ticket(
+                    ticket,
+                    status=200,
+                    completion_tokens=sum(len(gen.tokens) for gen in generations),
+                    completion="\x00".join(texts),  # n > 1: the choices, NUL-separated
+                    finish_reason=",".join(r or "aborted" for r in reasons),
+                )
+
+
+def watch(
+    front: Frontend, generations: list[Generation], deltas: AsyncIterator[tuple[int, Delta]]
+) -> AsyncIterator[tuple[int, Delta]]:
+    """What the response paths iterate: the (choice, delta) stream, through the guard
+    when a policy is configured (one call site per path in app.py)."""
+    if front.guard is None:
+        return deltas
+    return front.guard.watch(generations, deltas)
+
+
+def authorize_request(
+    front: Frontend,
+    req: Any,
+    seq_id: int,
+    prompt: list[int],
+    max_tokens: int | None,
+    room: int,
+) -> Authorize:
+    """The Authorize message of a generation (in the request's context)."""
+    guard = front.guard
+    if guard is None:
+        return Authorize(seq_id, front.model_id, len(prompt), trace_id=g.trace_id)
+    text = front.tokenizer.detokenize(prompt) if guard.needs_prompt_text else ""
+    g.prompt_text = text
+    return Authorize(
+        seq_id,
+        front.model_id,
+        len(prompt),
+        trace_id=g.trace_id,
+        credential=request.headers.get("authorization", ""),
+        max_tokens=max_tokens,
+        room=room,
+        priority=req.priority,
+        choices=getattr(req, "n", 1) or 1,
+        prompt=text,
+        path=request.path,
+    )
+
+
+def admit(front: Frontend, message: Authorize, decision: Decision) -> Decision:
+    """Act on the policy's answer: raise the denial, or open the audit ticket."""
+    guard = front.guard
+    if guard is None:
+        return decision
+    g.principal = decision.principal
+    if not decision.allowed:
+        g.denial = decision
+        raise api_error(decision)
+    ticket = Ticket(
+        seq_id=message.seq_id,
+        principal=decision.principal,
+        trace_id=message.trace_id,
+        method=request.method,
+        path=request.path,
+        model=message.model,
+        prompt_tokens=message.prompt_tokens,
+        prompt=message.prompt,
+        reserved_tokens=decision.reserved_tokens,
+        started=getattr(g, "policy_started", trio.current_time()),
+    )
+    guard.open_ticket(ticket)
+    g.ticket = ticket
+    return decision
+
+
+def install(app: QuartTrio, front: Frontend) -> None:
+    guard = front.guard
+    if guard is None:
+        return
+    from .admin import admin_blueprint
+
+    app.register_blueprint(admin_blueprint(guard))
+
+    @app.before_request
+    async def check_access() -> None:
+        g.policy_started = trio.current_time()
+        permission = required_permission(request.path)
+        if permission is None or request.method == "OPTIONS":
+            return
+        g.audited_path = True
+        decision = await ask_policy(
+            guard.policy,
+            Access(
+                credential=request.headers.get("authorization", ""),
+                permission=permission,
+                path=request.path,
+                trace_id=getattr(g, "trace_id", ""),
+                always_authenticate=permission == "admin",
+            ),
+        )
+        g.principal = decision.principal
+        if not decision.allowed:
+            g.denial = decision
+            raise api_error(decision)
+
+    @app.after_request
+    async def audit_request(response: Response) -> Response:
+        if not getattr(g, "audited_path", False):
+            return response
+        ticket: Ticket | None = getattr(g, "ticket", None)
+        if ticket is not None:
+            # An admitted generation writes its own line when its last delta is out
+            # (already, for a whole JSON body); one that failed to start writes it here.
+            if ticket.seq_id in guard.tickets and response.status_code != 200:
+                guard.close_ticket(ticket, status=response.status_code, reason="backend_error")
+            return response
+        denial: Decision | None = getattr(g, "denial", None)
+        guard.record(
+            trace_id=getattr(g, "trace_id", ""),
+            principal=getattr(g, "principal", "anonymous"),
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            decision="deny" if denial is not None else "allow",
+            reason=denial.code if denial is not None else "",
+            latency_ms=round((trio.current_time() - g.policy_started) * 1000, 3),
+            prompt=getattr(g, "prompt_text", None),
+        )
+        return response

@@ -1,0 +1,228 @@
+"""The policy decisions, as plain async methods (the actor only routes messages here).
+
+Order of checks for a generation, cheapest and most certain first: who is it (401), may it
+generate, this model, these max_tokens and this priority (403), is the prompt blocked (403),
+is it over its token rate (429, nothing reserved), does OPA agree (403, or 503/allow when
+OPA is unreachable, as configured; the reservation is given back on a denial).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .admin_ops import run_admin
+from .audit import sha256
+from .guardrails import Blocklist, OPAClient
+from .keys import CredentialError, key_id, matches, parse_authorization
+from .limits import RateLimiter, Refusal, resolve
+from .messages import Access, Admin, Authorize, Decision, Settle
+from .oidc import OIDCVerifier, TokenError
+from .records import Grant, Limit, StoreData, merge
+from .store import PolicyStore, PolicyStoreError
+
+log = logging.getLogger("inferflux.policy")
+
+ANONYMOUS_GRANT = Grant(permissions=["generate", "models:read"])
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    grant: Grant
+    roles: list[str] = field(default_factory=list)
+
+
+def deny(status: int, reason: str, code: str, **extra: Any) -> Decision:
+    return Decision(allowed=False, status=status, reason=reason, code=code, **extra)
+
+
+@dataclass
+class Policy:
+    auth_required: bool
+    store: PolicyStore | None
+    limiter: RateLimiter
+    default_limit: Limit
+    blocklist: Blocklist
+    oidc: OIDCVerifier | None = None
+    opa: OPAClient | None = None
+    opa_include_prompt: bool = False
+    store_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def data(self) -> StoreData:
+        return self.store.data if self.store is not None else StoreData()
+
+    # -- who is it -----------------------------------------------------------------
+    async def authenticate(self, credential: str, force: bool = False) -> Principal | Decision:
+        if not self.auth_required and not force:
+            return Principal("anonymous", ANONYMOUS_GRANT)
+        try:
+            token = parse_authorization(credential)
+        except CredentialError as exc:
+            return deny(401, str(exc), "invalid_authorization")
+        if not token:
+            return deny(
+                401,
+                "missing credentials: send `Authorization: Bearer <API key or token>`",
+                "missing_api_key",
+            )
+        kid = key_id(token)
+        if kid is not None or self.oidc is None:
+            record = self.data.keys.get(kid or "")
+            if record is None or not matches(token, record):
+                return deny(401, "invalid API key", "invalid_api_key")
+            if record.revoked_at is not None:
+                return deny(401, "this API key was revoked", "revoked_api_key")
+            return Principal(record.principal, record.grant)
+        try:
+            identity = await self.oidc.verify(token)
+        except TokenError as exc:
+            return deny(401, f"invalid token: {exc}", "invalid_token")
+        roles = [r for r in identity.roles if r in self.data.roles]
+        grant = merge([self.data.roles[r] for r in roles])
+        return Principal(f"oidc:{identity.subject}", grant, roles)
+
+    def _limit(self, principal: Principal) -> Limit:
+        return resolve(self.data.limits, principal.id, principal.roles, self.default_limit)
+
+    @staticmethod
+    def _over(refusal: Refusal, principal: str) -> Decision:
+        return deny(
+            429,
+            refusal.message,
+            "rate_limit_exceeded",
+            param=refusal.limit,
+            retry_after_s=refusal.retry_after_s,
+            principal=principal,
+        )
+
+    @staticmethod
+    def _missing(principal: Principal, permission: str) -> Decision:
+        return deny(
+            403,
+            f"{principal.id} lacks the permission {permission!r}",
+            "permission_denied",
+            principal=principal.id,
+        )
+
+    # -- requests --------------------------------------------------------------------
+    async def access(self, message: Access) -> Decision:
+        """A protected HTTP request: authenticated, holds `permission`, within its request
+        rate (every protected request counts one)."""
+        who = await self.authenticate(message.credential, message.always_authenticate)
+        if isinstance(who, Decision):
+            return who
+        if message.permission not in who.grant.permissions:
+            return self._missing(who, message.permission)
+        refusal = self.limiter.admit_request(who.id, self._limit(who))
+        if refusal is not None:
+            return self._over(refusal, who.id)
+        return Decision(allowed=True, principal=who.id)
+
+    async def authorize(self, message: Authorize) -> Decision:
+        who = await self.authenticate(message.credential)
+        if isinstance(who, Decision):
+            return who
+        grant, pid = who.grant, who.id
+        if "generate" not in grant.permissions:
+            return self._missing(who, "generate")
+        if not grant.allows_model(message.model):
+            return deny(
+                403,
+                f"{pid} may not use model {message.model!r}",
+                "model_not_allowed",
+                param="model",
+                principal=pid,
+            )
+        ceiling = grant.max_tokens
+        if ceiling is not None and message.max_tokens is not None and message.max_tokens > ceiling:
+            return deny(
+                403,
+                f"max_tokens {message.max_tokens} is above the ceiling of {ceiling} for {pid}",
+                "max_tokens_exceeded",
+                param="max_tokens",
+                principal=pid,
+            )
+        if grant.max_priority is not None and message.priority > grant.max_priority:
+            return deny(
+                403,
+                f"priority {message.priority} is above the ceiling of {grant.max_priority} "
+                f"for {pid}",
+                "priority_not_allowed",
+                param="priority",
+                principal=pid,
+            )
+        if self.blocklist and message.prompt and self.blocklist.first_match(message.prompt):
+            return deny(
+                403, "the prompt contains blocked content", "content_blocked", principal=pid
+            )
+        completion = message.max_tokens
+        if completion is None:
+            completion = message.room if ceiling is None else min(message.room, ceiling)
+        reserved = message.prompt_tokens + completion * max(1, message.choices)
+        refusal = self.limiter.admit_tokens(pid, self._limit(who), reserved)
+        if refusal is not None:
+            return self._over(refusal, pid)
+        if self.opa is not None:
+            verdict = await self.opa.ask(self._opa_input(message, who))
+            if not verdict.allowed:
+                self.limiter.give_back_tokens(pid, reserved)
+                if verdict.unavailable:
+                    return deny(503, verdict.reason, "policy_unavailable", retry_after_s=2)
+                reason = verdict.reason or "denied by policy"
+                return deny(403, f"denied by policy: {reason}", "policy_denied", principal=pid)
+        return Decision(allowed=True, principal=pid, max_tokens=ceiling, reserved_tokens=reserved)
+
+    def _opa_input(self, message: Authorize, who: Principal) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "principal": who.id,
+            "roles": who.roles,
+            "permissions": list(who.grant.permissions),
+            "model": message.model,
+            "path": message.path,
+            "prompt_tokens": message.prompt_tokens,
+            "max_tokens": message.max_tokens,
+            "priority": message.priority,
+            "prompt_sha256": sha256(message.prompt),
+        }
+        if self.opa_include_prompt:
+            facts["prompt"] = message.prompt
+        return facts
+
+    def settle(self, message: Settle) -> None:
+        self.limiter.give_back_tokens(
+            message.principal, message.reserved_tokens - message.used_tokens
+        )
+
+    # -- the store -------------------------------------------------------------------
+    async def reload_if_changed(self) -> None:
+        """Pick up changes `inferflux keys` made to the file; a file that no longer
+        decrypts is logged and the last good data kept."""
+        store = self.store
+        if store is None:
+            return
+        async with self.store_lock:
+            if not store.changed_on_disk():
+                return
+            try:
+                await trio.to_thread.run_sync(store.reload)
+            except PolicyStoreError as exc:
+                log.error(
+                    "policy store changed on disk but cannot be read; keeping the last "
+                    "good version: %s",
+                    exc,
+                )
+                return
+        log.info("policy store reloaded from %s", store.path)
+
+    async def admin(self, message: Admin) -> Decision:
+        who = await self.authenticate(message.credential, force=True)
+        if isinstance(who, Decision):
+            return who
+        if "admin" not in who.grant.permissions:
+            return self._missing(who, "admin")
+        return await run_admin(self, message, who.id)

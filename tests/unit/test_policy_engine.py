@@ -1,0 +1,212 @@
+"""Policy decisions without HTTP: RBAC, ceilings, blocklist, token reservations, OPA, admin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from inferflux.config import ConfigError, PolicyConfig
+from inferflux.policy import ops
+from inferflux.policy.engine import Policy
+from inferflux.policy.guardrails import Blocklist, OPAClient
+from inferflux.policy.limits import RateLimiter
+from inferflux.policy.messages import Access, Admin, Authorize, Settle
+from inferflux.policy.records import Limit, StoreData
+from inferflux.policy.setup import build_policy
+from inferflux.policy.store import PolicyStore
+from tests.policy_support import OPAServer
+
+MODEL = "m"
+
+
+def store_with(tmp_path: Path, **requests: ops.KeyRequest) -> tuple[PolicyStore, dict[str, str]]:
+    store = PolicyStore.open(tmp_path / "p.store", b"pw", create=True)
+    keys: dict[str, str] = {}
+
+    def add(data: StoreData) -> StoreData:
+        for name, request in requests.items():
+            key, _, data = ops.create_key(data, request)
+            keys[name] = key
+        return data
+
+    store.update(add)
+    return store, keys
+
+
+def policy(store: PolicyStore | None, **kw: object) -> Policy:
+    fields: dict[str, object] = {
+        "auth_required": True,
+        "store": store,
+        "limiter": RateLimiter(trio.current_time),
+        "default_limit": Limit(),
+        "blocklist": Blocklist([]),
+        **kw,
+    }
+    return Policy(**fields)  # type: ignore[arg-type]
+
+
+def ask(key: str, **kw: object) -> Authorize:
+    fields: dict[str, object] = {"credential": f"Bearer {key}", "room": 100, **kw}
+    return Authorize(1, fields.pop("model", MODEL), fields.pop("prompt_tokens", 10), **fields)  # type: ignore[arg-type]
+
+
+async def test_rbac_ceilings_and_models(tmp_path: Path) -> None:
+    store, keys = store_with(
+        tmp_path,
+        full=ops.KeyRequest(name="full", scopes=["generate", "models:read"]),
+        narrow=ops.KeyRequest(
+            name="narrow", scopes=["generate"], models=["m"], max_tokens=20, max_priority=1
+        ),
+        reader=ops.KeyRequest(name="reader", scopes=["models:read"]),
+    )
+    p = policy(store)
+    assert (await p.authorize(ask(keys["full"], max_tokens=90, priority=9))).allowed
+    denied = await p.authorize(ask(keys["reader"]))
+    assert (denied.status, denied.code) == (403, "permission_denied")
+    assert "'generate'" in denied.reason
+    assert (await p.authorize(ask(keys["narrow"], model="other"))).code == "model_not_allowed"
+    over = await p.authorize(ask(keys["narrow"], max_tokens=21))
+    assert (over.status, over.param) == (403, "max_tokens")
+    assert (await p.authorize(ask(keys["narrow"], priority=2))).code == "priority_not_allowed"
+    clamped = await p.authorize(ask(keys["narrow"]))  # no max_tokens: clamped to the ceiling
+    assert clamped.allowed and clamped.max_tokens == 20 and clamped.reserved_tokens == 10 + 20
+    missing = await p.access(Access(credential="", permission="models:read", path="/v1/models"))
+    assert (missing.status, missing.code) == (401, "missing_api_key")
+    wrong = await p.access(
+        Access(credential="Bearer ifx_000000000000_" + "A" * 43, permission="generate", path="")
+    )
+    assert (wrong.status, wrong.code) == (401, "invalid_api_key")
+    reader = await p.access(
+        Access(credential=f"Bearer {keys['reader']}", permission="models:read", path="")
+    )
+    assert reader.allowed and reader.principal.startswith("key:")
+
+
+async def test_auth_off_is_anonymous_but_admin_still_authenticates(tmp_path: Path) -> None:
+    store, keys = store_with(tmp_path, a=ops.KeyRequest(name="a", scopes=["admin"]))
+    p = policy(store, auth_required=False)
+    anon = await p.authorize(ask("whatever"))
+    assert anon.allowed and anon.principal == "anonymous"
+    denied = await p.admin(Admin(credential="", op="keys.list"))
+    assert denied.status == 401
+    assert (await p.admin(Admin(credential=f"Bearer {keys['a']}", op="keys.list"))).allowed
+
+
+async def test_blocklist_refuses_prompts() -> None:
+    p = policy(None, auth_required=False, blocklist=Blocklist([r"secret\s+plan"]))
+    blocked = await p.authorize(ask("", prompt="tell me the SECRET   plan"))
+    assert (blocked.status, blocked.code) == (403, "content_blocked")
+    assert "secret" not in blocked.reason.lower()  # neither the pattern nor the text echoed
+    assert (await p.authorize(ask("", prompt="tell me the plan"))).allowed
+
+
+async def test_tokens_per_minute_are_reserved_then_settled(tmp_path: Path) -> None:
+    store, keys = store_with(
+        tmp_path, k=ops.KeyRequest(name="k", scopes=["generate"], tokens_per_minute=100)
+    )
+    p = policy(store)
+    first = await p.authorize(ask(keys["k"], max_tokens=50))  # 10 + 50 reserved
+    assert first.allowed and first.reserved_tokens == 60
+    second = await p.authorize(ask(keys["k"], max_tokens=50))
+    assert second.status == 429 and second.retry_after_s is not None and second.retry_after_s >= 1
+    p.settle(Settle(principal=first.principal, reserved_tokens=60, used_tokens=15))
+    assert (await p.authorize(ask(keys["k"], max_tokens=50))).allowed
+
+
+@pytest.fixture
+def opa() -> Iterator[OPAServer]:
+    with OPAServer().running() as server:
+        yield server
+
+
+async def test_opa_decides_with_real_rego(opa: OPAServer) -> None:
+    client = OPAClient(opa.url, timeout_s=5, fail_open=False)
+    p = policy(None, auth_required=False, opa=client)
+    try:
+        assert (await p.authorize(ask("", max_tokens=12, prompt="hello"))).allowed
+        denied = await p.authorize(ask("", max_tokens=13, prompt="hello"))
+        assert (denied.status, denied.code) == (403, "policy_denied")
+        facts = opa.inputs[-1]
+        assert facts["max_tokens"] == 13 and facts["principal"] == "anonymous"
+        assert "prompt" not in facts and len(facts["prompt_sha256"]) == 64
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_opa_timeout_follows_fail_open_or_closed(opa: OPAServer, fail_open: bool) -> None:
+    opa.delay_s = 1.0
+    client = OPAClient(opa.url, timeout_s=0.2, fail_open=fail_open)
+    p = policy(None, auth_required=False, opa=client)
+    try:
+        with trio.fail_after(0.9):  # the timeout holds: the decision does not wait for OPA
+            decision = await p.authorize(ask("", max_tokens=5))
+        assert decision.allowed is fail_open
+        if not fail_open:
+            assert (decision.status, decision.code) == (503, "policy_unavailable")
+    finally:
+        await client.aclose()
+
+
+async def test_admin_operations_change_the_running_policy(tmp_path: Path) -> None:
+    store, keys = store_with(tmp_path, root=ops.KeyRequest(name="root", scopes=["admin"]))
+    p = policy(store)
+    cred = f"Bearer {keys['root']}"
+    made = await p.admin(
+        Admin(credential=cred, op="keys.create", body={"name": "u", "scopes": ["generate"]})
+    )
+    assert made.status == 201 and made.result["key"].startswith("ifx_")
+    user = made.result["key"]
+    assert (await p.authorize(ask(user))).allowed
+    bad = await p.admin(
+        Admin(credential=cred, op="keys.create", body={"name": "x", "scopes": ["fly"]})
+    )
+    assert (bad.status, bad.code) == (400, "invalid_value")
+    limited = await p.admin(
+        Admin(
+            credential=cred,
+            op="limits.put",
+            name=made.result["principal"],
+            body={"requests_per_minute": 1},
+        )
+    )
+    assert limited.allowed
+    access = Access(credential=f"Bearer {user}", permission="generate", path="")
+    assert (await p.access(access)).allowed
+    assert (await p.access(access)).status == 429
+    revoked = await p.admin(Admin(credential=cred, op="keys.revoke", name=made.result["id"]))
+    assert revoked.allowed and revoked.result["revoked_at"]
+    assert (await p.authorize(ask(user))).code == "revoked_api_key"
+    assert (await p.admin(Admin(credential=cred, op="keys.revoke", name="nope"))).status == 404
+    not_admin = await p.admin(Admin(credential=f"Bearer {user}", op="keys.list"))
+    assert not_admin.status == 401  # revoked by now
+    on_disk = PolicyStore.open(tmp_path / "p.store", b"pw").data
+    assert made.result["id"] in on_disk.keys and on_disk.keys[made.result["id"]].revoked_at
+
+
+def test_setup_checks_everything_at_startup(tmp_path: Path, monkeypatch, caplog) -> None:
+    assert build_policy(PolicyConfig()) is None
+    assert "AUTHENTICATION IS OFF" in caplog.text
+    with pytest.raises(ConfigError, match="invalid"):
+        build_policy(PolicyConfig(blocklist=["(unclosed"]))
+    with pytest.raises(ConfigError, match="oidc_audience"):
+        build_policy(PolicyConfig(oidc_issuer="https://i", oidc_jwks_url="https://j"))
+    with pytest.raises(ConfigError, match="https"):
+        build_policy(
+            PolicyConfig(oidc_issuer="https://i", oidc_audience="a", oidc_jwks_url="http://j")
+        )
+    with pytest.raises(ConfigError, match="needs credentials"):
+        build_policy(PolicyConfig(auth="required"))
+    store_with(tmp_path)
+    monkeypatch.delenv("INFERFLUX_POLICY_KEY", raising=False)
+    with pytest.raises(ConfigError, match="INFERFLUX_POLICY_KEY"):
+        build_policy(PolicyConfig(store_path=str(tmp_path / "p.store")))
+    monkeypatch.setenv("INFERFLUX_POLICY_KEY", "not pw")
+    with pytest.raises(ConfigError, match="wrong key"):
+        build_policy(PolicyConfig(store_path=str(tmp_path / "p.store")))
+    monkeypatch.setenv("INFERFLUX_POLICY_KEY", "pw")
+    setup = build_policy(PolicyConfig(store_path=str(tmp_path / "p.store")))
+    assert setup is not None and setup.auth_required
