@@ -24,12 +24,17 @@ from .llama import Context, Model
 from .output import TextOutput
 from .sampling import Sampler
 
-# Recompute replays the tokens a client already has in chunks of at most this many. They
-# were computed one per step (decodes) the first time; ggml's CPU flash attention rounds
-# those rows the same way in any chunk below 64 rows of one stream, and switches to a
-# tiled kernel that rounds differently at 64 (GGML_FA_TILE_Q). Prompts keep full-size
-# chunks both times (capping them too costs 3x on long-prompt prefill).
-REPLAY_CHUNK = 63
+# ggml's CPU flash attention rounds the rows of any chunk below 64 rows of one stream the
+# way it rounds a lone decode, and switches to a tiled kernel that rounds differently at 64
+# (GGML_FA_TILE_Q). So:
+# - recompute replays the tokens a client already has (decodes the first time) in chunks
+#   of at most this many;
+# - a prompt's last rows get a chunk of their own of at most this many, so the logits of
+#   its first token are the same whether the prompt was prefilled cold or all but its last
+#   token came from the prefix cache (same seed, same request, same output). That costs
+#   one extra step for prompts over 63 tokens; earlier chunks keep full size (capping
+#   them too costs 3x on long-prompt prefill).
+SMALL_CHUNK = 63
 
 log = logging.getLogger("inferflux.worker")
 
@@ -178,9 +183,12 @@ class Engine:
         for seq in self.sequences.values():
             if seq.prefilling and room > 0:
                 if seq.n_past < seq.n_prompt:  # the prompt; replayed tokens start a new chunk
-                    n = min(room, seq.n_prompt - seq.n_past)
+                    left = seq.n_prompt - seq.n_past
+                    n = min(room, left)
+                    if n == left and n > SMALL_CHUNK:
+                        n -= SMALL_CHUNK  # the last rows go alone, next step
                 else:
-                    n = min(room, REPLAY_CHUNK, len(seq.tokens) - seq.n_past)
+                    n = min(room, SMALL_CHUNK, len(seq.tokens) - seq.n_past)
                 planned.append((seq, n))
                 room -= n
         batch = self.context.batch

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import openai
 import pytest
@@ -90,3 +92,112 @@ def test_echo_returns_the_prompt_first(server: RunningServer) -> None:
         if chunk.choices
     )
     assert streamed == echoed
+
+
+def test_n_choices_share_the_prompt_and_differ(server: RunningServer) -> None:
+    c = client(server)
+    prompt = "Write a short poem about rivers and mountains, please. " * 6
+    messages = [{"role": "user", "content": prompt}]
+    before = server.metric("inferflux:prompt_tokens_computed_total")
+    reply = c.chat.completions.create(
+        model=MODEL_ID, messages=messages, n=3, max_tokens=12, temperature=1.0, seed=7
+    )
+    computed = server.metric("inferflux:prompt_tokens_computed_total") - before
+    assert [choice.index for choice in reply.choices] == [0, 1, 2]
+    texts = [choice.message.content for choice in reply.choices]
+    assert len(set(texts)) > 1  # each choice samples with its own seed
+    assert reply.usage.completion_tokens == 36
+    # The prompt was prefilled once: the other two choices copied its KV cells.
+    assert computed < 1.5 * reply.usage.prompt_tokens
+    again = c.chat.completions.create(
+        model=MODEL_ID, messages=messages, n=3, max_tokens=12, temperature=1.0, seed=7
+    )
+    assert [choice.message.content for choice in again.choices] == texts
+
+    chunks: dict[int, str] = {0: "", 1: "", 2: ""}
+    finishes = {}
+    for chunk in c.chat.completions.create(
+        model=MODEL_ID, messages=messages, n=3, max_tokens=12, temperature=1.0, seed=7, stream=True
+    ):
+        for choice in chunk.choices:
+            chunks[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert [chunks[i] for i in range(3)] == texts
+    assert finishes == {0: "length", 1: "length", 2: "length"}
+
+
+def test_chat_logprobs(server: RunningServer) -> None:
+    reply = client(server).chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = reply.choices[0]
+    entries = choice.logprobs.content
+    assert len(entries) == reply.usage.completion_tokens
+    assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert entry.logprob == pytest.approx(tops[0])  # greedy takes the likeliest
+        assert entry.token == entry.top_logprobs[0].token
+        assert sum(math.exp(lp) for lp in tops) <= 1.0 + 1e-6
+        assert bytes(entry.bytes).decode() == entry.token
+    streamed = [
+        e
+        for chunk in client(server).chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": "Name a colour."}],
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=3,
+            stream=True,
+        )
+        if chunk.choices and chunk.choices[0].logprobs
+        for e in chunk.choices[0].logprobs.content
+    ]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    plain = client(server).chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs(server: RunningServer) -> None:
+    reply = client(server).completions.create(
+        model=MODEL_ID, prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=2
+    )
+    choice = reply.choices[0]
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == 6
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert len(top) == 2 and max(top.values()) == pytest.approx(logprob) and logprob <= 0
+        assert token in top
+
+
+@pytest.mark.parametrize(
+    "path, extra, param",
+    [
+        ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("/v1/completions", {"logprobs": 6}, "logprobs"),
+        ("/v1/chat/completions", {"n": 65}, "n"),
+        ("/v1/completions", {"n": 0}, "n"),
+    ],
+)
+def test_bad_logprobs_and_n_are_400(server: RunningServer, path, extra, param) -> None:
+    body = {"model": MODEL_ID, "max_tokens": 2, **extra}
+    if "chat" in path:
+        body["messages"] = [{"role": "user", "content": "x"}]
+    else:
+        body["prompt"] = "x"
+    reply = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
