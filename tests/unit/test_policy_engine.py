@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferflux.config import ConfigError, PolicyConfig
+from inferflux.ingress.auth import required_permission
 from inferflux.policy import ops
 from inferflux.policy.engine import Policy
 from inferflux.policy.guardrails import Blocklist, OPAClient
 from inferflux.policy.limits import RateLimiter
-from inferflux.policy.messages import Access, Admin, Authorize, Settle
+from inferflux.policy.messages import Access, Admin, Authorize, Decision, Settle
+from inferflux.policy.oidc import OIDCSettings, OIDCVerifier, TokenError
 from inferflux.policy.records import Limit, StoreData
 from inferflux.policy.setup import build_policy
 from inferflux.policy.store import PolicyStore
@@ -210,3 +214,46 @@ def test_setup_checks_everything_at_startup(tmp_path: Path, monkeypatch, caplog)
     monkeypatch.setenv("INFERFLUX_POLICY_KEY", "pw")
     setup = build_policy(PolicyConfig(store_path=str(tmp_path / "p.store")))
     assert setup is not None and setup.auth_required
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_any_authorization_header_is_a_decision_never_an_exception(header: str) -> None:
+    """Whatever arrives in the header (keys, JWT-shaped junk, garbage), the answer is a
+    Decision: 401 for all of these (the OIDC verifier's JWKS is unreachable on purpose)."""
+    settings_ = OIDCSettings("https://i", "a", "https://127.0.0.1:9/jwks.json", timeout_s=0.5)
+
+    async def decide() -> Decision:
+        p = policy(None, oidc=OIDCVerifier(settings_, trio.current_time))
+        return await p.access(Access(credential=header, permission="generate", path="/"))
+
+    decision = trio.run(decide)
+    assert not decision.allowed and decision.status == 401
+
+
+@given(
+    st.lists(
+        st.text("abcdefghijklmnopqrstuvwxyzABC0123456789-_", min_size=1, max_size=40),
+        min_size=3,
+        max_size=3,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_jwt_shaped_junk_is_refused_cleanly(parts: list[str]) -> None:
+    settings_ = OIDCSettings("https://i", "a", "https://127.0.0.1:9/jwks.json", timeout_s=0.5)
+
+    async def verify() -> None:
+        await OIDCVerifier(settings_, trio.current_time).verify(".".join(parts))
+
+    with pytest.raises(TokenError):
+        trio.run(verify)
+
+
+def test_paths_map_to_permissions() -> None:
+    assert required_permission("/v1/chat/completions") == "generate"
+    assert required_permission("/v1/embeddings") == "generate"  # unknown /v1: protected
+    assert required_permission("/tokenize") == "generate"
+    assert required_permission("/v1/models") == "models:read"
+    assert required_permission("/v1/admin/keys/abc") == "admin"
+    for open_path in ("/livez", "/readyz", "/healthz", "/metrics", "/debug/actors", "/"):
+        assert required_permission(open_path) is None
