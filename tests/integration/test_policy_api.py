@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,6 +249,24 @@ def test_over_the_request_rate_answers_429_with_retry_after(setup: Setup) -> Non
     assert response.json()["error"]["type"] == "rate_limit_error"
     with pytest.raises(openai.RateLimitError):
         chat(setup, key)
+
+
+def test_a_limit_holds_across_concurrent_connections(setup: Setup) -> None:
+    url, admin = setup.server.url, {"authorization": f"Bearer {setup.keys['admin']}"}
+    made = httpx.post(
+        f"{url}/v1/admin/keys",
+        headers=admin,
+        json={"name": "burst", "scopes": ["models:read"], "requests_per_minute": 3},
+    ).json()
+    headers = {"authorization": f"Bearer {made['key']}"}
+
+    def one(_: int) -> int:
+        with httpx.Client() as fresh:  # a connection of its own
+            return fresh.get(f"{url}/v1/models", headers=headers).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = sorted(pool.map(one, range(12)))
+    assert statuses == [200] * 3 + [429] * 9
 
 
 def test_admin_api_changes_apply_without_restart(setup: Setup) -> None:
