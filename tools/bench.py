@@ -2,6 +2,7 @@
 
     python tools/bench.py                      # InferFlux + llama-cpp-python's server
     LLAMA_SERVER=/path/to/llama-server python tools/bench.py   # + llama.cpp's server
+    python tools/bench.py --structured         # json_schema overhead (8 vs 8 streams)
 
 Each server is started here, measured alone (this machine has 2 cores), then stopped.
 Clients are the official `openai` client (AsyncOpenAI), streaming. For each concurrency
@@ -124,7 +125,11 @@ class Sample:
 
 
 async def one_request(
-    client: openai.AsyncOpenAI, target: Target, messages: list[dict], max_tokens: int
+    client: openai.AsyncOpenAI,
+    target: Target,
+    messages: list[dict],
+    max_tokens: int,
+    response_format: dict | None = None,
 ) -> Sample:
     start = time.perf_counter()
     first = 0.0
@@ -137,6 +142,7 @@ async def one_request(
         stream=True,
         stream_options={"include_usage": True},
         extra_body=target.extra_body,
+        **({"response_format": response_format} if response_format else {}),
     )
     usage_tokens = None
     async for chunk in stream:
@@ -156,6 +162,7 @@ async def load(
     max_tokens: int,
     system: str | None = None,
     question: str | None = None,
+    response_format: dict | None = None,
 ) -> dict:
     # max_retries=2 is the openai client's default: a keep-alive connection a server closed
     # between two requests is retried, as it is for users (llama-server does close some).
@@ -175,7 +182,7 @@ async def load(
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": content}
             ]
-            samples.append(await one_request(client, target, messages, max_tokens))
+            samples.append(await one_request(client, target, messages, max_tokens, response_format))
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -208,6 +215,61 @@ async def load_shared(target: Target) -> dict:
     return await load(
         target, 16, 1, 32, SHARED_SYSTEM, "Briefly: what is the warranty for {topic}?"
     )
+
+
+# Structured-output workload: long enough that no stream completes its JSON before
+# max_tokens (8+ chapters), so constrained and free streams generate the same token count.
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 60},
+        "genre": {"enum": ["fantasy", "mystery", "comedy", "drama"]},
+        "chapters": {
+            "type": "array",
+            "minItems": 8,
+            "maxItems": 12,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "number": {"type": "integer", "minimum": 1, "maximum": 99},
+                    "title": {"type": "string", "maxLength": 60},
+                    "mood": {"enum": ["happy", "sad", "tense", "calm"]},
+                    "summary": {"type": "string", "maxLength": 200},
+                    "twist": {"type": "boolean"},
+                },
+                "required": ["number", "title", "mood", "summary", "twist"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["title", "genre", "chapters"],
+    "additionalProperties": False,
+}
+STORY_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "story", "schema": STORY_SCHEMA, "strict": True},
+}
+
+
+async def run_structured(target: Target, args: argparse.Namespace) -> dict:
+    """8 concurrent json_schema streams vs 8 free ones, alternated `--repeats` times so
+    drift on this shared machine hits both alike; medians compared."""
+    await load(target, 1, 1, 16)  # warm-up
+    runs: dict[str, list[float]] = {"free": [], "json_schema": []}
+    for _ in range(args.repeats):
+        for kind, response_format in (("free", None), ("json_schema", STORY_FORMAT)):
+            result = await load(
+                target, 8, args.rounds, args.max_tokens, response_format=response_format
+            )
+            runs[kind].append(result["tok_s"])
+            print(f"  {target.name} {kind}: {result}", flush=True)
+    free, constrained = statistics.median(runs["free"]), statistics.median(runs["json_schema"])
+    return {
+        "free_tok_s": free,
+        "json_schema_tok_s": constrained,
+        "overhead_pct": 100 * (1 - constrained / free),
+        "runs": runs,
+    }
 
 
 async def run_target(target: Target, args: argparse.Namespace, shared: bool) -> dict:
@@ -397,6 +459,13 @@ def main() -> None:
         action="store_true",
         help="also run InferFlux with the inferflux-top UI polling it (its overhead)",
     )
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="structured-output overhead: 8 json_schema streams vs 8 free ones "
+        "(InferFlux, and llama-server when LLAMA_SERVER is set)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--structured alternations")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--log-dir", default="/tmp")
     args = parser.parse_args()
@@ -408,6 +477,9 @@ def main() -> None:
         f"python {platform.python_version()}; model {os.path.basename(model_path)}",
         flush=True,
     )
+    if args.structured:
+        structured_main(args, model_path)
+        return
     all_results: dict[str, dict] = {}
     for target, shared in targets(args, model_path):
         print(f"{target.name}: {' '.join(target.command)}", flush=True)
@@ -425,6 +497,33 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_results, f, indent=2, default=str)
+
+
+def structured_main(args: argparse.Namespace, model_path: str) -> None:
+    chosen = [
+        target
+        for target, _ in targets(args, model_path)
+        if target.name in ("inferflux", "llama-server")
+    ]
+    results = {}
+    for target in chosen:
+        print(f"{target.name}: {' '.join(target.command)}", flush=True)
+        target.start(args.log_dir)
+        try:
+            results[target.name] = trio.run(run_structured, target, args)
+        finally:
+            target.stop()
+    print()
+    print("| server | free tok/s | json_schema tok/s | overhead |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['free_tok_s']:.1f} | {r['json_schema_tok_s']:.1f} "
+            f"| {r['overhead_pct']:.1f}% |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 def table_all(all_results: dict[str, dict], concurrency: list[int]) -> str:

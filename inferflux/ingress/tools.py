@@ -297,20 +297,21 @@ class ToolStream:
         self.call_id = ""  # the current call's id, once its name was sent
         self.args_sent = ""  # the current call's argument text already sent
         self.calls: list[ToolCall] = []
+        self.held = ""  # whitespace not yet known to be content
+        self.content_sent = False
 
     def feed(self, text: str) -> list[dict[str, Any]]:
         """Delta payloads ({"content": ...} or {"tool_calls": [...]}) for new text."""
         self.pending += text
         out: list[dict[str, Any]] = []
         while True:
+            if not self.in_call and not self.calls and self._maybe_bare_object():
+                return out  # held whole: finish() tells a bare call from content
             marker = CLOSE if self.in_call else OPEN
             at = self.pending.find(marker)
             if at < 0:
-                keep = _partial_suffix(self.pending, marker)
-                ready, self.pending = (
-                    self.pending[: len(self.pending) - keep],
-                    self.pending[len(self.pending) - keep :],
-                )
+                keep = len(self.pending) - _partial_suffix(self.pending, marker)
+                ready, self.pending = self.pending[:keep], self.pending[keep:]
                 if self.in_call:
                     self.body += ready
                     self._stream_arguments(out)
@@ -320,25 +321,46 @@ class ToolStream:
             ready, self.pending = self.pending[:at], self.pending[at + len(marker) :]
             if self.in_call:
                 self.body += ready
-                self._close_call(out)
-                self.pending = self.pending.lstrip()
+                if self._close_call(out, closed=True):
+                    self.pending = self.pending.lstrip()
             else:
-                self._content(ready.rstrip(), out)
+                self._content(ready, out)
                 self.in_call, self.body, self.call_id, self.args_sent = True, "", "", ""
 
     def finish(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if self.in_call:  # generation ended inside a block (max_tokens, or no closing tag)
             self.body += self.pending
-            self._close_call(out)
-        else:
-            self._content(self.pending, out)
+            self._close_call(out, closed=False)
+        elif self._maybe_bare_object() and not self.calls:
+            call = _as_call(self.pending.strip(), self.names)
+            if call is not None:
+                out.append(_call_delta(0, call.name, "", call.id))
+                out.append(_call_delta(0, None, call.arguments))
+                self.calls.append(call)
+                self.pending = ""
+        self._content(self.pending, out)
         self.pending = ""
+        if self.held and not self.calls:
+            out.append({"content": self.held})
+        self.held = ""
         return out
 
+    def _maybe_bare_object(self) -> bool:
+        """Nothing but whitespace was seen before a "{": this may be a call written as a
+        bare JSON object, which only the whole text can tell."""
+        return not self.content_sent and (self.held + self.pending).lstrip().startswith("{")
+
     def _content(self, text: str, out: list[dict[str, Any]]) -> None:
-        if text and not self.calls:  # after a call, OpenAI models stop: the rest is dropped
-            out.append({"content": text})
+        if self.calls:  # after a call, OpenAI models stop: the rest is dropped
+            return
+        text = self.held + text
+        if not text.strip():  # whitespace is held until it is known to be content
+            self.held = text
+            return
+        self.held = ""
+        out.append({"content": text})
+        self.content_sent = True
 
     def _stream_arguments(self, out: list[dict[str, Any]]) -> None:
         # Only the first call streams as written: a later one may repeat an earlier one
@@ -360,7 +382,8 @@ class ToolStream:
             out.append(_call_delta(index, None, visible[len(self.args_sent) :]))
             self.args_sent = visible
 
-    def _close_call(self, out: list[dict[str, Any]]) -> None:
+    def _close_call(self, out: list[dict[str, Any]], closed: bool) -> bool:
+        """End the current block; True when it was a call."""
         self.in_call = False
         self._stream_arguments(out)
         index = len(self.calls)
@@ -372,15 +395,15 @@ class ToolStream:
                 out.append(_call_delta(index, None, rest))
             name = call.name if call else ""
             self.calls.append(ToolCall(name, self.args_sent + rest, self.call_id))
-            return
+            return True
         if call is None:  # not a call after all: it is content
-            self._content(OPEN + self.body, out)
-            return
-        if any(c.same(call) for c in self.calls):
-            return
-        out.append(_call_delta(index, call.name, "", call.id))
-        out.append(_call_delta(index, None, call.arguments))
-        self.calls.append(call)
+            self._content(OPEN + self.body + (CLOSE if closed else ""), out)
+            return False
+        if not any(c.same(call) for c in self.calls):
+            out.append(_call_delta(index, call.name, "", call.id))
+            out.append(_call_delta(index, None, call.arguments))
+            self.calls.append(call)
+        return True
 
 
 def _call_delta(index: int, name: str | None, arguments: str, call_id: str = "") -> dict[str, Any]:

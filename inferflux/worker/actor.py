@@ -24,6 +24,7 @@ from ..messages import (
     WorkerReady,
     WorkerReply,
 )
+from .constraint import compiled
 from .engine import Engine
 from .llama import Context, Model
 
@@ -95,6 +96,10 @@ class DeviceWorker(Actor):
                     )
                 )
             case Admit():
+                if message.sampling.grammar:  # compile off the step loop (or hit the cache)
+                    await trio.to_thread.run_sync(
+                        compiled, self.engine.model, message.sampling.grammar
+                    )
                 self.engine.admit(message)
             case Cancel(seq_id, _):
                 self.engine.cancel(seq_id)
