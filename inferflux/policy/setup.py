@@ -78,6 +78,11 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
             "policy.auth = required needs credentials to check: a policy store "
             "(--policy-store) or an OIDC issuer (policy.oidc_issuer)"
         )
+    if config.oidc_issuer and store is None:
+        log.warning(
+            "OIDC without a policy store: tokens authenticate but grant nothing, because "
+            "roles live in the store (inferflux roles set NAME --permissions ... --store PATH)"
+        )
     try:
         blocklist = Blocklist(config.blocklist)
     except ValueError as exc:

@@ -1,0 +1,84 @@
+"""`inferflux keys | roles | limits` against a real store file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inferflux.cli import main
+from inferflux.policy.keys import hash_key
+from inferflux.policy.store import PolicyStore
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exit_.value.code or 0), out, err
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("INFERFLUX_POLICY_KEY", "cli passphrase")
+    return str(tmp_path / "policy.store")
+
+
+def test_keys_create_list_revoke(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    code, out, _ = run(
+        capsys, "keys", "create", "--name", "ci", "--scopes", "generate,models:read",
+        "--models", "m1,m2", "--max-tokens", "50", "--rpm", "10", "--store", store,
+    )  # fmt: skip
+    assert code == 0
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("ifx_") and out.count(key) == 1
+    data = PolicyStore.open(store, b"cli passphrase").data
+    (record,) = data.keys.values()
+    assert record.sha256 == hash_key(key) and record.grant.models == ["m1", "m2"]
+    assert record.grant.max_tokens == 50 and data.limits[record.principal].requests_per_minute == 10
+    code, out, _ = run(capsys, "keys", "list", "--store", store)
+    assert code == 0 and record.id in out and "active" in out and key not in out
+    assert run(capsys, "keys", "revoke", "ci", "--store", store)[0] == 0  # by unique name
+    listed = json.loads(run(capsys, "keys", "list", "--json", "--store", store)[1])
+    assert listed[0]["revoked_at"] is not None
+    code, _, err = run(capsys, "keys", "revoke", "nope", "--store", store)
+    assert code == 2 and "no API key" in err
+
+
+def test_roles_and_limits(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    code, _, _ = run(
+        capsys, "roles", "set", "analyst", "--permissions", "generate,models:read",
+        "--max-priority", "2", "--store", store,
+    )  # fmt: skip
+    assert code == 0
+    roles = json.loads(run(capsys, "roles", "list", "--store", store)[1])
+    assert roles["analyst"]["permissions"] == ["generate", "models:read"]
+    assert roles["analyst"]["max_priority"] == 2
+    assert run(capsys, "limits", "set", "role:analyst", "--rpm", "5", "--tpm", "900",
+               "--store", store)[0] == 0  # fmt: skip
+    limits = json.loads(run(capsys, "limits", "list", "--store", store)[1])
+    assert limits == {"role:analyst": {"requests_per_minute": 5, "tokens_per_minute": 900}}
+    assert run(capsys, "limits", "delete", "role:analyst", "--store", store)[0] == 0
+    assert run(capsys, "roles", "delete", "analyst", "--store", store)[0] == 0
+    assert json.loads(run(capsys, "roles", "list", "--store", store)[1]) == {}
+    code, _, err = run(capsys, "roles", "set", "bad", "--permissions", "fly", "--store", store)
+    assert code == 2 and "invalid request body" in err
+
+
+def test_wrong_or_missing_key_and_missing_store(
+    capsys: pytest.CaptureFixture[str], store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    run(capsys, "roles", "set", "r", "--permissions", "generate", "--store", store)
+    monkeypatch.setenv("INFERFLUX_POLICY_KEY", "wrong")
+    code, _, err = run(capsys, "keys", "list", "--store", store)
+    assert code == 2 and "wrong key" in err
+    key_file = tmp_path / "key"
+    key_file.write_text("cli passphrase\n")
+    assert run(capsys, "roles", "list", "--store", store, "--key-file", str(key_file))[0] == 0
+    monkeypatch.delenv("INFERFLUX_POLICY_KEY")
+    code, _, err = run(capsys, "keys", "list", "--store", store)
+    assert code == 2 and "INFERFLUX_POLICY_KEY" in err
+    code, _, err = run(capsys, "keys", "list", "--store", str(tmp_path / "none"),
+                       "--key-file", str(key_file))  # fmt: skip
+    assert code == 2 and "does not exist" in err
