@@ -22,6 +22,7 @@ import trio
 
 from actors import Actor, Envelope
 
+from .audit import AuditLog
 from .engine import Policy
 from .messages import Access, Admin, Authorize, Decision, Settle
 
@@ -37,12 +38,14 @@ class PolicyActor(Actor):
         *,
         make_policy: Callable[[], Policy] | None = None,
         store_poll_s: float = 1.0,
+        audit: AuditLog | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self._make_policy = make_policy
         self.policy: Policy | None = None
         self.store_poll_s = store_poll_s
+        self.audit = audit  # written by the ingress; closed here, the last to stop of the two
         self.allowed = 0
         self.denied = 0
 
@@ -55,6 +58,10 @@ class PolicyActor(Actor):
     async def stopping(self) -> None:
         if self.policy is not None and self.policy.opa is not None:
             await self.policy.opa.aclose()
+        # The ingress stops before the policy (reverse start order), so on a graceful stop
+        # its last audit lines are written; after a crash the ingress still writes.
+        if self.audit is not None and self.state != "crashed":
+            self.audit.close()
 
     async def handle(self, message: Any, envelope: Envelope) -> Any:
         policy = self.policy
