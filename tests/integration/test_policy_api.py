@@ -236,9 +236,14 @@ def test_role_ceilings_apply_to_oidc_principals(setup: Setup) -> None:
 
 
 def test_over_the_request_rate_answers_429_with_retry_after(setup: Setup) -> None:
-    key = setup.keys["limited"]  # 2 requests per minute
-    chat(setup, key)
-    chat(setup, key)
+    key = setup.keys["limited"]  # 2 requests per minute; every protected request counts
+    for _ in range(2):  # cheap requests, so no refill (one per 30 s) can happen meanwhile
+        tokenized = httpx.post(
+            f"{setup.server.url}/tokenize",
+            headers={"authorization": f"Bearer {key}"},
+            json={"prompt": "hi"},
+        )
+        assert tokenized.status_code == 200
     response = httpx.post(
         f"{setup.server.url}/v1/chat/completions",
         headers={"authorization": f"Bearer {key}"},
@@ -249,6 +254,37 @@ def test_over_the_request_rate_answers_429_with_retry_after(setup: Setup) -> Non
     assert response.json()["error"]["type"] == "rate_limit_error"
     with pytest.raises(openai.RateLimitError):
         chat(setup, key)
+
+
+def test_over_the_token_rate_answers_429(setup: Setup) -> None:
+    url, admin = setup.server.url, {"authorization": f"Bearer {setup.keys['admin']}"}
+    made = httpx.post(
+        f"{url}/v1/admin/keys",
+        headers=admin,
+        json={"name": "tokens", "scopes": ["generate"], "tokens_per_minute": 120},
+    ).json()
+    body = {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 60,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {made['key']}"}
+    # While the first request holds its reservation (prompt + 60 of 120), a second one that
+    # fits a minute but not what is left of it is refused.
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", headers=headers, json=body, timeout=60
+    ) as first:
+        assert first.status_code == 200
+        next(first.iter_lines())
+        with pytest.raises(openai.RateLimitError) as refused:
+            chat(setup, made["key"], max_tokens=80)
+    assert refused.value.response.headers["retry-after"].isdigit()
+    assert "tokens per minute" in refused.value.body["message"]
+    with pytest.raises(openai.RateLimitError) as never:
+        chat(setup, made["key"], max_tokens=500)
+    assert "lower max_tokens" in never.value.body["message"]
 
 
 def test_a_limit_holds_across_concurrent_connections(setup: Setup) -> None:

@@ -142,3 +142,18 @@ def test_roles_claim_forms() -> None:
 
 def test_tls_files_exist(tls: TLSFiles) -> None:
     assert all(Path(p).stat().st_size > 0 for p in (tls.ca, tls.cert, tls.key))
+
+
+async def test_the_jwks_is_cached_for_its_ttl(jwks: JWKSServer, tls: TLSFiles) -> None:
+    now = [1000.0]
+    settings = OIDCSettings(
+        ISSUER, AUDIENCE, jwks.url, ca_file=tls.ca, jwks_ttl_s=300, jwks_refresh_min_s=10
+    )
+    v = OIDCVerifier(settings, lambda: now[0])
+    await v.verify(token(RSA))
+    now[0] += 299
+    await v.verify(token(EC))
+    assert jwks.fetches == 1
+    now[0] += 2  # past the TTL: fetched again, even for a known kid
+    await v.verify(token(RSA))
+    assert jwks.fetches == 2
