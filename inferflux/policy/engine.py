@@ -22,7 +22,7 @@ from .limits import RateLimiter, Refusal, resolve
 from .messages import Access, Admin, Authorize, Decision, Settle
 from .oidc import OIDCVerifier, TokenError
 from .records import Grant, Limit, StoreData, merge
-from .store import PolicyStore, PolicyStoreError
+from .store import PolicyStore, PolicyStoreError, stamp
 
 log = logging.getLogger("inferflux.policy")
 
@@ -211,9 +211,10 @@ class Policy:
             try:
                 await trio.to_thread.run_sync(store.reload)
             except PolicyStoreError as exc:
+                store.stamp = stamp(store.path)  # say it once per change, not once per poll
                 log.error(
-                    "policy store changed on disk but cannot be read; keeping the last "
-                    "good version: %s",
+                    "policy store changed on disk but cannot be read; keeping the last good "
+                    "version: %s",
                     exc,
                 )
                 return

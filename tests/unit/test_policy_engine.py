@@ -257,3 +257,20 @@ def test_paths_map_to_permissions() -> None:
     assert required_permission("/v1/admin/keys/abc") == "admin"
     for open_path in ("/livez", "/readyz", "/healthz", "/metrics", "/debug/actors", "/"):
         assert required_permission(open_path) is None
+
+
+async def test_store_changes_on_disk_are_picked_up_and_a_broken_file_is_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, keys = store_with(tmp_path, a=ops.KeyRequest(name="a", scopes=["generate"]))
+    p = policy(store)
+    other = PolicyStore.open(tmp_path / "p.store", b"pw")  # another process, e.g. the CLI
+    other.update(lambda d: ops.revoke_key(d, "a")[1])
+    assert (await p.authorize(ask(keys["a"]))).allowed  # not yet seen
+    await p.reload_if_changed()
+    assert (await p.authorize(ask(keys["a"]))).code == "revoked_api_key"
+    (tmp_path / "p.store").write_bytes(b"garbage")
+    await p.reload_if_changed()
+    await p.reload_if_changed()
+    assert caplog.text.count("cannot be read") == 1
+    assert (await p.authorize(ask(keys["a"]))).code == "revoked_api_key"  # last good data
