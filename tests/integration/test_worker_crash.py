@@ -1,6 +1,6 @@
 """A SIGKILLed device worker mid-stream: clients see a pause, not an error, and the text
-they receive is exactly the undisturbed run's, token for token: greedy streams and a
-seeded sampled one, with finish_reason and usage right. The recompute prefills prompt +
+they receive is exactly the undisturbed run's, token for token: greedy streams, a seeded
+sampled one and a constrained (json_schema) one, with finish_reason and usage right. The recompute prefills prompt +
 sent tokens in per-slot KV streams, which gives bit-identical logits."""
 
 from __future__ import annotations
@@ -18,12 +18,48 @@ from tests.conftest import MODEL_ID, RunningServer, serving
 
 pytestmark = pytest.mark.model
 
-QUESTIONS = ["Write a story about a red fox.", "Explain how rain forms.", "Describe a castle."]
-# Greedy for the first two; the third samples with a seed and a penalty.
+QUESTIONS = [
+    "Write a story about a red fox.",
+    "Explain how rain forms.",
+    "Describe a castle.",
+    "Plan a story.",
+]
+# A JSON schema no stream completes within max_tokens (8+ chapters).
+CHAPTERS = {
+    "type": "object",
+    "properties": {
+        "chapters": {
+            "type": "array",
+            "minItems": 8,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string", "maxLength": 40},
+                    "mood": {"enum": ["happy", "sad", "tense"]},
+                    "summary": {"type": "string", "maxLength": 120},
+                },
+                "required": ["title", "mood", "summary"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["chapters"],
+    "additionalProperties": False,
+}
+# Greedy for the first two; the third samples with a seed and a penalty; the fourth
+# samples under a json_schema grammar, whose state is rebuilt too.
 SAMPLING = [
     {"temperature": 0},
     {"temperature": 0},
     {"temperature": 0.9, "top_p": 0.95, "seed": 1234, "presence_penalty": 0.4},
+    {
+        "temperature": 0.8,
+        "seed": 99,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "plan", "schema": CHAPTERS},
+        },
+    },
 ]
 
 
