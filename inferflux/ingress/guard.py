@@ -46,8 +46,10 @@ class Ticket:
 
 @dataclass
 class Guard:
+    """What the ingress holds of a configured policy: the actor to ask, the audit log it
+    writes, the output blocklist, and the generations whose audit line is still due."""
+
     policy: ActorRef
-    auth_required: bool
     audit: AuditLog | None
     blocklist: Blocklist
     needs_prompt_text: bool
