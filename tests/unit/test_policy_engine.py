@@ -10,7 +10,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferflux.config import ConfigError, PolicyConfig
+from inferflux.config import ConfigError, PolicyConfig, load_config
 from inferflux.ingress.auth import required_permission
 from inferflux.policy import ops
 from inferflux.policy.engine import Policy
@@ -274,3 +274,21 @@ async def test_store_changes_on_disk_are_picked_up_and_a_broken_file_is_not(
     await p.reload_if_changed()
     assert caplog.text.count("cannot be read") == 1
     assert (await p.authorize(ask(keys["a"]))).code == "revoked_api_key"  # last good data
+
+
+def test_policy_config_from_environment() -> None:
+    config = load_config(
+        env={
+            "INFERFLUX_POLICY_BLOCKLIST": '["a,b", "c\\\\d"]',
+            "INFERFLUX_POLICY_AUTH": "required",
+            "INFERFLUX_POLICY_TOKENS_PER_MINUTE": "900",
+            "INFERFLUX_POLICY_OPA_FAIL_OPEN": "yes",
+        }
+    )
+    assert config.policy.blocklist == ["a,b", "c\\d"]
+    assert config.policy.auth == "required" and config.policy.tokens_per_minute == 900
+    assert config.policy.opa_fail_open is True
+    with pytest.raises(ConfigError, match="INFERFLUX_POLICY_BLOCKLIST"):
+        load_config(env={"INFERFLUX_POLICY_BLOCKLIST": "not json"})
+    with pytest.raises(ConfigError, match="auth"):
+        load_config(env={"INFERFLUX_POLICY_AUTH": "maybe"})
