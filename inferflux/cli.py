@@ -1,4 +1,4 @@
-"""`inferflux` command line: `inferflux run [flags]`."""
+"""`inferflux` command line: `inferflux run [flags]`; `inferflux keys|roles|limits ...`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from transports import unique_address
 
 from .config import ConfigError, load_config
 from .model.store import ModelStoreError
+from .policy import cli as policy_cli
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,9 +47,15 @@ def main(argv: list[str] | None = None) -> None:
         "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--policy-store", help="encrypted policy store: require API keys (see keys)")
+    run.add_argument("--policy-key-file", help="file with the store passphrase (default: env)")
+    run.add_argument("--audit-log", help="append one JSON line per request to this file")
+    policy_cli.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         sys.exit(_run(args))
+    if args.command in policy_cli.COMMANDS:
+        sys.exit(policy_cli.run_command(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -80,6 +87,11 @@ def _run(args: argparse.Namespace) -> int:
                 "scheduler": {
                     "n_parallel": args.n_parallel,
                     "prefix_cache": False if args.no_prefix_cache else None,
+                },
+                "policy": {
+                    "store_path": args.policy_store,
+                    "key_file": args.policy_key_file,
+                    "audit_log": args.audit_log,
                 },
             },
         )

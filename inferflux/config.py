@@ -72,6 +72,64 @@ class SupervisionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     """The window worker_max_restarts counts in, in seconds."""
 
 
+class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Authentication, authorization, limits, guardrails and audit (docs/security.md)."""
+
+    auth: Literal["auto", "off", "required"] = "auto"
+    """required: every /v1 request needs a valid API key or OIDC token. off: anyone may
+    generate (logged loudly at start). auto: required when store_path or oidc_issuer is
+    set, else off."""
+    store_path: str = ""
+    """Encrypted policy store (API keys, roles, limits); created by `inferflux keys`. Its
+    key: INFERFLUX_POLICY_KEY (a passphrase) or key_file."""
+    key_file: str = ""
+    """File holding the store's passphrase (instead of INFERFLUX_POLICY_KEY)."""
+    store_poll_s: float = 1.0
+    """How often the server looks for changes to the store file made by `inferflux keys`
+    (admin API changes apply at once), in seconds."""
+    audit_log: str = ""
+    """Append one JSON line per request here. Empty: no audit log."""
+    audit_debug: bool = False
+    """Write prompts and completions in clear in the audit log (else SHA-256 only)."""
+    requests_per_minute: int = 0
+    """Default request rate per principal (store limits override it). 0: unlimited."""
+    tokens_per_minute: int = 0
+    """Default token rate per principal, prompt + max_tokens reserved at admission, the
+    unused part given back at the end. 0: unlimited."""
+    blocklist: list[str] = []
+    """Regular expressions (case-insensitive) refused in prompts (403) and cut from outputs
+    (finish_reason content_filter). In env: a JSON list."""
+    oidc_issuer: str = ""
+    """Accept OIDC bearer JWTs from this issuer (the `iss` claim). Empty: no OIDC."""
+    oidc_audience: str = ""
+    """Required `aud` claim."""
+    oidc_jwks_url: str = ""
+    """The issuer's JWKS, fetched over https."""
+    oidc_roles_claim: str = "roles"
+    """Claim (dotted path, list or space-separated string) naming the store roles of the
+    caller."""
+    oidc_principal_claim: str = "sub"
+    """Claim that identifies the caller (principal `oidc:<value>`)."""
+    oidc_leeway_s: float = 60.0
+    """Clock skew allowed on exp / nbf / iat, in seconds."""
+    oidc_jwks_ttl_s: float = 300.0
+    """How long a fetched JWKS is used before it is fetched again, in seconds."""
+    oidc_jwks_refresh_min_s: float = 10.0
+    """Least time between two JWKS fetches for unknown key ids, in seconds."""
+    oidc_ca_file: str = ""
+    """PEM CA bundle to verify the JWKS server with. Empty: the public CAs (certifi)."""
+    opa_url: str = ""
+    """Ask Open Policy Agent for every generation: POST to this data API URL, e.g.
+    http://127.0.0.1:8181/v1/data/inferflux/allow. Empty: no OPA."""
+    opa_timeout_s: float = 0.5
+    """How long to wait for OPA's answer, in seconds."""
+    opa_fail_open: bool = False
+    """When OPA does not answer in time (or answers nonsense): true serves the request,
+    false refuses it with 503."""
+    opa_include_prompt: bool = False
+    """Send the prompt text to OPA (its SHA-256 is always sent)."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     role: Role = "unified"
     """unified: one server does prefill and decode. prefill/decode: not available yet."""
@@ -79,6 +137,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
 
 
 class ConfigError(ValueError):
@@ -145,6 +204,10 @@ def _sections() -> dict[str, dict[str, type]]:
 
 def _parse_env(key: str, value: str, kind: type) -> Any:
     try:
+        if getattr(kind, "__origin__", None) is list:  # a JSON list, e.g. policy.blocklist
+            return msgspec.json.decode(value, type=kind)
+        if getattr(kind, "__origin__", None) is Literal:  # checked with the rest, by msgspec
+            return value
         if kind is bool:
             if value.lower() in ("1", "true", "yes", "on"):
                 return True

@@ -4,7 +4,7 @@
     ├── engine (one_for_one, supervision.worker_max_restarts / window)
     │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
     ├── scheduler         queues, admission, KV accounting, prefix reuse
-    ├── policy            authorization (allow-all for now)
+    ├── policy            authentication, RBAC, rate limits, guardrails (docs/security.md)
     └── ingress           hypercorn + quart-trio: the OpenAI HTTP API
 
 Start order is top to bottom (the HTTP port opens last, once the rest exists); stop order is
@@ -33,10 +33,12 @@ from transports import Address
 from .config import Config
 from .ingress.actor import IngressActor
 from .ingress.app import Frontend
+from .ingress.auth import Guard
 from .metrics import Metrics
 from .model.chat_template import ChatTemplate
 from .model.store import default_model_path
 from .policy.actor import PolicyActor
+from .policy.setup import build_policy
 from .scheduler.actor import Scheduler
 from .tracing import RequestTracer
 from .worker.llama import Model
@@ -60,6 +62,7 @@ class Server:
 
 
 def build_server(config: Config, *, introspection_address: Address | None = None) -> Server:
+    policy = build_policy(config.policy)  # ConfigError (bad store key...) before anything loads
     model_path = config.model.path or str(default_model_path())
     model_id = config.model.name or os.path.basename(model_path).removesuffix(".gguf")
     tokenizer = Model(model_path, vocab_only=True)
@@ -113,6 +116,14 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
 
     tracer = RequestTracer(config.server.otel_traces) if config.server.otel_traces else None
+    guard = None
+    if policy is not None:
+        guard = Guard(
+            policy=ActorRef("policy", registry),
+            audit=policy.audit,
+            blocklist=policy.blocklist,
+            needs_prompt_text=policy.needs_prompt_text,
+        )
     front = Frontend(
         model_id=model_id,
         tokenizer=tokenizer,
@@ -124,6 +135,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         is_ready=is_ready,
         max_body_bytes=config.server.max_body_bytes,
         tracer=tracer,
+        guard=guard,
     )
     root = Supervisor(
         "inferflux",
@@ -139,7 +151,16 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                 ),
             ),
             ChildSpec("scheduler", make_scheduler),
-            ChildSpec("policy", lambda: PolicyActor("policy", in_registry=registry)),
+            ChildSpec(
+                "policy",
+                lambda: PolicyActor(
+                    "policy",
+                    make_policy=policy.make_policy if policy else None,
+                    store_poll_s=policy.store_poll_s if policy else 1.0,
+                    audit=policy.audit if policy else None,
+                    in_registry=registry,
+                ),
+            ),
             ChildSpec(
                 "ingress",
                 lambda: IngressActor(

@@ -25,10 +25,12 @@ from actors import ActorError, ActorInfo, ActorRef
 from ..messages import SamplingParams
 from ..metrics import Metrics
 from ..model.chat_template import ChatTemplate, TemplateError
-from ..policy.actor import Authorize
+from ..policy.actor import Authorize, Decision
 from ..scheduler.messages import Submit
 from ..tracing import RequestTracer
 from ..worker.llama import Model
+from .auth import Guard, admit, authorize_request, watch
+from .auth import install as install_policy
 from .choices import Choice
 from .errors import APIError, from_decode_error
 from .generation import (
@@ -116,6 +118,7 @@ class Frontend:
     tracer: RequestTracer | None = None  # OpenTelemetry export, when configured
     in_flight: InFlight = field(default_factory=InFlight)
     nursery: trio.Nursery | None = None  # the ingress actor's: tasks that outlive a handler
+    guard: Guard | None = None  # auth, audit, output guardrails (ingress/auth.py); None: off
     draining: bool = False
 
 
@@ -172,6 +175,8 @@ def create_app(front: Frontend) -> QuartTrio:
         span = getattr(g, "span_id", "") or secrets.token_hex(8)
         response.headers["traceparent"] = f"00-{trace}-{span}-01"
         return response
+
+    install_policy(app, front)  # after take_trace: the access check logs the trace id
 
     @app.get("/livez")
     async def livez() -> Response:
@@ -417,9 +422,9 @@ def create_app(front: Frontend) -> QuartTrio:
                 code="context_length_exceeded",
             )
         seq_id = next_seq_id()
-        await _authorize(Authorize(seq_id, front.model_id, len(prompt), trace_id=g.trace_id))
+        decision = await _authorize(authorize_request(front, req, seq_id, prompt, max_tokens, room))
         sampling = SamplingParams(
-            max_tokens=max_tokens or room,
+            max_tokens=min(max_tokens or room, decision.max_tokens or room),
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
@@ -436,14 +441,14 @@ def create_app(front: Frontend) -> QuartTrio:
         log.info("request %d trace %s: %d prompt tokens", seq_id, g.trace_id, len(prompt))
         return Submit(seq_id, prompt, sampling, req.priority, g.trace_id)
 
-    async def _authorize(request: Authorize) -> None:
-        """Ask the policy actor. It is restarted if it crashes, and a decision has no side
-        effects, so a crash or a restart in progress is retried for a few seconds."""
+    async def _authorize(request: Authorize) -> Decision:
+        """Ask the policy actor; a denial raises (401/403/429). It is restarted if it
+        crashes, and a restarted actor has fresh rate buckets, so a crash or a restart in
+        progress is retried for a few seconds without double charging."""
         deadline = trio.current_time() + POLICY_RETRY_WINDOW_S
         while True:
             try:
-                await front.policy.call(request, timeout_s=5)
-                return
+                return admit(front, request, await front.policy.call(request, timeout_s=5))
             except ActorError as exc:
                 if trio.current_time() > deadline:
                     raise APIError(
@@ -494,7 +499,7 @@ def create_app(front: Frontend) -> QuartTrio:
                 body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
             )
         try:
-            async for i, delta in merged(generations, front.nursery):
+            async for i, delta in watch(front, generations, merged(generations, front.nursery)):
                 choices[i].add(delta)
         finally:
             with trio.CancelScope(shield=True):
@@ -554,7 +559,7 @@ def create_app(front: Frontend) -> QuartTrio:
                     yield part_chunk(choice, {"role": "assistant", "content": ""}, None)
                 if choice.text:  # echo
                     yield part_chunk(choice, {"text": choice.text[0]}, None)
-            async for i, delta in merged(generations, front.nursery):
+            async for i, delta in watch(front, generations, merged(generations, front.nursery)):
                 choice = choices[i]
                 offset = len("".join(choice.text))
                 parts = choice.add(delta)

@@ -1,7 +1,8 @@
 """A SIGKILLed device worker mid-stream: clients see a pause, not an error, and the text
 they receive is exactly the undisturbed run's, token for token: greedy streams, a seeded
-sampled one and a constrained (json_schema) one, with finish_reason and usage right. The recompute prefills prompt +
-sent tokens in per-slot KV streams, which gives bit-identical logits."""
+sampled one and a constrained (json_schema) one, with finish_reason and usage right.
+The recompute prefills prompt + sent tokens in per-slot KV streams, which gives
+bit-identical logits."""
 
 from __future__ import annotations
 
