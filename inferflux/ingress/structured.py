@@ -25,10 +25,21 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE)
 
 
+_compiling: dict[str, trio.Event] = {}  # grammars being checked right now
+
+
 async def checked(model: Model, grammar: str, param: str) -> str:
     """`grammar`, once it compiles for this vocabulary; else a 400 on `param`.
-    Compiling a big schema can take a while: it runs off the event loop."""
-    error = await trio.to_thread.run_sync(check_grammar, model, grammar)
+    Compiling a big schema can take a while: it runs off the event loop, once for
+    concurrent requests with the same grammar (then check_grammar's cache answers)."""
+    while grammar in _compiling:
+        await _compiling[grammar].wait()
+    _compiling[grammar] = done = trio.Event()
+    try:
+        error = await trio.to_thread.run_sync(check_grammar, model, grammar)
+    finally:
+        del _compiling[grammar]
+        done.set()
     if error:
         raise APIError(
             400,
