@@ -93,6 +93,7 @@ class SeqOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     n_prompt_computed: int = 0  # prompt tokens actually prefilled this step
     kv_tokens: int = 0  # tokens of this sequence now held in KV (on finish: what stays cached)
     logprobs: list[TokenLogprob] = []  # one per token_ids entry, when requested
+    error: str = ""  # finish_reason "error": what went wrong (a grammar that broke)
 
 
 class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):

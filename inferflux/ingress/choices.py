@@ -24,6 +24,7 @@ class Choice:
         want_logprobs: bool = False,
     ) -> None:
         self.want_logprobs = want_logprobs
+        self.offset = len(echo)  # completions' text_offset of the next token
         self.index = index
         self.kind = kind
         self.piece = piece
@@ -71,7 +72,7 @@ class Choice:
         text = "".join(self.text)
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if self.tools is not None:
-            content, calls = parse_calls(text, self.tools.functions)
+            content, calls = parse_calls(text, self.tools.functions, bool(self.tools.grammar))
             if calls:
                 message = {
                     "role": "assistant",
@@ -87,11 +88,11 @@ class Choice:
             "finish_reason": self.finish_reason,
         }
 
-    def text_choice(self, prompt_offset: int = 0) -> dict[str, Any]:
+    def text_choice(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "text": "".join(self.text),
-            "logprobs": self.completion_logprobs(self.logprobs, prompt_offset),
+            "logprobs": self.completion_logprobs(self.logprobs),
             "finish_reason": self.finish_reason,
         }
 
@@ -113,15 +114,17 @@ class Choice:
             ]
         }
 
-    def completion_logprobs(self, items: list[TokenLogprob], offset: int) -> dict[str, Any] | None:
+    def completion_logprobs(self, items: list[TokenLogprob]) -> dict[str, Any] | None:
+        """Completions' logprobs for `items`, the next tokens of this choice (offsets count
+        from the start of the text, echo included, by token piece)."""
         if not self.want_logprobs:
             return None
         tokens, offsets = [], []
         for item in items:
-            offsets.append(offset)
+            offsets.append(self.offset)
             text = self.piece(item.token).decode("utf-8", "replace")
             tokens.append(text)
-            offset += len(text)
+            self.offset += len(text)
         return {
             "tokens": tokens,
             "token_logprobs": [item.logprob for item in items],

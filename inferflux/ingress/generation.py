@@ -16,7 +16,7 @@ import trio
 
 from actors import ActorCrashed, ActorError, ActorRef
 
-from ..scheduler.messages import Abort, Delta, NotReady, Overloaded, Submit
+from ..scheduler.messages import Abort, Delta, GenerationFailed, NotReady, Overloaded, Submit
 from .errors import APIError
 
 _seq_ids = itertools.count(1)
@@ -169,6 +169,24 @@ def sibling(submit: Submit, index: int) -> Submit:
     return msgspec.structs.replace(submit, seq_id=next_seq_id(), sampling=sampling)
 
 
+async def start_all(generations: list[Generation]) -> None:
+    """Start generations concurrently; the first failure is raised (each failed one has
+    closed itself; the caller closes the rest)."""
+    errors: list[Exception] = []
+
+    async def start(generation: Generation) -> None:
+        try:
+            await generation.start()
+        except Exception as exc:  # an APIError: kept for the caller, not a nursery group
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for generation in generations:
+            nursery.start_soon(start, generation)
+    if errors:
+        raise errors[0]
+
+
 async def merged(
     generations: list[Generation], nursery: trio.Nursery | None
 ) -> AsyncIterator[tuple[int, Delta]]:
@@ -230,6 +248,10 @@ def _api_error(exc: BaseException) -> BaseException:
             code="overloaded",
             retry_after_s=exc.retry_after_s,
         )
+    if isinstance(exc, GenerationFailed):
+        # Only a grammar ends a sequence this way, and only a schema beyond the constraint
+        # engine's limits gets past the ingress's check: the client can simplify it.
+        return APIError(400, str(exc), code="generation_failed")
     if isinstance(exc, NotReady):
         return APIError(
             503, str(exc), type="service_unavailable", code="not_ready", retry_after_s=2

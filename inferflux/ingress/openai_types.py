@@ -23,11 +23,25 @@ class TextPart(msgspec.Struct, tag="text", tag_field="type"):
     text: str
 
 
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: Union[str, dict[str, Any]] = "{}"  # OpenAI sends a JSON string
+
+
+class ToolCallIn(msgspec.Struct):
+    """A call in an assistant message of the history (validated: its path is named on
+    error, e.g. `messages[1].tool_calls[0].function.name`)."""
+
+    function: FunctionCall
+    id: str = ""
+    type: Literal["function"] = "function"
+
+
 class ChatMessage(msgspec.Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
 
     def text(self) -> str:
@@ -43,20 +57,31 @@ class ChatMessage(msgspec.Struct):
         if self.name:
             message["name"] = self.name
         if self.tool_calls:
-            message["tool_calls"] = [_parsed_arguments(call) for call in self.tool_calls]
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": parse_arguments(call.function.arguments),
+                    },
+                }
+                for call in self.tool_calls
+            ]
         if self.tool_call_id:
             message["tool_call_id"] = self.tool_call_id
         return message
 
 
-def _parsed_arguments(call: dict[str, Any]) -> dict[str, Any]:
-    function = dict(call.get("function") or {})
-    if isinstance(function.get("arguments"), str):
-        try:
-            function["arguments"] = json.loads(function["arguments"])
-        except ValueError:
-            pass  # malformed history is shown to the model as sent
-    return {**call, "function": function}
+def parse_arguments(arguments: str | dict[str, Any]) -> Any:
+    """Call arguments as an object, as chat templates expect them; a client's malformed
+    history stays the text it sent."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        return json.loads(arguments)
+    except (ValueError, RecursionError):
+        return arguments
 
 
 class StreamOptions(msgspec.Struct):

@@ -91,11 +91,13 @@ def read_tools(tools: list[dict[str, Any]] | None) -> list[Function]:
                 f"tools[{i}].function.name",
             )
         parameters = spec.get("parameters") or {"type": "object", "properties": {}}
-        if not isinstance(parameters, dict):
+        # OpenAI's rule: arguments are an object, so the schema must describe one.
+        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
             raise _bad(
-                f"tools[{i}].function.parameters must be a JSON schema object",
+                f"tools[{i}].function.parameters must be a JSON schema of type object",
                 f"tools[{i}].function.parameters",
             )
+        parameters = {**parameters, "type": "object"}
         functions.append(Function(name, str(spec.get("description") or ""), parameters))
     if len({f.name for f in functions}) != len(functions):
         raise _bad("tools: function names must be unique", "tools")
@@ -143,23 +145,19 @@ async def plan_tools(
 def call_grammar(functions: list[Function], parallel: bool) -> str:
     """Lark grammar for <tool_call> blocks, each a known name + valid arguments: one, or
     with `parallel` up to MAX_PARALLEL_CALLS."""
-    variants = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": f.name}, "arguments": f.parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for f in functions
-    ]
-    body = variants[0] if len(variants) == 1 else {"anyOf": variants}
-    body = {**body, "x-guidance": JSON_STYLE}
+    # One rule per function, so each parameters schema stays the root of its own JSON
+    # grammar (its "#/$defs/..." references resolve as the client wrote them).
     count = f"{{1,{MAX_PARALLEL_CALLS}}}" if parallel else ""
-    return (
-        f"start: call{count}\n"
-        f'call: "{OPEN}\\n" body "\\n{CLOSE}\\n"\n'
-        f"body: %json {json.dumps(body)}\n"
-    )
+    lines = [
+        f"start: call{count}",
+        f"call: {json.dumps(OPEN + chr(10))} body {json.dumps(chr(10) + CLOSE + chr(10))}",
+        "body: " + " | ".join(f"fn{i}" for i in range(len(functions))),
+    ]
+    for i, f in enumerate(functions):
+        head = json.dumps(f'{{"name": {json.dumps(f.name)}, "arguments": ')
+        lines.append(f'fn{i}: {head} args{i} "}}"')
+        lines.append(f"args{i}: %json {json.dumps({**f.parameters, 'x-guidance': JSON_STYLE})}")
+    return "\n".join(lines) + "\n"
 
 
 # prompt ----------------------------------------------------------------------------------
@@ -178,13 +176,10 @@ def system_prompt(functions: list[Function]) -> str:
 
 
 def render_call(call: dict[str, Any]) -> str:
-    function = call.get("function") or {}
-    arguments = function.get("arguments") or "{}"
-    try:
-        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
-        pass  # a client's own malformed history: shown to the model as it was sent
-    return f"{OPEN}\n{compact({'name': function.get('name', ''), 'arguments': arguments})}\n{CLOSE}"
+    """A history call (arguments already parsed, or the client's text) as a block."""
+    function = call["function"]
+    body = compact({"name": function["name"], "arguments": function["arguments"]})
+    return f"{OPEN}\n{body}\n{CLOSE}"
 
 
 def generic_messages(
@@ -227,7 +222,10 @@ class ToolCall:
     id: str = field(default_factory=new_call_id)
 
     def same(self, other: ToolCall) -> bool:
-        return (self.name, self.arguments) == (other.name, other.arguments)
+        """The same function with equal arguments (as JSON values, not as text)."""
+        return self.name == other.name and _json_value(self.arguments) == _json_value(
+            other.arguments
+        )
 
     def to_openai(self) -> dict[str, Any]:
         return {
@@ -237,10 +235,17 @@ class ToolCall:
         }
 
 
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
 def _as_call(text: str, names: set[str]) -> ToolCall | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(value, dict) or value.get("name") not in names:
         return None
@@ -248,18 +253,22 @@ def _as_call(text: str, names: set[str]) -> ToolCall | None:
     if isinstance(arguments, str):  # some models double-encode; keep it if it is JSON
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(arguments, dict):
         return None
     return ToolCall(value["name"], compact(arguments))
 
 
-def parse_calls(text: str, functions: list[Function]) -> tuple[str, list[ToolCall]]:
+def parse_calls(
+    text: str, functions: list[Function], constrained: bool = False
+) -> tuple[str, list[ToolCall]]:
     """(content, calls) from a finished generation. A complete block that is no valid call
     (an unknown name, arguments that do not parse) makes the whole text content: nothing
-    is dropped but a block cut off by max_tokens after complete calls, and repeats of an
-    identical call (small models loop on the pattern)."""
+    is dropped but repeats of an identical call (small models loop on the pattern) and,
+    after complete calls, a block cut off by max_tokens. Under a grammar (`constrained`)
+    a cut-off block that got as far as its name is a call with the arguments written so
+    far, as a stream reports it (and as OpenAI does with finish_reason "length")."""
     names = {f.name for f in functions}
     start = text.find(OPEN)
     if start < 0:
@@ -268,6 +277,8 @@ def parse_calls(text: str, functions: list[Function]) -> tuple[str, list[ToolCal
     calls: list[ToolCall] = []
     for body, close in _CALL_BLOCK.findall(text[start:]):
         call = _as_call(body, names)
+        if call is None and constrained and not close:
+            call = _cut_call(body, names)
         if call is None:
             if close or not calls:
                 return text, []
@@ -275,6 +286,16 @@ def parse_calls(text: str, functions: list[Function]) -> tuple[str, list[ToolCal
         if not any(c.same(call) for c in calls):
             calls.append(call)
     return text[:start].strip(), calls
+
+
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"]*)"\s*,\s*"arguments"\s*:\s*')
+
+
+def _cut_call(body: str, names: set[str]) -> ToolCall | None:
+    head = _HEAD.match(body)
+    if head is None or head.group(1) not in names:
+        return None
+    return ToolCall(head.group(1), body[head.end() :].rstrip())
 
 
 class ToolStream:
@@ -285,8 +306,6 @@ class ToolStream:
     Under a grammar (`incremental`) a call is known to be well formed as it is written, so
     its arguments stream as they come; otherwise (tool_choice auto) a call is checked
     whole when it closes, then sent (a block that is no valid call stays content)."""
-
-    _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"]*)"\s*,\s*"arguments"\s*:\s*')
 
     def __init__(self, functions: list[Function], incremental: bool) -> None:
         self.names = {f.name for f in functions}
@@ -367,7 +386,7 @@ class ToolStream:
         # (small models loop on the pattern), which shows only once it is complete.
         if not self.incremental or self.calls:
             return
-        head = self._HEAD.match(self.body)
+        head = _HEAD.match(self.body)
         if head is None or head.group(1) not in self.names:
             return
         index = len(self.calls)
@@ -388,12 +407,14 @@ class ToolStream:
         self._stream_arguments(out)
         index = len(self.calls)
         call = _as_call(self.body.strip(), self.names)
-        if self.call_id:  # streamed already; the grammar made it valid
-            args = self.body[self._HEAD.match(self.body).end() :].rstrip()  # type: ignore[union-attr]
-            rest = args[len(self.args_sent) :].removesuffix("}")
+        if self.call_id:  # streamed already; the grammar made it valid (or it was cut)
+            args = self.body[_HEAD.match(self.body).end() :].rstrip()  # type: ignore[union-attr]
+            if call is not None:  # complete: the last brace closes the outer object
+                args = args[:-1]
+            rest = args[len(self.args_sent) :]
             if rest:
                 out.append(_call_delta(index, None, rest))
-            name = call.name if call else ""
+            name = _HEAD.match(self.body).group(1)  # type: ignore[union-attr]
             self.calls.append(ToolCall(name, self.args_sent + rest, self.call_id))
             return True
         if call is None:  # not a call after all: it is content

@@ -28,7 +28,7 @@ from actors import Actor, ActorError, ActorRef, Envelope
 from ..kvcache.manager import KVCacheManager
 from ..messages import Admit, Attach, Cancel, SamplingParams, SeqOutput, StepResult, WorkerReady
 from ..metrics import Metrics
-from .messages import Abort, Delta, NotReady, Overloaded, Submit
+from .messages import Abort, Delta, GenerationFailed, NotReady, Overloaded, Submit
 
 log = logging.getLogger("inferflux.scheduler")
 
@@ -320,6 +320,11 @@ class Scheduler(Actor):
         self.kv.release(request.slot, held[: out.kv_tokens])
         if reason == "cancelled":
             request.envelope.reply(None)
+            return
+        if reason == "error":
+            log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, out.error)
+            request.envelope.fail(GenerationFailed(out.error))
+            self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
             return
         self._send(
             request,

@@ -47,5 +47,9 @@ class Overloaded(Exception):
         super().__init__(f"server overloaded: {waiting} requests already waiting")
 
 
+class GenerationFailed(Exception):
+    """The worker ended the sequence with an error (a grammar that broke mid-way)."""
+
+
 class NotReady(Exception):
     """No worker is ready (starting, restarting, or given up): answer 503."""

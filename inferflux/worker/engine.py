@@ -98,7 +98,7 @@ class Engine:
                 constraint = Constraint(self.model, admit.sampling.grammar)
             except GrammarError as exc:  # the ingress validated it: never the client's fault
                 log.error("sequence %d: grammar rejected: %s", admit.seq_id, exc)
-                self._finished.append(SeqOutput(admit.seq_id, [], "", "error"))
+                self._finished.append(SeqOutput(admit.seq_id, [], "", "error", error=str(exc)))
                 return
             for token in generated:
                 constraint.consume(token)
@@ -236,6 +236,9 @@ class Engine:
             seq.new_logprobs.append(token_logprob(log_probs, token, seq.logprobs))
         if seq.constraint is not None:
             seq.constraint.consume(token)
+            if seq.constraint.failed:  # a runtime limit of the grammar engine: say so
+                self._finish(seq, "error", f"constrained decoding failed: {seq.constraint.failed}")
+                return
         if seq.output.stopped or (seq.constraint is not None and seq.constraint.complete):
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
@@ -245,7 +248,7 @@ class Engine:
         else:
             seq.next_token = token
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _finish(self, seq: Sequence, reason: str, error: str = "") -> None:
         if reason in ("stop", "length"):
             seq.new_text.append(seq.output.flush())
         self._finished.append(
@@ -257,6 +260,7 @@ class Engine:
                 seq.prompt_done_this_step,
                 seq.n_past,
                 seq.new_logprobs,
+                error,
             )
         )
         seq.sampler.close()

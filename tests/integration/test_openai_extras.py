@@ -201,3 +201,21 @@ def test_bad_logprobs_and_n_are_400(server: RunningServer, path, extra, param) -
     reply = httpx.post(f"{server.url}{path}", json=body, timeout=30)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+def test_echo_with_logprobs_offsets_count_the_prompt(server: RunningServer) -> None:
+    prompt = "The capital of France is"
+    reply = client(server).completions.create(
+        model=MODEL_ID, prompt=prompt, max_tokens=4, temperature=0, logprobs=1, echo=True
+    )
+    choice = reply.choices[0]
+    assert choice.text.startswith(prompt)
+    assert choice.logprobs.text_offset[0] == len(prompt)
+    assert choice.text[len(prompt) :] == "".join(choice.logprobs.tokens)
+
+
+@pytest.mark.parametrize("key", ["--5", "²", "5.0", " 5"])
+def test_odd_logit_bias_keys_are_400(server: RunningServer, key: str) -> None:
+    body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 1, "logit_bias": {key: 1}}
+    reply = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "logit_bias"

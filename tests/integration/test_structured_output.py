@@ -132,11 +132,17 @@ async def test_constrained_and_free_sequences_share_a_batch(server: RunningServe
         )
         results["json"].append(reply.choices[0].message.content)
 
+    def steps_over_two() -> float:
+        count = server.metric("inferflux:batch_size_count")
+        return count - server.metric("inferflux:batch_size_bucket", le="2.0")
+
+    before = steps_over_two()
     async with trio.open_nursery() as nursery:
         for seed in (1, 2):
             nursery.start_soon(constrained, seed)
         for _ in range(2):
             nursery.start_soon(free)
+    assert steps_over_two() > before  # they did share steps
     assert results["free"] == [alone, alone]
     for text in results["json"]:
         jsonschema.validate(json.loads(text), PERSON)
@@ -189,3 +195,32 @@ def test_malformed_response_format_is_400(
     assert reply.status_code == 400, reply.text
     if param:
         assert reply.json()["error"]["param"] == param
+
+
+def test_response_format_is_checked_alongside_tools(server: RunningServer) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    base = {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}], "tools": tools}
+    url = f"{server.url}/v1/chat/completions"
+    combined = {**base, "tool_choice": "required", "response_format": {"type": "json_object"}}
+    reply = httpx.post(url, json=combined, timeout=30)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "response_format"
+    odd = {**base, "tool_choice": "required", "response_format": {"type": "yaml"}}
+    reply = httpx.post(url, json=odd, timeout=30)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "response_format.type"
+
+
+def test_logprobs_are_the_models_before_the_grammar_mask(server: RunningServer) -> None:
+    reply = client(server).chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "Say hello."}],
+        response_format={"type": "json_object"},
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
+    )
+    first = reply.choices[0].logprobs.content[0]
+    assert first.token.lstrip().startswith("{")  # the grammar allows nothing else
+    # ...but the model itself preferred other tokens, and says so
+    assert any(not t.token.lstrip().startswith("{") for t in first.top_logprobs)
+    assert first.logprob <= first.top_logprobs[0].logprob

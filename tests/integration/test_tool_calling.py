@@ -123,8 +123,8 @@ def test_constrained_tool_choice_returns_valid_calls(
     assert [(c["name"], c["arguments"]) for c in calls.values()] == [
         (c.function.name, c.function.arguments) for c in choice.message.tool_calls
     ]
-    if len(deltas) > 2:  # the arguments arrive in fragments, not in one piece
-        assert sum(1 for d in deltas if d.index == 0 and not d.id) > 2
+    # the first call's arguments arrive in fragments as they are generated
+    assert sum(1 for d in deltas if d.index == 0 and not d.id) > 2
 
 
 def test_sampled_required_calls_still_validate(server: RunningServer) -> None:
@@ -212,7 +212,13 @@ def test_tool_result_round_trip(server: RunningServer) -> None:
                 "tools": [
                     {
                         "type": "function",
-                        "function": {"name": "f", "parameters": {"type": "wizard"}},
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"a": {"type": "wizard"}},
+                            },
+                        },
                     }
                 ],
                 "tool_choice": "required",
@@ -232,3 +238,88 @@ def test_bad_tool_input_is_400(server: RunningServer, extra: dict, param: str | 
     no_tools = {"model": MODEL_ID, "messages": ASK, "tool_choice": "required"}
     reply = httpx.post(f"{server.url}/v1/chat/completions", json=no_tools, timeout=30)
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "tool_choice"
+
+
+def test_required_call_with_refs_and_two_choices(server: RunningServer) -> None:
+    """Parameters with $defs/$ref (what pydantic produces) constrain as written, and each
+    of n=2 choices returns a valid call."""
+    location = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    parameters = {
+        "type": "object",
+        "properties": {"where": {"$ref": "#/$defs/Location"}},
+        "required": ["where"],
+        "additionalProperties": False,
+        "$defs": {"Location": location},
+    }
+    tools = [{"type": "function", "function": {"name": "locate", "parameters": parameters}}]
+    reply = client(server).chat.completions.create(
+        model=MODEL_ID,
+        messages=ASK,
+        tools=tools,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        n=2,
+        max_tokens=80,
+        temperature=1.0,
+        seed=3,
+    )
+    assert len(reply.choices) == 2
+    for choice in reply.choices:
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "locate"
+        jsonschema.validate(json.loads(call.function.arguments), parameters)
+
+
+@pytest.mark.parametrize(
+    "body_extra, param",
+    [
+        ({"tool_choice": "[" * 3000 + "]" * 3000}, "tool_choice"),  # a string: fine, but 400
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "string"}},
+                    }
+                ]
+            },
+            "tools[0].function.parameters",
+        ),
+    ],
+)
+def test_odd_tool_fields_are_400(server: RunningServer, body_extra: dict, param: str) -> None:
+    body = {"model": MODEL_ID, "messages": ASK, "tools": TOOLS, **body_extra}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+
+
+def test_hostile_nesting_and_history_shapes_never_500(server: RunningServer) -> None:
+    url = f"{server.url}/v1/chat/completions"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "tool_choice": %s}'
+    reply = httpx.post(
+        url,
+        content=body % (MODEL_ID.encode(), deep),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert reply.status_code == 400, reply.text
+    bad_call = {"role": "assistant", "content": None, "tool_calls": [{"function": "x"}]}
+    reply = httpx.post(url, json={"model": MODEL_ID, "messages": ASK + [bad_call]}, timeout=30)
+    assert reply.status_code == 400
+    assert "tool_calls[0].function" in reply.json()["error"]["message"]
+    # arguments that are not JSON (or absurdly nested) are shown to the model as sent
+    odd_args = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c", "function": {"name": "get_time", "arguments": "[" * 3000}}],
+    }
+    tokens = httpx.post(f"{server.url}/tokenize", json={"messages": ASK + [odd_args]}, timeout=30)
+    assert tokens.status_code == 200, tokens.text
