@@ -160,6 +160,10 @@ class JWKSServer:
     keys: list[SigningKey] = field(default_factory=list)
     fetches: int = 0
     port: int = 0
+    status: int = 200
+    """Another status plays an identity provider that is down."""
+    document: Any = None
+    """Served instead of the keys when set (a broken JWKS)."""
 
     @property
     def url(self) -> str:
@@ -175,7 +179,13 @@ class JWKSServer:
                     self.send_error(404)
                     return
                 outer.fetches += 1
-                body = json.dumps({"keys": [k.public_jwk() for k in outer.keys]}).encode()
+                if outer.status != 200:
+                    self.send_error(outer.status)
+                    return
+                document = outer.document
+                if document is None:
+                    document = {"keys": [k.public_jwk() for k in outer.keys]}
+                body = json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))

@@ -38,7 +38,8 @@ def admin_blueprint(guard: Guard) -> Blueprint:
             raw = await request.get_data(cache=False)
             try:
                 body = msgspec.json.decode(raw) if raw else {}
-            except msgspec.DecodeError as exc:
+            # Bad UTF-8 raises UnicodeDecodeError (a ValueError), not a DecodeError.
+            except (msgspec.DecodeError, ValueError) as exc:
                 raise APIError(
                     400, f"request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None

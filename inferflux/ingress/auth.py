@@ -22,20 +22,30 @@ import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from actors import ActorError, ActorRef
+from actors import ActorError, ActorRef, CallTimeout
 
 from ..policy.messages import Access, Authorize, Decision
 from .errors import APIError
-from .guard import Guard, Ticket, watch
+from .guard import Guard, StreamBody, Ticket, end, watch
 
 if TYPE_CHECKING:
     from .app import Frontend
 
-__all__ = ["Guard", "admit", "authorize_request", "install", "watch"]
+__all__ = [
+    "Guard",
+    "StreamBody",
+    "admit",
+    "ask_policy",
+    "authorize_request",
+    "end",
+    "install",
+    "watch",
+]
 
 log = logging.getLogger("inferflux.ingress")
 
 POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
+POLICY_CALL_TIMEOUT_S = 5.0  # one decision (a JWKS fetch or an OPA call take less)
 
 _ERROR_TYPES = {
     401: "authentication_error",
@@ -79,12 +89,22 @@ def api_error(decision: Decision) -> APIError:
 
 
 async def ask_policy(policy: ActorRef, message: Any) -> Decision:
-    """Call the policy actor, retrying while it restarts (a decision it never gave has no
-    effect to repeat)."""
+    """Call the policy actor, retrying while it restarts (a crashed actor's decision was
+    never given, and a restarted one has fresh buckets: nothing is charged twice). A
+    timeout is not retried: the actor may still be deciding, and would then charge the
+    request's rate and tokens a second time, the first charge never settled."""
     deadline = trio.current_time() + POLICY_RETRY_WINDOW_S
     while True:
         try:
-            return await policy.call(message, timeout_s=5)
+            return await policy.call(message, timeout_s=POLICY_CALL_TIMEOUT_S)
+        except CallTimeout:
+            raise APIError(
+                503,
+                "policy check timed out",
+                type="service_unavailable",
+                code="policy_timeout",
+                retry_after_s=2,
+            ) from None
         except ActorError as exc:
             if trio.current_time() > deadline:
                 raise APIError(
@@ -105,6 +125,16 @@ def authorize_request(
     guard = front.guard
     if guard is None:
         return Authorize(seq_id, front.model_id, len(prompt), trace_id=g.trace_id)
+    logprobs = getattr(req, "logprobs", None)
+    if guard.blocklist and logprobs is not None and logprobs is not False:
+        # The top alternatives of each token would show what the output blocklist cuts
+        # from the text: refused outright rather than filtered (nothing to get wrong).
+        raise APIError(
+            400,
+            "logprobs are not available on this server (an output blocklist is configured)",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
     text = front.tokenizer.detokenize(prompt) if guard.needs_prompt_text else ""
     g.prompt_text = text
     return Authorize(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import IO
@@ -55,7 +56,10 @@ class AuditLog:
     _encoder: msgspec.json.Encoder = field(default_factory=msgspec.json.Encoder, repr=False)
 
     def open(self) -> None:
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        # 0600: the log names principals and, with audit_debug, holds prompts in clear.
+        # (The mode applies when the file is created; an existing file keeps its own.)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "ab", buffering=0)  # closed in close()
         if self.debug:
             log.warning(
                 "audit log %s holds prompts and completions in clear (audit_debug)", self.path

@@ -82,8 +82,9 @@ def add_commands(commands: Any) -> None:
     )
     limit_set = limits.add_parser("set", help="set a principal's (or role:NAME, *) limits")
     limit_set.add_argument("principal")
-    limit_set.add_argument("--rpm", type=int, default=0, help="requests per minute (0: none)")
-    limit_set.add_argument("--tpm", type=int, default=0, help="tokens per minute (0: none)")
+    # Left out: inherited (role:NAME, *, the server default); 0: unlimited.
+    limit_set.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")
+    limit_set.add_argument("--tpm", type=int, help="tokens per minute (0: unlimited)")
     store_args(limit_set)
     store_args(limits.add_parser("list", help="list limits"))
     limit_delete = limits.add_parser("delete", help="delete a principal's limits")
@@ -179,7 +180,8 @@ def _dispatch(args: argparse.Namespace, store: PolicyStore) -> int:
             {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm}, ops.LimitRequest
         )
         store.update(lambda data: ops.put_limit(data, args.principal, limit))
-        print(f"limits of {args.principal}: {args.rpm} requests/min, {args.tpm} tokens/min")
+        shown = json.dumps(ops.limits_view(store.data)[args.principal])
+        print(f"limits of {args.principal}: {shown} (a field not shown is inherited)")
         return 0
     if command == "limits" and action == "delete":
         store.update(lambda data: ops.delete_limit(data, args.principal))

@@ -160,11 +160,22 @@ class Policy:
             return deny(
                 403, "the prompt contains blocked content", "content_blocked", principal=pid
             )
+        limit, choices = self._limit(who), max(1, message.choices)
         completion = message.max_tokens
         if completion is None:
             completion = message.room if ceiling is None else min(message.room, ceiling)
-        reserved = message.prompt_tokens + completion * max(1, message.choices)
-        refusal = self.limiter.admit_tokens(pid, self._limit(who), reserved)
+            # A request that sets no max_tokens is clamped to what the token rate can
+            # ever hold, rather than refused forever for the context window it did not ask for.
+            fits = (limit.tokens_per_minute or 0) - message.prompt_tokens
+            if limit.tokens_per_minute and 1 <= fits // choices < completion:
+                completion = ceiling = fits // choices
+        reserved = message.prompt_tokens + completion * choices
+        refusal = self.limiter.admit_tokens(pid, limit, reserved)
+        if refusal is not None and refusal.never:
+            # No wait will ever let it pass: a 429 would only make SDKs retry it.
+            return deny(
+                400, refusal.message, "tokens_exceed_limit", param="max_tokens", principal=pid
+            )
         if refusal is not None:
             return self._over(refusal, pid)
         if self.opa is not None:
@@ -172,7 +183,13 @@ class Policy:
             if not verdict.allowed:
                 self.limiter.give_back_tokens(pid, reserved)
                 if verdict.unavailable:
-                    return deny(503, verdict.reason, "policy_unavailable", retry_after_s=2)
+                    return deny(
+                        503,
+                        verdict.reason,
+                        "policy_unavailable",
+                        retry_after_s=2,
+                        principal=pid,
+                    )
                 reason = verdict.reason or "denied by policy"
                 return deny(403, f"denied by policy: {reason}", "policy_denied", principal=pid)
         return Decision(allowed=True, principal=pid, max_tokens=ceiling, reserved_tokens=reserved)

@@ -62,6 +62,8 @@ class Refusal:
     limit: str
     retry_after_s: int
     message: str
+    never: bool = False
+    """The request needs more than the whole limit: no retry can pass (a 400, not 429)."""
 
 
 class RateLimiter:
@@ -92,7 +94,7 @@ class RateLimiter:
                 del self._buckets[key]
 
     def admit_request(self, principal: str, limit: Limit) -> Refusal | None:
-        if limit.requests_per_minute <= 0:
+        if not limit.requests_per_minute:  # None or 0: unlimited
             return None
         bucket = self._bucket(principal, "requests", limit.requests_per_minute)
         wait = bucket.wait_s(1, self.clock())
@@ -107,17 +109,18 @@ class RateLimiter:
         return None
 
     def admit_tokens(self, principal: str, limit: Limit, tokens: int) -> Refusal | None:
-        if limit.tokens_per_minute <= 0:
+        if not limit.tokens_per_minute:  # None or 0: unlimited
             return None
         bucket = self._bucket(principal, "tokens", limit.tokens_per_minute)
         wait = bucket.wait_s(tokens, self.clock())
         if math.isinf(wait):
             return Refusal(
                 "tokens_per_minute",
-                60,
+                0,
                 f"this request needs {tokens} tokens (prompt + max_tokens), more than the "
                 f"limit of {limit.tokens_per_minute} tokens per minute for {principal}; "
                 "lower max_tokens",
+                never=True,
             )
         if wait > 0:
             return Refusal(
@@ -138,17 +141,29 @@ class RateLimiter:
 
 
 def resolve(limits: dict[str, Limit], principal: str, roles: list[str], default: Limit) -> Limit:
-    """The limit that applies: the principal's own entry, else the most generous entry of
-    its roles, else the store's `*` entry, else the configured default."""
-    if principal in limits:
-        return limits[principal]
+    """The limit that applies, each field on its own: the principal's own entry, else the
+    most generous entry of its roles that sets it, else the store's `*` entry, else the
+    configured default. A field nobody sets is 0 (unlimited)."""
+    own = limits.get(principal)
     by_role = [limits[f"role:{r}"] for r in roles if f"role:{r}" in limits]
-    if by_role:
-        return Limit(
-            requests_per_minute=_most(x.requests_per_minute for x in by_role),
-            tokens_per_minute=_most(x.tokens_per_minute for x in by_role),
-        )
-    return limits.get("*", default)
+    rest = [x for x in (limits.get("*"), default) if x is not None]
+
+    def field(get: Callable[[Limit], int | None]) -> int:
+        if own is not None and get(own) is not None:
+            return get(own) or 0
+        from_roles = [v for v in map(get, by_role) if v is not None]
+        if from_roles:
+            return _most(from_roles)
+        for entry in rest:
+            value = get(entry)
+            if value is not None:
+                return value
+        return 0
+
+    return Limit(
+        requests_per_minute=field(lambda x: x.requests_per_minute),
+        tokens_per_minute=field(lambda x: x.tokens_per_minute),
+    )
 
 
 def _most(values: Iterable[int]) -> int:

@@ -61,6 +61,7 @@ class OIDCVerifier:
         self.clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._failed = False  # the last fetch failed (the keys are those of an earlier one)
         self._lock = trio.Lock()
         self._ssl = ssl.create_default_context(cafile=settings.ca_file or certifi.where())
 
@@ -119,6 +120,8 @@ class OIDCVerifier:
             if not recent:
                 await self._fetch()
         if kid not in self._keys:
+            if self._failed and not self._keys:
+                raise TokenError("the identity provider's keys are unavailable")
             raise TokenError(f"unknown signing key id {kid!r}")
         return self._keys[kid]
 
@@ -130,22 +133,25 @@ class OIDCVerifier:
                 response.raise_for_status()
                 document = response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            # Keep the keys we have: an IdP outage must not log everyone out at once.
+            # Keep the keys we have: an IdP outage must not log everyone out at once. The
+            # failure counts as a fetch too, so the refresh rate limit holds while the IdP
+            # is down (else every token would make one more request to it).
             log.error("cannot fetch JWKS from %s: %s", url, exc)
-            if not self._keys:
-                raise TokenError("the identity provider's keys are unavailable") from None
-            self._fetched_at = self.clock()
+            self._fetched_at, self._failed = self.clock(), True
             return
+        entries = document.get("keys") if isinstance(document, dict) else None
         keys: dict[str, jwt.PyJWK] = {}
-        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
             try:
                 key = jwt.PyJWK(entry)
-            except jwt.PyJWTError as exc:
+            except Exception as exc:  # noqa: BLE001 - PyJWK raises more than PyJWTError on junk
                 log.warning("JWKS key %r skipped: %s", entry.get("kid"), exc)
                 continue
             if key.key_id and key.algorithm_name in ALGORITHMS:
                 keys[key.key_id] = key
-        self._keys = keys
+        self._keys, self._failed = keys, False
         self._fetched_at = self.clock()
         log.info("JWKS from %s: %d keys", url, len(keys))
 

@@ -45,8 +45,10 @@ class RoleRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class LimitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    requests_per_minute: NonNegativeInt = 0
-    tokens_per_minute: NonNegativeInt = 0
+    """A field left out (or null) inherits (roles, `*`, the default); 0 is unlimited."""
+
+    requests_per_minute: NonNegativeInt | None = None
+    tokens_per_minute: NonNegativeInt | None = None
 
 
 def parse(body: Any, kind: type[T]) -> T:
@@ -72,9 +74,10 @@ def create_key(data: StoreData, request: KeyRequest) -> tuple[str, ApiKey, Store
     new = copy(data)
     new.keys[record.id] = record
     if request.requests_per_minute is not None or request.tokens_per_minute is not None:
+        # The field not given stays None (inherited), never 0 (unlimited).
         new.limits[record.principal] = Limit(
-            requests_per_minute=request.requests_per_minute or 0,
-            tokens_per_minute=request.tokens_per_minute or 0,
+            requests_per_minute=request.requests_per_minute,
+            tokens_per_minute=request.tokens_per_minute,
         )
     return key, record, new
 
@@ -124,6 +127,10 @@ def delete_role(data: StoreData, name: str) -> StoreData:
 def put_limit(data: StoreData, principal: str, request: LimitRequest) -> StoreData:
     if not principal or len(principal) > 300:
         raise OpError(400, "a limit needs a principal, role:<name> or *", "invalid_value")
+    if request.requests_per_minute is None and request.tokens_per_minute is None:
+        raise OpError(
+            400, "give requests_per_minute and/or tokens_per_minute (0: unlimited)", "invalid_value"
+        )
     new = copy(data)
     new.limits[principal] = Limit(
         requests_per_minute=request.requests_per_minute,

@@ -30,19 +30,25 @@ class Grant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def merge(grants: list[Grant]) -> Grant:
     """The union of several grants (an OIDC principal with several roles): every
-    permission of any of them, and the most permissive ceiling of those that hold it."""
+    permission of any of them, and the most permissive ceiling of the roles that grant
+    `generate`. The ceilings only bound generation, so a role without `generate` (a
+    viewer) has no say in them: letting its "no ceiling" count would lift the ceilings of
+    every generating role it is combined with."""
     if not grants:
         return Grant()
     permissions = sorted({p for g in grants for p in g.permissions}, key=PERMISSIONS.index)
+    generating = [g for g in grants if "generate" in g.permissions]
+    if not generating:
+        return Grant(permissions=permissions)
     models: list[str] = []
-    if all(g.models for g in grants):
-        models = sorted({m for g in grants for m in g.models})
+    if all(g.models for g in generating):
+        models = sorted({m for g in generating for m in g.models})
     max_tokens = None
-    if all(g.max_tokens is not None for g in grants):
-        max_tokens = max(g.max_tokens for g in grants if g.max_tokens is not None)
+    if all(g.max_tokens is not None for g in generating):
+        max_tokens = max(g.max_tokens for g in generating if g.max_tokens is not None)
     max_priority = None
-    if all(g.max_priority is not None for g in grants):
-        max_priority = max(g.max_priority for g in grants if g.max_priority is not None)
+    if all(g.max_priority is not None for g in generating):
+        max_priority = max(g.max_priority for g in generating if g.max_priority is not None)
     return Grant(
         permissions=permissions, models=models, max_tokens=max_tokens, max_priority=max_priority
     )
@@ -78,18 +84,37 @@ class ApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         }
 
 
-class Limit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    requests_per_minute: int = 0
-    """0: unlimited."""
-    tokens_per_minute: int = 0
-    """Prompt + max_tokens reserved at admission, the unused part given back at the end;
-    0: unlimited."""
+class Limit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Each field separately: None inherits it (roles, then `*`, then the configured
+    default), 0 lifts it explicitly (unlimited), N is the limit. Setting one field of a
+    principal must not lift the other one, so "not set" and "unlimited" differ."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    """Prompt + max_tokens reserved at admission, the unused part given back at the end."""
+
+
+STORE_VERSION = 2
 
 
 class StoreData(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    version: int = 1
+    version: int = STORE_VERSION
     keys: dict[str, ApiKey] = {}
     roles: dict[str, Grant] = {}
     limits: dict[str, Limit] = {}
     """By principal (`key:<id>`, `oidc:<sub>`, `anonymous`), by role (`role:<name>`), or
     `*` for everyone without a more specific entry."""
+
+
+def upgrade(data: StoreData) -> StoreData:
+    """Version 1 stored an unset limit field as 0, which also meant unlimited: a key
+    created with only a request rate had no token rate at all. Read those zeros as "not
+    set" (inherit), the reading that never grants more than was asked for."""
+    if data.version < 2:
+        for name, limit in data.limits.items():
+            data.limits[name] = Limit(
+                requests_per_minute=limit.requests_per_minute or None,
+                tokens_per_minute=limit.tokens_per_minute or None,
+            )
+        data.version = STORE_VERSION
+    return data

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .records import StoreData
+from .records import StoreData, upgrade
 
 MAGIC = b"IFXPOL1\n"
 KEY_ENV = "INFERFLUX_POLICY_KEY"
@@ -161,7 +161,7 @@ class PolicyStore:
                 "--policy-key-file) or the file was altered"
             ) from None
         try:
-            return msgspec.json.decode(plain, type=StoreData)
+            return upgrade(msgspec.json.decode(plain, type=StoreData))
         except msgspec.DecodeError as exc:
             raise PolicyStoreError(f"policy store {self.path} holds invalid data: {exc}") from None
 

@@ -144,6 +144,16 @@ def test_missing_wrong_and_revoked_keys_get_401(setup: Setup) -> None:
     assert bare.headers["www-authenticate"].startswith("Bearer")
     assert bare.json()["error"]["code"] == "missing_api_key"
     assert bare.json()["error"]["type"] == "authentication_error"
+    stream = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    for path, body in (
+        ("/tokenize", {"prompt": "hi"}),
+        ("/detokenize", {"tokens": [1, 2]}),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": "hi"}),
+        ("/v1/chat/completions", stream),
+    ):
+        refused = httpx.post(f"{url}{path}", json=body)
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "missing_api_key", path
     with pytest.raises(openai.AuthenticationError) as wrong:
         chat(setup, "ifx_0123456789ab_" + "x" * 43)
     assert wrong.value.body["code"] == "invalid_api_key"
@@ -282,9 +292,13 @@ def test_over_the_token_rate_answers_429(setup: Setup) -> None:
             chat(setup, made["key"], max_tokens=80)
     assert refused.value.response.headers["retry-after"].isdigit()
     assert "tokens per minute" in refused.value.body["message"]
-    with pytest.raises(openai.RateLimitError) as never:
+    # More than the whole limit: no retry can pass, so not a 429 (SDKs retry those).
+    with pytest.raises(openai.BadRequestError) as never:
         chat(setup, made["key"], max_tokens=500)
+    assert never.value.body["code"] == "tokens_exceed_limit"
+    assert never.value.body["param"] == "max_tokens"
     assert "lower max_tokens" in never.value.body["message"]
+    assert "retry-after" not in never.value.response.headers
 
 
 def test_a_limit_holds_across_concurrent_connections(setup: Setup) -> None:
@@ -322,9 +336,9 @@ def test_admin_api_changes_apply_without_restart(setup: Setup) -> None:
         json={"requests_per_minute": 1},
     )
     assert limited.status_code == 200
+    # Only what was set: the token rate is still inherited (`*`, the server default).
     assert httpx.get(f"{url}/v1/admin/limits", headers=admin).json()[fresh["principal"]] == {
         "requests_per_minute": 1,
-        "tokens_per_minute": 0,
     }
     chat(setup, fresh["key"])
     with pytest.raises(openai.RateLimitError):
@@ -340,6 +354,13 @@ def test_admin_api_changes_apply_without_restart(setup: Setup) -> None:
     bad = httpx.post(f"{url}/v1/admin/keys", headers=admin, json={"name": "x", "scopes": []})
     assert bad.status_code == 400 and bad.json()["error"]["param"] is None
     assert httpx.post(f"{url}/v1/admin/keys", headers=admin, content=b"{").status_code == 400
+    not_utf8 = httpx.post(
+        f"{url}/v1/admin/keys", headers=admin, content=b'{"name": "\xff\xfe", "scopes": []}'
+    )
+    assert not_utf8.status_code == 400
+    assert not_utf8.json()["error"]["code"] == "invalid_json"
+    not_utf8_put = httpx.put(f"{url}/v1/admin/roles/r", headers=admin, content=b"\xc3\x28")
+    assert not_utf8_put.status_code == 400
     assert httpx.delete(f"{url}/v1/admin/keys/nope", headers=admin).status_code == 404
     user = {"authorization": f"Bearer {setup.keys['user']}"}
     denied = httpx.get(f"{url}/v1/admin/keys", headers=user)
@@ -478,6 +499,51 @@ def test_a_stream_the_client_leaves_still_gets_its_audit_line(setup: Setup) -> N
     (line,) = [json.loads(x) for x in setup.audit.read_text().splitlines() if trace in x]
     assert line["decision"] == "allow" and 0 < line["completion_tokens"] < 400
     assert line["finish_reason"] == "aborted"
+    assert (line["status"], line["reason"]) == (499, "client_gone")  # not a 200
+
+
+def test_logprobs_are_refused_while_an_output_blocklist_is_configured(setup: Setup) -> None:
+    # The top alternatives of each token would show what the blocklist cuts from the text.
+    c = client(setup, setup.keys["user"])
+    with pytest.raises(openai.BadRequestError) as chat_logprobs:
+        chat(setup, setup.keys["user"], logprobs=True, top_logprobs=5)
+    assert chat_logprobs.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as text_logprobs:
+        c.completions.create(model=MODEL_ID, prompt="One, two,", max_tokens=4, logprobs=5)
+    assert text_logprobs.value.body["param"] == "logprobs"
+    assert c.completions.create(model=MODEL_ID, prompt="One, two,", max_tokens=4).choices
+
+
+def test_n_choices_reserve_max_tokens_each_and_settle_to_what_was_used(setup: Setup) -> None:
+    url, admin = setup.server.url, {"authorization": f"Bearer {setup.keys['admin']}"}
+    prompt = "One, two, three, four,"  # greedy: " five, six, ..."; stopped at " six"
+    body = {"model": MODEL_ID, "prompt": prompt, "temperature": 0, "stop": [" six"]}
+    measured = httpx.post(f"{url}/v1/completions", headers=admin, json=body | {"max_tokens": 1})
+    p = measured.json()["usage"]["prompt_tokens"]
+    made = httpx.post(
+        f"{url}/v1/admin/keys",
+        headers=admin,
+        json={"name": "choices", "scopes": ["generate"], "tokens_per_minute": p + 250},
+    ).json()
+    headers = {"authorization": f"Bearer {made['key']}"}
+    # n=2 reserves prompt + 2 x max_tokens: 2 x 126 is over the limit, 1 x 126 is not.
+    over = httpx.post(
+        f"{url}/v1/completions", headers=headers, json=body | {"max_tokens": 126, "n": 2}
+    )
+    assert over.status_code == 400 and over.json()["error"]["code"] == "tokens_exceed_limit"
+    assert str(p + 252) in over.json()["error"]["message"]
+    # Reserve prompt + 200 of prompt + 250, use a few: what was not used comes back, so the
+    # same request passes again at once (without it, 50 tokens and ~4/s of refill).
+    for _ in range(2):
+        both = httpx.post(
+            f"{url}/v1/completions",
+            headers=headers,
+            json=body | {"max_tokens": 100, "n": 2},
+            timeout=120,
+        )
+        assert both.status_code == 200, both.text
+        assert len(both.json()["choices"]) == 2
+        assert both.json()["usage"]["completion_tokens"] < 40
 
 
 def test_server_refuses_to_start_without_the_right_key(setup: Setup, tmp_path: Path) -> None:

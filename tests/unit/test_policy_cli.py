@@ -37,6 +37,7 @@ def test_keys_create_list_revoke(capsys: pytest.CaptureFixture[str], store: str)
     (record,) = data.keys.values()
     assert record.sha256 == hash_key(key) and record.grant.models == ["m1", "m2"]
     assert record.grant.max_tokens == 50 and data.limits[record.principal].requests_per_minute == 10
+    assert data.limits[record.principal].tokens_per_minute is None  # inherited, not unlimited
     code, out, _ = run(capsys, "keys", "list", "--store", store)
     assert code == 0 and record.id in out and "active" in out and key not in out
     assert run(capsys, "keys", "revoke", "ci", "--store", store)[0] == 0  # by unique name
@@ -59,6 +60,11 @@ def test_roles_and_limits(capsys: pytest.CaptureFixture[str], store: str) -> Non
                "--store", store)[0] == 0  # fmt: skip
     limits = json.loads(run(capsys, "limits", "list", "--store", store)[1])
     assert limits == {"role:analyst": {"requests_per_minute": 5, "tokens_per_minute": 900}}
+    assert run(capsys, "limits", "set", "*", "--tpm", "0", "--store", store)[0] == 0
+    limits = json.loads(run(capsys, "limits", "list", "--store", store)[1])
+    assert limits["*"] == {"tokens_per_minute": 0}  # explicitly unlimited; rpm inherited
+    code, _, err = run(capsys, "limits", "set", "*", "--store", store)
+    assert code == 2 and "requests_per_minute" in err
     assert run(capsys, "limits", "delete", "role:analyst", "--store", store)[0] == 0
     assert run(capsys, "roles", "delete", "analyst", "--store", store)[0] == 0
     assert json.loads(run(capsys, "roles", "list", "--store", store)[1]) == {}

@@ -10,9 +10,14 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors import ActorRef, Registry
 from inferflux.config import ConfigError, PolicyConfig, load_config
+from inferflux.ingress import auth, guard
 from inferflux.ingress.auth import required_permission
+from inferflux.ingress.errors import APIError
 from inferflux.policy import ops
+from inferflux.policy.actor import PolicyActor
+from inferflux.policy.audit import AuditLog
 from inferflux.policy.engine import Policy
 from inferflux.policy.guardrails import Blocklist, OPAClient
 from inferflux.policy.limits import RateLimiter
@@ -292,3 +297,90 @@ def test_policy_config_from_environment() -> None:
         load_config(env={"INFERFLUX_POLICY_BLOCKLIST": "not json"})
     with pytest.raises(ConfigError, match="auth"):
         load_config(env={"INFERFLUX_POLICY_AUTH": "maybe"})
+
+
+async def test_a_request_over_the_whole_token_limit_is_a_400_not_a_retry(tmp_path: Path) -> None:
+    store, keys = store_with(
+        tmp_path, k=ops.KeyRequest(name="k", scopes=["generate"], tokens_per_minute=100)
+    )
+    p = policy(store)
+    never = await p.authorize(ask(keys["k"], max_tokens=95))  # 10 + 95 > 100, ever
+    assert (never.status, never.code, never.param) == (400, "tokens_exceed_limit", "max_tokens")
+    assert never.retry_after_s is None
+    # No max_tokens: clamped to what the limit can hold (100 - 10), not refused for the
+    # context window (room 500) it never asked for.
+    fitted = await p.authorize(ask(keys["k"], room=500))
+    assert fitted.allowed and fitted.max_tokens == 90 and fitted.reserved_tokens == 100
+    two = await p.authorize(ask(keys["k"], room=500, choices=2, prompt_tokens=0))
+    assert two.status == 429  # the bucket is spent; n=2 would get 50 each once it refills
+
+
+async def test_an_opa_outage_denial_names_the_principal(tmp_path: Path) -> None:
+    store, keys = store_with(tmp_path, k=ops.KeyRequest(name="k", scopes=["generate"]))
+    client = OPAClient("http://127.0.0.1:9/v1/data/x", timeout_s=0.5, fail_open=False)
+    try:
+        decision = await policy(store, opa=client).authorize(ask(keys["k"]))
+    finally:
+        await client.aclose()
+    assert (decision.status, decision.code) == (503, "policy_unavailable")
+    assert decision.principal.startswith("key:")
+
+
+async def test_a_timed_out_policy_call_is_not_retried(
+    opa: OPAServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The actor goes on deciding after the caller gave up: a retry would charge the
+    # request's rate and tokens twice (the first charge never settled).
+    monkeypatch.setattr(auth, "POLICY_CALL_TIMEOUT_S", 0.2)
+    opa.delay_s = 0.5
+    client = OPAClient(opa.url, timeout_s=5, fail_open=False)
+    registry = Registry()
+    actor = PolicyActor(
+        "policy",
+        make_policy=lambda: policy(None, auth_required=False, opa=client),
+        in_registry=registry,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        with pytest.raises(APIError) as timed_out:
+            await auth.ask_policy(ActorRef("policy", registry), ask("", max_tokens=5))
+        assert (timed_out.value.status, timed_out.value.code) == (503, "policy_timeout")
+        await trio.sleep(1.5)  # anything retried would have reached OPA by now
+        assert len(opa.inputs) == 1
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+
+
+async def test_an_evicted_ticket_is_audited_but_never_refunded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The oldest open ticket may belong to a generation still running: refunding its
+    # reservation would let its principal overspend.
+    monkeypatch.setattr(guard, "MAX_OPEN_TICKETS", 1)
+    store, keys = store_with(
+        tmp_path, k=ops.KeyRequest(name="k", scopes=["generate"], tokens_per_minute=100)
+    )
+    registry = Registry()
+    actor = PolicyActor("policy", make_policy=lambda: policy(store), in_registry=registry)
+    ref = ActorRef("policy", registry)
+    audit = AuditLog(str(tmp_path / "audit.jsonl"))
+    held = guard.Guard(ref, audit, Blocklist([]), needs_prompt_text=False)
+
+    def ticket(seq_id: int, decision: Decision) -> guard.Ticket:
+        return guard.Ticket(
+            seq_id, decision.principal, f"t{seq_id}", "POST", "/v1/completions", MODEL, 10, "",
+            decision.reserved_tokens, trio.current_time(),
+        )  # fmt: skip
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        first = await ref.call(ask(keys["k"], max_tokens=50))
+        assert first.allowed and first.reserved_tokens == 60
+        held.open_ticket(ticket(1, first))
+        held.open_ticket(ticket(2, Decision(allowed=True)))  # evicts the first
+        await trio.sleep(0.1)  # a Settle, if any, has landed
+        assert (await ref.call(ask(keys["k"], max_tokens=50))).status == 429
+        nursery.cancel_scope.cancel()
+    audit.close()
+    (line,) = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert '"status":499' in line and '"reason":"evicted"' in line

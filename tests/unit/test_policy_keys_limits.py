@@ -18,7 +18,7 @@ from inferflux.policy.keys import (
     parse_authorization,
 )
 from inferflux.policy.limits import RateLimiter, TokenBucket, resolve
-from inferflux.policy.records import Grant, Limit
+from inferflux.policy.records import Grant, Limit, StoreData, merge, upgrade
 
 B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 token_chars = st.sampled_from("ABCxyz0189-._~+/")
@@ -132,15 +132,50 @@ def test_tokens_per_minute_reserve_and_give_back() -> None:
 
 
 def test_limit_resolution_order() -> None:
-    default = Limit(requests_per_minute=1)
+    default = Limit(requests_per_minute=1, tokens_per_minute=7)
     limits = {
         "key:a": Limit(requests_per_minute=5),
         "role:free": Limit(requests_per_minute=10, tokens_per_minute=100),
         "role:pro": Limit(requests_per_minute=50, tokens_per_minute=0),
         "*": Limit(requests_per_minute=3),
     }
-    assert resolve(limits, "key:a", [], default).requests_per_minute == 5
+    own = resolve(limits, "key:a", [], default)
+    assert (own.requests_per_minute, own.tokens_per_minute) == (5, 7)  # tpm: the default's
     both = resolve(limits, "oidc:x", ["free", "pro"], default)
     assert both.requests_per_minute == 50 and both.tokens_per_minute == 0  # most generous
     assert resolve(limits, "oidc:y", ["other"], default).requests_per_minute == 3
-    assert resolve({}, "oidc:y", [], default) is default
+    assert resolve({}, "oidc:y", [], default) == default
+    assert resolve({}, "oidc:y", [], Limit()) == Limit(requests_per_minute=0, tokens_per_minute=0)
+
+
+def test_setting_one_limit_of_a_principal_keeps_the_others() -> None:
+    server = Limit(tokens_per_minute=5000)
+    limits = {"key:a": Limit(requests_per_minute=10), "*": Limit(requests_per_minute=100)}
+    got = resolve(limits, "key:a", [], server)
+    assert (got.requests_per_minute, got.tokens_per_minute) == (10, 5000)
+    limits["role:r"] = Limit(tokens_per_minute=300)
+    got = resolve(limits, "key:a", ["r"], server)
+    assert (got.requests_per_minute, got.tokens_per_minute) == (10, 300)
+    limits["key:a"] = Limit(requests_per_minute=10, tokens_per_minute=0)  # explicit: unlimited
+    assert resolve(limits, "key:a", ["r"], server).tokens_per_minute == 0
+    limiter = RateLimiter(FakeClock())
+    limit = resolve({"key:b": Limit(requests_per_minute=10)}, "key:b", [], server)
+    assert limiter.admit_tokens("key:b", limit, 5001) is not None
+
+
+def test_version_1_stores_read_zero_as_not_set() -> None:
+    old = StoreData(version=1, limits={"key:a": Limit(requests_per_minute=10, tokens_per_minute=0)})
+    new = upgrade(old)
+    assert new.version == 2 and new.limits["key:a"] == Limit(requests_per_minute=10)
+
+
+def test_a_role_without_generate_never_lifts_generation_ceilings() -> None:
+    analyst = Grant(permissions=["generate"], models=["m"], max_tokens=16, max_priority=0)
+    viewer = Grant(permissions=["models:read"])
+    both = merge([analyst, viewer])
+    assert both.permissions == ["generate", "models:read"]
+    assert (both.models, both.max_tokens, both.max_priority) == (["m"], 16, 0)
+    wide = Grant(permissions=["generate"], max_tokens=64)
+    widest = merge([analyst, viewer, wide])  # two generating roles: the most permissive
+    assert (widest.models, widest.max_tokens, widest.max_priority) == ([], 64, None)
+    assert merge([viewer, Grant(permissions=["admin"])]).max_tokens is None

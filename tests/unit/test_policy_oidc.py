@@ -157,3 +157,42 @@ async def test_the_jwks_is_cached_for_its_ttl(jwks: JWKSServer, tls: TLSFiles) -
     now[0] += 2  # past the TTL: fetched again, even for a known kid
     await v.verify(token(RSA))
     assert jwks.fetches == 2
+
+
+async def test_a_down_idp_is_asked_at_most_once_per_refresh_interval(
+    jwks: JWKSServer, tls: TLSFiles
+) -> None:
+    now = [1000.0]
+    settings = OIDCSettings(
+        ISSUER, AUDIENCE, jwks.url, ca_file=tls.ca, jwks_ttl_s=300, jwks_refresh_min_s=10
+    )
+    v = OIDCVerifier(settings, lambda: now[0])
+    jwks.status = 503  # down, and nothing cached yet
+    for _ in range(5):
+        with pytest.raises(TokenError, match="unavailable"):
+            await v.verify(token(RSA))
+    assert jwks.fetches == 1
+    now[0] += 11
+    jwks.status = 200  # back: the next refresh finds the keys
+    assert (await v.verify(token(RSA))).subject == "alice"
+    assert jwks.fetches == 2
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"keys": "not a list"},
+        {"keys": ["a string", 3, None, ["nested"]]},
+        {"keys": [{"kty": "RSA", "kid": "junk", "n": 5, "e": []}, {"kty": 7}]},
+        ["not", "an", "object"],
+    ],
+)
+async def test_a_malformed_jwks_refuses_tokens_cleanly(
+    jwks: JWKSServer, tls: TLSFiles, document: object
+) -> None:
+    jwks.document = document
+    v = verifier(jwks, tls, jwks_refresh_min_s=10)
+    for _ in range(3):
+        with pytest.raises(TokenError, match="unknown signing key"):
+            await v.verify(token(RSA))
+    assert jwks.fetches == 1
