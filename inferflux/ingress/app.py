@@ -20,7 +20,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors import ActorError, ActorInfo, ActorRef
+from actors import ActorInfo, ActorRef
 
 from ..messages import SamplingParams
 from ..metrics import Metrics
@@ -29,7 +29,7 @@ from ..policy.actor import Authorize, Decision
 from ..scheduler.messages import Submit
 from ..tracing import RequestTracer
 from ..worker.llama import Model
-from .auth import Guard, admit, authorize_request, watch
+from .auth import Guard, StreamBody, admit, ask_policy, authorize_request, end, watch
 from .auth import install as install_policy
 from .choices import Choice
 from .errors import APIError, from_decode_error
@@ -43,6 +43,7 @@ from .generation import (
     request_id,
     sibling,
     sse,
+    start_all,
     total_usage,
 )
 from .openai_types import (
@@ -73,7 +74,7 @@ def logit_bias(biases: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int
     """OpenAI's logit_bias ({"token id": bias in [-100, 100]}) checked against the vocab."""
     checked = []
     for key, bias in (biases or {}).items():
-        if not key.lstrip("-").isdigit() or not 0 <= int(key) < n_vocab:
+        if not re.fullmatch(r"-?[0-9]{1,9}", key) or not 0 <= int(key) < n_vocab:
             raise APIError(
                 400,
                 f"logit_bias keys must be token ids in [0, {n_vocab}), got {key!r}",
@@ -90,8 +91,6 @@ def logit_bias(biases: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int
         checked.append((int(key), float(bias)))
     return tuple(checked)
 
-
-POLICY_RETRY_WINDOW_S = 5.0  # how long a request waits for a restarting policy actor
 
 log = logging.getLogger("inferflux.ingress")
 
@@ -242,9 +241,16 @@ def create_app(front: Frontend) -> QuartTrio:
         tools = await plan_tools(
             front.tokenizer, chat.tools, chat.tool_choice, chat.parallel_tool_calls
         )
-        grammar = tools.grammar or await response_format_grammar(
-            front.tokenizer, chat.response_format
-        )
+        format_grammar = await response_format_grammar(front.tokenizer, chat.response_format)
+        if tools.grammar and format_grammar:
+            raise APIError(
+                400,
+                "response_format cannot be combined with tool_choice required or a named "
+                "function: the output is then the tool call",
+                param="response_format",
+                code="invalid_value",
+            )
+        grammar = tools.grammar or format_grammar
         prompt = _chat_prompt(chat.messages, tools)
         max_tokens = chat.max_completion_tokens or chat.max_tokens
         submit = await _prepare(
@@ -365,6 +371,8 @@ def create_app(front: Frontend) -> QuartTrio:
             raise APIError(
                 400, f"request body is not valid UTF-8 JSON: {exc}", code="invalid_json"
             ) from None
+        except RecursionError:  # free-form fields (tools, tool_choice) nested absurdly deep
+            raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
 
     async def _read_body() -> bytes:
         length = request.content_length
@@ -442,22 +450,9 @@ def create_app(front: Frontend) -> QuartTrio:
         return Submit(seq_id, prompt, sampling, req.priority, g.trace_id)
 
     async def _authorize(request: Authorize) -> Decision:
-        """Ask the policy actor; a denial raises (401/403/429). It is restarted if it
-        crashes, and a restarted actor has fresh rate buckets, so a crash or a restart in
-        progress is retried for a few seconds without double charging."""
-        deadline = trio.current_time() + POLICY_RETRY_WINDOW_S
-        while True:
-            try:
-                return admit(front, request, await front.policy.call(request, timeout_s=5))
-            except ActorError as exc:
-                if trio.current_time() > deadline:
-                    raise APIError(
-                        503,
-                        f"policy unavailable: {exc}",
-                        type="service_unavailable",
-                        retry_after_s=2,
-                    ) from None
-                await trio.sleep(0.05)
+        """Ask the policy actor (a crash or restart is retried, a timeout is not: see
+        ask_policy); a denial raises (401/403/429)."""
+        return admit(front, request, await ask_policy(front.policy, request))
 
     async def _respond(
         submit: Submit, req: Any, kind: str, echo: str = "", tools: ToolPlan | None = None
@@ -484,17 +479,20 @@ def create_app(front: Frontend) -> QuartTrio:
         ]
         try:
             # The first choice starts alone: once its first token is out its prompt is
-            # resident, and the other choices copy those KV cells instead of recomputing.
-            for generation in generations:
-                await generation.start()
-        except BaseException:
+            # resident; the others then start together and copy those KV cells.
+            await generations[0].start()
+            await start_all(generations[1:])
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
                 for generation in generations:
                     await generation.close()
+                end(front, submit.seq_id, exc)  # its audit line, its tokens back (499 if gone)
             raise
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = _stream(generations, choices, kind, include_usage)
+            # StreamBody: closed (generations, audit ticket) even if never iterated.
+            stream = _stream(generations, choices, kind, include_usage)
+            body = StreamBody(front, generations, stream)
             return Response(
                 body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
             )
@@ -561,12 +559,11 @@ def create_app(front: Frontend) -> QuartTrio:
                     yield part_chunk(choice, {"text": choice.text[0]}, None)
             async for i, delta in watch(front, generations, merged(generations, front.nursery)):
                 choice = choices[i]
-                offset = len("".join(choice.text))
                 parts = choice.add(delta)
                 logprobs = (
                     choice.chat_logprobs(delta.logprobs)
                     if kind == "chat"
-                    else choice.completion_logprobs(delta.logprobs, offset)
+                    else choice.completion_logprobs(delta.logprobs)
                 )
                 if delta.logprobs and not parts:
                     parts = [{} if kind == "chat" else {"text": ""}]
