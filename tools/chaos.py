@@ -4,7 +4,8 @@
     python tools/chaos.py --profile soak --seed 7 --duration 1800
 
 1. Starts `inferflux run --chaos` (the real default model) and drives the request mix once
-   undisturbed, at temperature 0 or with a seed, to get reference outputs.
+   undisturbed, at temperature 0 or with a seed, to get reference outputs; about one
+   request in seven is constrained by a JSON schema (response_format).
 2. Drives the same mix again while the nemesis, every few seconds, does one of: SIGKILL or
    SIGSEGV the worker process, SIGSTOP it for a while then SIGCONT, raise an exception
    inside an actor (the worker in its process, its proxy, the scheduler or the policy,
@@ -12,7 +13,8 @@
    while. Some clients hang up mid-stream on purpose.
 3. Heals everything, waits for quiescence, stops the server with SIGTERM, and checks:
    every request got exactly one terminal outcome; every completed stream equals its
-   reference token for token (nothing lost, nothing duplicated); no sequence running or
+   reference token for token (nothing lost, nothing duplicated), and a constrained one
+   that finished is JSON; no sequence running or
    waiting and no slot held at quiescence; restarts within the supervisor's intensity;
    no orphan worker process; no leaked ipc socket file.
 Prints the seed and `chaos: F faults, R requests, L lost, D dup`; exits 1 on a violation.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import random
 import re
@@ -87,19 +90,49 @@ class Report:
     outcomes: dict[int, list[Outcome]] = field(default_factory=dict)
 
 
+# Some requests are constrained by a JSON schema: their grammar state must survive every
+# fault too (rebuilt from the sent tokens on recompute).
+STRUCTURED = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "note",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "maxLength": 30},
+                "mood": {"enum": ["calm", "curious", "tense"]},
+                "points": {
+                    "type": "array",
+                    "items": {"type": "string", "maxLength": 40},
+                    "minItems": 1,
+                    "maxItems": 4,
+                },
+            },
+            "required": ["topic", "mood", "points"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
 def make_jobs(rng: random.Random, profile: dict) -> list[Job]:
     jobs = []
+    # A separate stream for the structured choice keeps a seed's other draws unchanged.
+    structured = random.Random(rng.random())
     for i in range(profile["requests"]):
         sampled = rng.random() < 0.25
+        sampling: dict = (
+            {"temperature": 0.8, "seed": rng.randint(0, 10_000)} if sampled else {"temperature": 0}
+        )
+        if structured.random() < 0.15:
+            sampling["response_format"] = STRUCTURED
         jobs.append(
             Job(
                 i,
                 rng.choice(PROMPTS),
                 rng.randint(*profile["max_tokens"]),
                 stream=rng.random() < 0.75,
-                sampling={"temperature": 0.8, "seed": rng.randint(0, 10_000)}
-                if sampled
-                else {"temperature": 0},
+                sampling=sampling,
                 hang_up_after=rng.choice([0] * 6 + [3, 8]),
             )
         )
@@ -381,6 +414,11 @@ def check_job(job: Job, outcomes: list[Outcome], ref: Outcome | None) -> list[st
     if got.text == ref.text and got.completion_tokens == ref.completion_tokens:
         if got.finish_reason != ref.finish_reason:
             return [f"request {job.index}: finish {got.finish_reason} != {ref.finish_reason}"]
+        if "response_format" in job.sampling and got.finish_reason == "stop":
+            try:
+                json.loads(got.text)
+            except ValueError:
+                return [f"request {job.index}: constrained output is not JSON: {got.text!r}"]
         return []
     kind = "lost" if len(got.text) < len(ref.text) else "dup"
     return [
