@@ -56,7 +56,7 @@ from .openai_types import (
     stop_list,
 )
 from .structured import response_format_grammar
-from .tools import ToolPlan, generic_messages, knows_tools, plan_tools
+from .tools import ToolPlan, plan_tools, render_chat
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
@@ -315,14 +315,8 @@ def create_app(front: Frontend) -> QuartTrio:
     def _chat_prompt(chat_messages: list[ChatMessage], tools: ToolPlan | None = None) -> list[int]:
         messages = [m.as_template_dict() for m in chat_messages]
         offered = tools.functions if tools is not None and tools.active else []
-        extra: dict[str, Any] = {}
-        if knows_tools(front.template.source):
-            if offered:
-                extra["tools"] = [f.to_openai() for f in offered]
-        else:
-            messages = generic_messages(messages, offered)
         try:
-            prompt_text = front.template.render(messages, **extra)
+            prompt_text = render_chat(front.template, messages, offered)
         except TemplateError as exc:
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         return front.tokenizer.tokenize(prompt_text, add_special=True, parse_special=True)

@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model.chat_template import ChatTemplate
 from ..worker.llama import Model
 from .errors import APIError
 from .structured import JSON_STYLE, checked, compact
@@ -163,6 +164,18 @@ def call_grammar(functions: list[Function], parallel: bool) -> str:
 # prompt ----------------------------------------------------------------------------------
 def knows_tools(template_source: str) -> bool:
     return "tools" in template_source
+
+
+def render_chat(
+    template: ChatTemplate, messages: list[dict[str, Any]], offered: list[Function]
+) -> str:
+    """The prompt text: through the model's template with `tools=` when it knows tools,
+    else in the generic format (which also renders a history holding calls and results
+    for a template that knows nothing of them)."""
+    if knows_tools(template.source):
+        extra = {"tools": [f.to_openai() for f in offered]} if offered else {}
+        return template.render(messages, **extra)
+    return template.render(generic_messages(messages, offered))
 
 
 def system_prompt(functions: list[Function]) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inferflux.ingress.tools import Function, ToolStream, call_grammar, parse_calls
+from inferflux.ingress.openai_types import ChatMessage
+from inferflux.ingress.tools import Function, ToolStream, call_grammar, parse_calls, render_chat
+from inferflux.model.chat_template import CHATML, ChatTemplate
 
 FUNCTIONS = [
     Function("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}}),
@@ -91,3 +94,61 @@ def test_call_grammar_names_every_function_and_bounds_parallel_calls() -> None:
     assert '\\"get_weather\\"' in grammar and '\\"get_time\\"' in grammar
     assert "call{1,4}" in grammar
     assert "call{" not in call_grammar(FUNCTIONS[:1], parallel=False)
+
+
+# A chat template that knows tools, in the style of Qwen2.5/Hermes templates.
+TOOLS_TEMPLATE = """
+{%- if tools %}<|im_start|>system
+# Tools
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == "assistant" and message.tool_calls %}<|im_start|>assistant
+{%- for call in message.tool_calls %}
+<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% elif message.role == "tool" %}<|im_start|>user
+<tool_response>{{ message.content }}</tool_response><|im_end|>
+{% else %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}<|im_start|>assistant
+"""
+HISTORY = b"""[
+  {"role": "user", "content": "Weather in Paris?"},
+  {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+   "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}]},
+  {"role": "tool", "tool_call_id": "c1", "content": "{\\"temp\\": 21}"}
+]"""
+
+
+def history() -> list[dict]:
+    messages = msgspec.json.decode(HISTORY, type=list[ChatMessage])
+    return [m.as_template_dict() for m in messages]
+
+
+def test_a_template_that_knows_tools_gets_them_and_the_calls_as_objects() -> None:
+    text = render_chat(ChatTemplate(TOOLS_TEMPLATE), history(), FUNCTIONS)
+    assert '"name": "get_weather"' in text and "# Tools" in text
+    # the history's arguments reach the template parsed, as HF templates expect
+    assert '"arguments": {"city": "Paris"}' in text
+    assert '<tool_response>{"temp": 21}</tool_response>' in text
+    assert "You can call functions" not in text  # not the generic format
+    assert "# Tools" not in render_chat(ChatTemplate(TOOLS_TEMPLATE), history(), [])
+
+
+def test_a_template_without_tools_gets_the_generic_format() -> None:
+    text = render_chat(ChatTemplate(CHATML), history(), FUNCTIONS)
+    assert text.startswith("<|im_start|>system\nYou can call functions")
+    assert "<tools>" in text and '"name": "get_weather"' in text
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    )
+    assert '<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response><|im_end|>' in text
+    # tool_choice none: no tools offered, the history still renders
+    plain = render_chat(ChatTemplate(CHATML), history(), [])
+    assert "<tools>" not in plain and "<tool_response>" in plain
