@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ..messages import TokenLogprob
 from ..scheduler.messages import Delta
-from .tools import ToolCall, ToolPlan, ToolStream, parse_calls
+from .tools import ToolCall, ToolPlan, ToolStream, ends_repeating, parse_calls
 
 
 class Choice:
@@ -57,7 +57,16 @@ class Choice:
 
     @property
     def final_reason(self) -> str | None:
-        if self.finish_reason == "stop" and self.calls:
+        return self._reason(self.calls)
+
+    def _reason(self, calls: list[ToolCall]) -> str | None:
+        """ "tool_calls" when the answer is calls: the model stopped after them, or it ran
+        out of tokens repeating one it had already made (small models loop on the
+        pattern; the repeat is dropped, so nothing the client gets is cut off)."""
+        if calls and (
+            self.finish_reason == "stop"
+            or (self.finish_reason == "length" and ends_repeating("".join(self.text), calls))
+        ):
             return "tool_calls"
         return self.finish_reason
 
@@ -79,8 +88,7 @@ class Choice:
                     "content": content or None,
                     "tool_calls": [c.to_openai() for c in calls],
                 }
-                if self.finish_reason == "stop":
-                    self.finish_reason = "tool_calls"
+                self.finish_reason = self._reason(calls)
         return {
             "index": self.index,
             "message": message,

@@ -234,6 +234,10 @@ class ToolCall:
     arguments: str  # a JSON text, as OpenAI sends it
     id: str = field(default_factory=new_call_id)
 
+    def body(self) -> str:
+        """The call as a block's body, as the grammar has the model write it."""
+        return compact({"name": self.name, "arguments": _json_value(self.arguments)})
+
     def same(self, other: ToolCall) -> bool:
         """The same function with equal arguments (as JSON values, not as text)."""
         return self.name == other.name and _json_value(self.arguments) == _json_value(
@@ -290,8 +294,8 @@ def parse_calls(
     calls: list[ToolCall] = []
     for body, close in _CALL_BLOCK.findall(text[start:]):
         call = _as_call(body, names)
-        if call is None and constrained and not close:
-            call = _cut_call(body, names)
+        if call is None and constrained and not close and not calls:
+            call = _cut_call(body, names)  # only a first call streams before it closes
         if call is None:
             if close or not calls:
                 return text, []
@@ -299,6 +303,21 @@ def parse_calls(
         if not any(c.same(call) for c in calls):
             calls.append(call)
     return text[:start].strip(), calls
+
+
+def ends_repeating(text: str, calls: list[ToolCall]) -> bool:
+    """Whether everything after the last complete call block is the start of a block
+    repeating a call already made (or nothing at all)."""
+    end = text.rfind(CLOSE)
+    if end < 0:
+        return False
+    tail = text[end + len(CLOSE) :].strip()
+    if OPEN.startswith(tail):  # nothing, or the marker cut short
+        return True
+    if not tail.startswith(OPEN):
+        return False
+    body = tail[len(OPEN) :].strip()
+    return any(call.body().startswith(body) for call in calls)
 
 
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"]*)"\s*,\s*"arguments"\s*:\s*')

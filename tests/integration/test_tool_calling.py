@@ -323,3 +323,18 @@ def test_hostile_nesting_and_history_shapes_never_500(server: RunningServer) -> 
     }
     tokens = httpx.post(f"{server.url}/tokenize", json={"messages": ASK + [odd_args]}, timeout=30)
     assert tokens.status_code == 200, tokens.text
+
+
+def test_a_model_looping_on_its_call_still_answers_tool_calls(server: RunningServer) -> None:
+    """With parallel calls allowed, the small model repeats its call until max_tokens: the
+    repeat is dropped and the answer is the call, finish_reason tool_calls."""
+    kwargs = dict(model=MODEL_ID, messages=ASK, tools=TOOLS, tool_choice="required", temperature=0)
+    reply = client(server).chat.completions.create(max_tokens=50, **kwargs)
+    assert reply.usage.completion_tokens == 50  # it did run out of tokens
+    assert reply.choices[0].finish_reason == "tool_calls"
+    check_calls(reply.choices[0].message.tool_calls, {"get_weather", "get_time"})
+    content, calls, finish, _ = streamed(server, max_tokens=50, **kwargs)
+    assert finish == "tool_calls" and content == ""
+    assert [c["arguments"] for c in calls.values()] == [
+        c.function.arguments for c in reply.choices[0].message.tool_calls
+    ]

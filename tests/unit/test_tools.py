@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inferflux.ingress.openai_types import ChatMessage
-from inferflux.ingress.tools import Function, ToolStream, call_grammar, parse_calls, render_chat
+from inferflux.ingress.tools import (
+    Function,
+    ToolStream,
+    call_grammar,
+    ends_repeating,
+    parse_calls,
+    render_chat,
+)
 from inferflux.model.chat_template import CHATML, ChatTemplate
 
 FUNCTIONS = [
@@ -33,6 +40,7 @@ TEXTS = [
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa',  # cut mid-arguments
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}',  # before the "}"
     '<tool_call>\n{"name": "get_wea',  # cut inside the name
+    CALL + '<tool_call>\n{"name": "get_time", "arguments": {"tz": "U',  # a second call cut
 ]
 
 
@@ -152,3 +160,15 @@ def test_a_template_without_tools_gets_the_generic_format() -> None:
     # tool_choice none: no tools offered, the history still renders
     plain = render_chat(ChatTemplate(CHATML), history(), [])
     assert "<tools>" not in plain and "<tool_response>" in plain
+
+
+def test_running_out_of_tokens_while_repeating_a_call_is_still_a_tool_call_answer() -> None:
+    _, calls = parse_calls(CALL + CALL[:40], FUNCTIONS, constrained=True)
+    assert [c.name for c in calls] == ["get_weather"]
+    assert ends_repeating(CALL + CALL[:40], calls)  # the cut block repeats the first call
+    assert ends_repeating(CALL + "<tool", calls)
+    assert ends_repeating(CALL, calls)
+    other = CALL + '<tool_call>\n{"name": "get_time", "arguments": {"tz": "U'
+    assert not ends_repeating(other, parse_calls(other, FUNCTIONS, constrained=True)[1])
+    cut_first = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa'
+    assert not ends_repeating(cut_first, parse_calls(cut_first, FUNCTIONS, constrained=True)[1])
