@@ -31,6 +31,7 @@ from typing import Any
 from ..model.chat_template import ChatTemplate
 from ..worker.llama import Model
 from .errors import APIError
+from .openai_types import parse_arguments
 from .structured import JSON_STYLE, checked, compact
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -236,11 +237,11 @@ class ToolCall:
 
     def body(self) -> str:
         """The call as a block's body, as the grammar has the model write it."""
-        return compact({"name": self.name, "arguments": _json_value(self.arguments)})
+        return compact({"name": self.name, "arguments": parse_arguments(self.arguments)})
 
     def same(self, other: ToolCall) -> bool:
         """The same function with equal arguments (as JSON values, not as text)."""
-        return self.name == other.name and _json_value(self.arguments) == _json_value(
+        return self.name == other.name and parse_arguments(self.arguments) == parse_arguments(
             other.arguments
         )
 
@@ -250,13 +251,6 @@ class ToolCall:
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
-
-
-def _json_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return text
 
 
 def _as_call(text: str, names: set[str]) -> ToolCall | None:

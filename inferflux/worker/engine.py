@@ -219,11 +219,14 @@ class Engine:
         batch.logits[i] = logits
 
     def _sample(self, seq: Sequence) -> None:
-        logits = L.llama_get_logits_ith(self.context.ptr, seq.logit_index)
-        # Logprobs are the model's own distribution, read before any grammar mask.
-        log_probs = log_softmax(logits, self.model.info.n_vocab) if seq.logprobs >= 0 else None
-        if seq.constraint is not None:
-            seq.constraint.apply(logits)
+        log_probs = None
+        if seq.logprobs >= 0 or seq.constraint is not None:  # most sequences need neither
+            logits = L.llama_get_logits_ith(self.context.ptr, seq.logit_index)
+            # Logprobs are the model's own distribution, read before any grammar mask.
+            if seq.logprobs >= 0:
+                log_probs = log_softmax(logits, self.model.info.n_vocab)
+            if seq.constraint is not None:
+                seq.constraint.apply(logits)
         token = seq.sampler.sample(self.context.ptr, seq.logit_index)
         seq.logit_index = -1
         if self.model.is_eog(token) and not seq.ignore_eos:
