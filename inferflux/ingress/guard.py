@@ -167,7 +167,10 @@ class Guard:
                 if reasons[index] == "content_filter":
                     continue
                 if self.blocklist and delta.text:
-                    if self.blocklist.first_match(texts[index] + delta.text):
+                    # Earlier text was checked already: only a match that ends in this
+                    # delta is new, so scan a bounded tail, not the whole output again.
+                    tail = texts[index][-OUTPUT_LOOKBACK_CHARS:] + delta.text
+                    if self.blocklist.first_match(tail):
                         reasons[index] = "content_filter"
                         yield (
                             index,
@@ -221,6 +224,11 @@ def end(front: Frontend, seq_id: int, error: BaseException | None) -> None:
     """The audit line of a generation that failed or was abandoned while starting."""
     if front.guard is not None:
         front.guard.end(seq_id, *outcome(error))
+
+
+# How far back an output pattern may reach from the delta that completes it: longer
+# matches than this are not seen (docs/security.md). Keeps the check per delta bounded.
+OUTPUT_LOOKBACK_CHARS = 2048
 
 
 class StreamBody:
