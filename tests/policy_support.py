@@ -31,6 +31,29 @@ ISSUER = "https://idp.test"
 AUDIENCE = "inferflux-tests"
 
 
+@contextmanager
+def serving_in_thread(server: ThreadingHTTPServer) -> Iterator[None]:
+    """Serve on a background thread for the duration of the block, then stop cleanly."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def wait_for(condition, timeout_s: float = 10) -> bool:  # noqa: ANN001
+    """Poll `condition` until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @dataclass
 class TLSFiles:
     ca: str
@@ -200,14 +223,8 @@ class JWKSServer:
         context.load_cert_chain(self.tls.cert, self.tls.key)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving_in_thread(server):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
 
 
 # Deny max_tokens 13, and prompts of principals named "oidc:mallory"; allow the rest.
@@ -271,11 +288,5 @@ class OPAServer:
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving_in_thread(server):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()

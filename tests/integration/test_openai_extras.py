@@ -128,7 +128,7 @@ def test_n_choices_share_the_prompt_and_differ(server: RunningServer) -> None:
 
 
 def test_chat_logprobs(server: RunningServer) -> None:
-    reply = client(server).chat.completions.create(
+    kwargs = dict(
         model=MODEL_ID,
         messages=[{"role": "user", "content": "Name a colour."}],
         max_tokens=8,
@@ -136,6 +136,7 @@ def test_chat_logprobs(server: RunningServer) -> None:
         logprobs=True,
         top_logprobs=3,
     )
+    reply = client(server).chat.completions.create(**kwargs)
     choice = reply.choices[0]
     entries = choice.logprobs.content
     assert len(entries) == reply.usage.completion_tokens
@@ -149,15 +150,7 @@ def test_chat_logprobs(server: RunningServer) -> None:
         assert bytes(entry.bytes).decode() == entry.token
     streamed = [
         e
-        for chunk in client(server).chat.completions.create(
-            model=MODEL_ID,
-            messages=[{"role": "user", "content": "Name a colour."}],
-            max_tokens=8,
-            temperature=0,
-            logprobs=True,
-            top_logprobs=3,
-            stream=True,
-        )
+        for chunk in client(server).chat.completions.create(stream=True, **kwargs)
         if chunk.choices and chunk.choices[0].logprobs
         for e in chunk.choices[0].logprobs.content
     ]

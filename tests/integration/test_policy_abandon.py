@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ from inferflux.policy import ops
 from inferflux.policy.records import StoreData
 from inferflux.policy.store import PolicyStore
 from tests.conftest import MODEL_ID, serving
+from tests.policy_support import wait_for
 
 pytestmark = pytest.mark.model
 
@@ -24,15 +24,6 @@ def audit_lines(path: Path, trace: str) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text().splitlines() if trace in x]
-
-
-def wait_for(condition, timeout_s: float = 15) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_client_gone_while_queued_is_audited_and_gets_its_tokens_back(
@@ -87,7 +78,7 @@ def test_a_client_gone_while_queued_is_audited_and_gets_its_tokens_back(
                     json=queued,
                     timeout=1.5,
                 )
-            assert wait_for(lambda: audit_lines(audit, trace))
+            assert wait_for(lambda: audit_lines(audit, trace), timeout_s=15)
         finally:
             stop.set()
             occupier.join(120)

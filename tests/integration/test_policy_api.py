@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tests.policy_support import (
     make_tls,
     rsa_key,
     token,
+    wait_for,
 )
 
 pytestmark = pytest.mark.model
@@ -402,15 +402,6 @@ def test_keys_cli_creates_a_key_the_running_server_accepts(setup: Setup) -> None
 def models_status(setup: Setup, key: str) -> int:
     headers = {"authorization": f"Bearer {key}"}
     return httpx.get(f"{setup.server.url}/v1/models", headers=headers).status_code
-
-
-def wait_for(condition, timeout_s: float = 10) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_guardrails_block_prompts_cut_outputs_and_ask_opa(setup: Setup) -> None:
