@@ -1,30 +1,27 @@
-"""One admin operation in the running server: validate, change the store, answer.
+"""One admin operation in the running server: look it up in `ops.OPERATIONS`, run it, answer.
 
 Store changes run in a worker thread (scrypt on first use, fsync) under the engine's store
 lock, so the event loop keeps serving while a change is written, and two changes never
-interleave. The new data is in use for the next request: no restart.
+interleave. The new data is in use for the next request: no restart. Takes the store and
+its lock rather than the engine's Policy, which calls it: the two modules stay acyclic.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import ops
 from .messages import Admin, Decision
-from .records import StoreData
-from .store import PolicyStoreError
-
-if TYPE_CHECKING:
-    from .engine import Policy
+from .store import PolicyStore, PolicyStoreError
 
 log = logging.getLogger("inferflux.policy")
 
 
-async def run_admin(policy: Policy, message: Admin, principal: str) -> Decision:
-    store = policy.store
+async def run_admin(
+    store: PolicyStore | None, store_lock: trio.Lock, message: Admin, principal: str
+) -> Decision:
     if store is None:
         return Decision(
             allowed=False,
@@ -34,43 +31,12 @@ async def run_admin(policy: Policy, message: Admin, principal: str) -> Decision:
             principal=principal,
         )
     op, name = message.op, message.name
-    if op == "keys.list":
-        result: Any = {"object": "list", "data": [k.public() for k in store.data.keys.values()]}
-        return Decision(allowed=True, principal=principal, result=result)
-    if op == "roles.list":
-        return Decision(allowed=True, principal=principal, result=ops.roles_view(store.data))
-    if op == "limits.list":
-        return Decision(allowed=True, principal=principal, result=ops.limits_view(store.data))
-    answer: dict[str, Any] = {}
-
-    def change(data: StoreData) -> StoreData:
-        if op == "keys.create":
-            key, record, new = ops.create_key(data, ops.parse(message.body, ops.KeyRequest))
-            answer.update(record.public(), key=key)
-            return new
-        if op == "keys.revoke":
-            record, new = ops.revoke_key(data, name)
-            answer.update(record.public())
-            return new
-        if op == "roles.put":
-            new = ops.put_role(data, name, ops.parse(message.body, ops.RoleRequest))
-            answer.update(name=name, **ops.roles_view(new)[name])
-            return new
-        if op == "roles.delete":
-            answer.update(name=name, deleted=True)
-            return ops.delete_role(data, name)
-        if op == "limits.put":
-            new = ops.put_limit(data, name, ops.parse(message.body, ops.LimitRequest))
-            answer.update(principal=name, **ops.limits_view(new)[name])
-            return new
-        if op == "limits.delete":
-            answer.update(principal=name, deleted=True)
-            return ops.delete_limit(data, name)
-        raise ops.OpError(400, f"unknown admin operation {op!r}", "invalid_value")
-
     try:
-        async with policy.store_lock:
-            await trio.to_thread.run_sync(store.update, change)
+        if op in ops.READS:  # the data in memory, as it is: no lock, no thread
+            result = ops.apply(store, op, name, message.body)
+            return Decision(allowed=True, principal=principal, result=result)
+        async with store_lock:
+            answer = await trio.to_thread.run_sync(ops.apply, store, op, name, message.body)
     except ops.OpError as exc:
         return Decision(
             allowed=False, status=exc.status, code=exc.code, reason=str(exc), principal=principal

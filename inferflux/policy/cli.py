@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import ops
-from .records import StoreData
+from .messages import AdminOp
 from .store import PolicyStore, PolicyStoreError, read_secret
 
 COMMANDS = ("keys", "roles", "limits")
@@ -119,9 +119,25 @@ def _grant_body(args: argparse.Namespace, permissions: list[str]) -> dict[str, A
     return body | {"permissions": permissions}
 
 
-def _dispatch(args: argparse.Namespace, store: PolicyStore) -> int:
-    command, action = args.command, args.action
-    if command == "keys" and action == "create":
+# (command, action) -> the admin operation it is.
+_OPS: dict[tuple[str, str], AdminOp] = {
+    ("keys", "create"): "keys.create",
+    ("keys", "list"): "keys.list",
+    ("keys", "revoke"): "keys.revoke",
+    ("roles", "set"): "roles.put",
+    ("roles", "list"): "roles.list",
+    ("roles", "delete"): "roles.delete",
+    ("limits", "set"): "limits.put",
+    ("limits", "list"): "limits.list",
+    ("limits", "delete"): "limits.delete",
+}
+# The positional argument naming what the operation is about, per command.
+_NAME_ARG = {"keys": "key", "roles": "name", "limits": "principal"}
+
+
+def _body(op: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The request body the admin API would get for this command line."""
+    if op == "keys.create":
         body = _grant_body(args, _split(args.scopes))
         body["scopes"] = body.pop("permissions")
         body["name"] = args.name
@@ -129,64 +145,49 @@ def _dispatch(args: argparse.Namespace, store: PolicyStore) -> int:
             body["requests_per_minute"] = args.rpm
         if args.tpm is not None:
             body["tokens_per_minute"] = args.tpm
-        request = ops.parse(body, ops.KeyRequest)
-        created: dict[str, Any] = {}
+        return body
+    if op == "roles.put":
+        return _grant_body(args, _split(args.permissions))
+    if op == "limits.put":
+        return {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm}
+    return None
 
-        def create(data: StoreData) -> StoreData:
-            key, record, new = ops.create_key(data, request)
-            created.update(record=record, key=key)
-            return new
 
-        store.update(create)
-        record = created["record"]
-        print(f"created key {record.id} ({record.name}) with scopes {','.join(request.scopes)}")
+def _dispatch(args: argparse.Namespace, store: PolicyStore) -> int:
+    op = _OPS[(args.command, args.action)]
+    name = getattr(args, _NAME_ARG[args.command], None) or ""
+    answer = ops.apply(store, op, name, _body(op, args))
+    if op == "keys.create":
+        scopes = ",".join(_split(args.scopes))  # as given, as the request holds them
+        print(f"created key {answer['id']} ({answer['name']}) with scopes {scopes}")
         print("the key is shown only this once; store it now:")
-        print(created["key"])
-        return 0
-    if command == "keys" and action == "list":
-        keys = [k.public() for k in store.data.keys.values()]
-        if args.json:
-            print(json.dumps(keys, indent=2))
-            return 0
-        print(f"{'ID':<13} {'NAME':<20} {'SCOPES':<28} {'CREATED':<20} STATUS")
-        for key in keys:
-            created_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key["created_at"]))
-            status = "revoked" if key["revoked_at"] else "active"
-            scopes = ",".join(key["scopes"])
-            print(f"{key['id']:<13} {key['name'][:20]:<20} {scopes:<28} {created_at:<20} {status}")
-        return 0
-    if command == "keys" and action == "revoke":
-        revoked: list[Any] = []
-
-        def revoke(data: StoreData) -> StoreData:
-            record, new = ops.revoke_key(data, args.key)
-            revoked.append(record)
-            return new
-
-        store.update(revoke)
-        print(f"revoked key {revoked[0].id} ({revoked[0].name})")
-        return 0
-    if command == "roles" and action == "set":
-        role = ops.parse(_grant_body(args, _split(args.permissions)), ops.RoleRequest)
-        store.update(lambda data: ops.put_role(data, args.name, role))
-        print(f"role {args.name}: {json.dumps(ops.roles_view(store.data)[args.name])}")
-        return 0
-    if command == "roles" and action == "delete":
-        store.update(lambda data: ops.delete_role(data, args.name))
-        print(f"deleted role {args.name}")
-        return 0
-    if command == "limits" and action == "set":
-        limit = ops.parse(
-            {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm}, ops.LimitRequest
-        )
-        store.update(lambda data: ops.put_limit(data, args.principal, limit))
-        shown = json.dumps(ops.limits_view(store.data)[args.principal])
-        print(f"limits of {args.principal}: {shown} (a field not shown is inherited)")
-        return 0
-    if command == "limits" and action == "delete":
-        store.update(lambda data: ops.delete_limit(data, args.principal))
-        print(f"deleted limits of {args.principal}")
-        return 0
-    view = ops.roles_view if command == "roles" else ops.limits_view
-    print(json.dumps(view(store.data), indent=2))
+        print(answer["key"])
+    elif op == "keys.list":
+        _print_keys(answer["data"], args.json)
+    elif op == "keys.revoke":
+        print(f"revoked key {answer['id']} ({answer['name']})")
+    elif op == "roles.put":
+        shown = {k: v for k, v in answer.items() if k != "name"}
+        print(f"role {name}: {json.dumps(shown)}")
+    elif op == "limits.put":
+        shown = {k: v for k, v in answer.items() if k != "principal"}
+        print(f"limits of {name}: {json.dumps(shown)} (a field not shown is inherited)")
+    elif op == "roles.delete":
+        print(f"deleted role {name}")
+    elif op == "limits.delete":
+        print(f"deleted limits of {name}")
+    else:  # roles.list, limits.list
+        print(json.dumps(answer, indent=2))
     return 0
+
+
+def _print_keys(keys: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(keys, indent=2))
+        return
+    print(f"{'ID':<13} {'NAME':<20} {'SCOPES':<28} {'CREATED':<20} STATUS")
+    for key in keys:
+        created_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key["created_at"]))
+        status = "revoked" if key["revoked_at"] else "active"
+        scopes = ",".join(key["scopes"])
+        print(f"{key['id']:<13} {key['name'][:20]:<20} {scopes:<28} {created_at:<20} {status}")

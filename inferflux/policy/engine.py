@@ -243,4 +243,4 @@ class Policy:
             return who
         if "admin" not in who.grant.permissions:
             return self._missing(who, "admin")
-        return await run_admin(self, message, who.id)
+        return await run_admin(self.store, self.store_lock, message, who.id)

@@ -1,19 +1,26 @@
-"""Changes to the policy store's data, shared by the admin HTTP API and `inferflux keys`.
+"""The admin operations on the policy store, one table shared by the admin HTTP API and
+`inferflux keys | roles | limits`.
 
-Each operation takes the current StoreData and returns the new one (or raises OpError with
-the HTTP status a client should see), so callers run it inside `PolicyStore.update`: under
-the cross-process lock, then saved atomically.
+`OPERATIONS` maps each `AdminOp` to its body type and a function of (StoreData, name,
+body) returning the new StoreData (None for a read) and the answer both front ends show.
+`apply` runs one: a read on the current data, a change inside `PolicyStore.update` (under
+the cross-process lock, then saved atomically). A refusal is an OpError carrying the HTTP
+status a client should see. The body is validated before the store is touched, so a bad
+request never takes the lock or creates the store's directory.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from .keys import new_key
+from .messages import AdminOp
 from .records import ApiKey, Grant, Limit, Permission, StoreData
+from .store import PolicyStore
 
 T = TypeVar("T")
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -153,3 +160,87 @@ def roles_view(data: StoreData) -> dict[str, Any]:
 
 def limits_view(data: StoreData) -> dict[str, Any]:
     return {name: msgspec.to_builtins(limit) for name, limit in sorted(data.limits.items())}
+
+
+# -- the table -------------------------------------------------------------------------
+Answer = dict[str, Any]
+Run = Callable[[StoreData, str, Any], tuple[StoreData | None, Answer]]
+
+
+def _list_keys(data: StoreData, name: str, body: None) -> tuple[None, Answer]:
+    return None, {"object": "list", "data": [k.public() for k in data.keys.values()]}
+
+
+def _list_roles(data: StoreData, name: str, body: None) -> tuple[None, Answer]:
+    return None, roles_view(data)
+
+
+def _list_limits(data: StoreData, name: str, body: None) -> tuple[None, Answer]:
+    return None, limits_view(data)
+
+
+def _create_key(data: StoreData, name: str, body: KeyRequest) -> tuple[StoreData, Answer]:
+    key, record, new = create_key(data, body)
+    return new, {**record.public(), "key": key}  # the key itself: in this answer only
+
+
+def _revoke_key(data: StoreData, name: str, body: None) -> tuple[StoreData, Answer]:
+    record, new = revoke_key(data, name)
+    return new, record.public()
+
+
+def _put_role(data: StoreData, name: str, body: RoleRequest) -> tuple[StoreData, Answer]:
+    new = put_role(data, name, body)
+    return new, {"name": name, **roles_view(new)[name]}
+
+
+def _delete_role(data: StoreData, name: str, body: None) -> tuple[StoreData, Answer]:
+    return delete_role(data, name), {"name": name, "deleted": True}
+
+
+def _put_limit(data: StoreData, name: str, body: LimitRequest) -> tuple[StoreData, Answer]:
+    new = put_limit(data, name, body)
+    return new, {"principal": name, **limits_view(new)[name]}
+
+
+def _delete_limit(data: StoreData, name: str, body: None) -> tuple[StoreData, Answer]:
+    return delete_limit(data, name), {"principal": name, "deleted": True}
+
+
+# op -> (the body's type, None: no body; the operation). `name` is the key id or name,
+# role name or limit principal the operation is about.
+OPERATIONS: dict[AdminOp, tuple[type | None, Run]] = {
+    "keys.list": (None, _list_keys),
+    "keys.create": (KeyRequest, _create_key),
+    "keys.revoke": (None, _revoke_key),
+    "roles.list": (None, _list_roles),
+    "roles.put": (RoleRequest, _put_role),
+    "roles.delete": (None, _delete_role),
+    "limits.list": (None, _list_limits),
+    "limits.put": (LimitRequest, _put_limit),
+    "limits.delete": (None, _delete_limit),
+}
+READS: frozenset[str] = frozenset({"keys.list", "roles.list", "limits.list"})
+
+
+def apply(store: PolicyStore, op: str, name: str = "", body: Any = None) -> Answer:
+    """Run one admin operation on `store` and return its answer (raises OpError).
+
+    A change blocks on the file lock, scrypt and fsync: async callers run it in a thread."""
+    entry = OPERATIONS.get(op)  # type: ignore[call-overload]
+    if entry is None:
+        raise OpError(400, f"unknown admin operation {op!r}", "invalid_value")
+    kind, run = entry
+    request = parse(body, kind) if kind is not None else None
+    if op in READS:
+        return run(store.data, name, request)[1]
+    answer: Answer = {}
+
+    def change(data: StoreData) -> StoreData:
+        new, result = run(data, name, request)
+        assert new is not None, f"{op} is a change but returned no data"
+        answer.update(result)
+        return new
+
+    store.update(change)
+    return answer
