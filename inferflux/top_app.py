@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-import httpx
-import pynng
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, Sparkline, Static
 
-from .top import COLUMNS, Rates, Sample, actor_rows, fetch_async, kv_summary, scheduler_summary
+from .top_data import (
+    COLUMNS,
+    FETCH_ERRORS,
+    Rates,
+    Sample,
+    actor_rows,
+    fetch,
+    kv_summary,
+    scheduler_summary,
+)
 
 SORTABLE = ("tree order", "mailbox", "msgs/s", "restarts", "state")
 
@@ -46,7 +54,6 @@ class TopApp(App[None]):
         self.msg_rates: dict[str, float] = {}
         self.error = ""
         self._last_poll = 0.0
-        self._client = httpx.AsyncClient(timeout=5.0)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -66,16 +73,13 @@ class TopApp(App[None]):
         await self.poll()
         self.set_interval(self.interval, self.poll)
 
-    async def on_unmount(self) -> None:
-        await self._client.aclose()
-
     async def poll(self) -> None:
         if self.paused:
             return
         now = time.monotonic()
         try:
-            sample = await fetch_async(self._client, self.url)
-        except (httpx.HTTPError, ValueError, OSError, pynng.NNGException) as exc:
+            sample = await asyncio.to_thread(fetch, self.url)  # off the UI's event loop
+        except FETCH_ERRORS as exc:
             self.error = f"cannot read {self.url}: {exc}"
             self.refresh_view()
             return

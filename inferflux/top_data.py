@@ -1,0 +1,176 @@
+"""What `inferflux-top` reads and shows, shared by the live UI (top_app) and `--once` (top).
+
+One fetcher, synchronous (urllib): `--once` calls it directly and the textual app runs it
+in a thread. Two small GETs per poll, once a second, need neither a pooled client nor a
+second, async copy of the same requests.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+import pynng
+
+from actors import ActorInfo, fetch_snapshot
+
+_decode = msgspec.json.Decoder(ActorInfo).decode
+
+
+@dataclass
+class Sample:
+    """One poll: the tree and the server's metrics (summed over label sets)."""
+
+    tree: ActorInfo
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        name = key.split("{", 1)[0]
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return totals
+
+
+def fetch(url: str, timeout_s: float = 5.0) -> Sample:
+    if not url.startswith(("http://", "https://")):
+        # The introspection socket serves the tree only; the panels fall back to the
+        # numbers in the actors' details.
+        return Sample(fetch_snapshot(url, timeout_s))
+    base = url.rstrip("/")
+    with urllib.request.urlopen(f"{base}/debug/actors", timeout=timeout_s) as r:
+        tree = _decode(r.read())
+    with urllib.request.urlopen(f"{base}/metrics", timeout=timeout_s) as r:
+        metrics = parse_metrics(r.read().decode())
+    return Sample(tree, metrics)
+
+
+# What a failed poll may raise: unreachable or an HTTP error status (urllib's errors are
+# OSErrors), a connection cut mid-body, a body that does not decode, a dead introspection socket.
+FETCH_ERRORS = (
+    OSError,
+    http.client.HTTPException,
+    ValueError,
+    msgspec.DecodeError,
+    pynng.NNGException,
+)
+
+
+# what both views show ------------------------------------------------------------------
+COLUMNS = (
+    "actor",
+    "kind",
+    "state",
+    "pid",
+    "mailbox",
+    "in",
+    "out",
+    "msgs/s",
+    "restarts",
+    "last error",
+)
+
+
+def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+
+    def walk(info: ActorInfo, depth: int) -> None:
+        rows.append(
+            (
+                "  " * depth + info.name,
+                info.kind,
+                info.state,
+                str(info.pid or ""),
+                str(info.mailbox_depth),
+                str(info.messages_in),
+                str(info.messages_out),
+                f"{rates.get(info.name, 0.0):.1f}",
+                str(info.restarts),
+                info.last_error[:60],
+            )
+        )
+        for child in info.children:
+            walk(child, depth + 1)
+
+    walk(tree, 0)
+    return rows
+
+
+def scheduler_summary(sample: Sample, tok_s: float, ttft_s: float) -> str:
+    scheduler = sample.tree.find("scheduler")
+    d = scheduler.details if scheduler else {}
+    return (
+        f"running {d.get('running', 0)}  waiting {d.get('waiting', 0)}  "
+        f"max batch {d.get('max_batch', 0)}  steps {d.get('steps', 0)}  "
+        f"worker restarts {d.get('worker_restarts', 0)}  |  {tok_s:.1f} tok/s  "
+        f"TTFT {ttft_s * 1000:.0f} ms (latest)"
+    )
+
+
+def kv_summary(sample: Sample) -> str:
+    scheduler = sample.tree.find("scheduler")
+    d = scheduler.details if scheduler else {}
+    m = sample.metrics
+    queries = m.get("inferflux:prefix_cache_queries_total", 0.0)
+    hits = m.get("inferflux:prefix_cache_hits_total", 0.0)
+    usage = m.get("inferflux:kv_cache_usage_perc", 0.0)
+    return (
+        f"KV cells used {d.get('kv_cells_used', 0)} ({usage:.0%})  "
+        f"cached slots {d.get('kv_slots_cached', 0)}  "
+        f"prefix-cache hit rate {hits / queries if queries else 0.0:.0%} of prompt tokens"
+    )
+
+
+class Rates:
+    """Per-interval rates from two consecutive samples."""
+
+    def __init__(self) -> None:
+        self.previous: Sample | None = None
+        self.tok_s_history: deque[float] = deque(maxlen=120)
+        self.ttft_s = 0.0  # mean TTFT of the last interval that had first tokens
+
+    def update(self, sample: Sample, dt: float) -> tuple[dict[str, float], float, float]:
+        prev, self.previous = self.previous, sample
+        if prev is None or dt <= 0:
+            return {}, 0.0, 0.0
+        before = {info.name: info.messages_in for info in prev.tree.walk()}
+        msgs = {
+            info.name: (info.messages_in - before.get(info.name, info.messages_in)) / dt
+            for info in sample.tree.walk()
+        }
+        m, p = sample.metrics, prev.metrics
+        name = "inferflux:generation_tokens_total"
+        tok_s = max(0.0, (m.get(name, 0) - p.get(name, 0)) / dt)
+        self.tok_s_history.append(tok_s)
+        count = m.get("inferflux:time_to_first_token_seconds_count", 0) - p.get(
+            "inferflux:time_to_first_token_seconds_count", 0
+        )
+        total = m.get("inferflux:time_to_first_token_seconds_sum", 0) - p.get(
+            "inferflux:time_to_first_token_seconds_sum", 0
+        )
+        if count > 0:
+            self.ttft_s = total / count
+        return msgs, tok_s, self.ttft_s
+
+
+def render(sample: Sample) -> str:
+    """The plain-text snapshot (`--once`)."""
+    rows = [COLUMNS] + actor_rows(sample.tree, {})
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    lines.append("")
+    lines.append("scheduler: " + scheduler_summary(sample, 0.0, 0.0))
+    lines.append("kv cache:  " + kv_summary(sample))
+    return "\n".join(lines)
