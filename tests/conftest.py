@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +13,10 @@ import httpx
 import pytest
 
 from inferflux.model.store import default_model_path
+from inferflux.testing import free_port, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -86,13 +79,7 @@ def start_server(tmp_dir: str, *args: str, timeout_s: float = 120) -> RunningSer
 
 
 def stop_server(server: RunningServer) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="session")

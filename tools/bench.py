@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,10 @@ import openai
 import trio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from inferflux.testing import free_port, stop_process  # noqa: E402
+
 TOPICS = [
     "a lighthouse keeper",
     "a lost robot",
@@ -53,12 +55,6 @@ TOPICS = [
     "a whale who sings opera",
     "a paper fox",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -104,13 +100,8 @@ class Target:
         if self.top is not None:
             self.top.kill()
             self.top.wait()
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:  # the server and whatever it started
+            stop_process(self.process, 30, group=True)
 
 
 TOP_HEADLESS = (

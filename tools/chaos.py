@@ -29,7 +29,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, REPO)
 
 from actors import fetch_snapshot, send_command  # noqa: E402
 from actors._info import ActorInfo  # noqa: E402
+from inferflux.testing import free_port, stop_process  # noqa: E402
 
 PROFILES = {
     # requests, concurrency, nemesis period (s), max_tokens range
@@ -141,9 +141,7 @@ def make_jobs(rng: random.Random, profile: dict) -> list[Job]:
 
 class Server:
     def __init__(self, log_path: str, extra_env: dict[str, str]) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.log_path = log_path
         self.log = open(log_path, "w")
         command = [sys.executable, "-m", "inferflux", "run", "--chaos", "--port", str(self.port)]
@@ -173,13 +171,7 @@ class Server:
         return fetch_snapshot(self.introspection)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 60)
         self.log.close()
         return self.process.returncode
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ import openai
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from inferflux.testing import free_port, stop_process  # noqa: E402
 from inferflux.top_app import TopApp  # noqa: E402
 
 
@@ -52,9 +51,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "inferflux-top.svg"))
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "inferflux", "run", "--port", str(port), "--n-parallel", "8"],
         stdout=subprocess.DEVNULL,
@@ -82,8 +79,7 @@ def main() -> None:
         stop.set()
         for c in clients:
             c.join(60)
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
+        stop_process(server, 60)
 
 
 if __name__ == "__main__":
