@@ -14,30 +14,15 @@ from typing import Any
 
 import trio
 
+from ._base import BaseActor
 from ._envelope import Envelope, error_for_caller
-from ._errors import (
-    ActorCrashed,
-    ActorUnavailable,
-    InjectedCrash,
-    describe,
-    is_cancellation,
-)
-from ._info import ActorInfo, State
-from ._mailbox import Mailbox
-from ._registry import Registry, registry
+from ._errors import ActorCrashed, InjectedCrash
+from ._registry import Registry
 
 
-class Actor:
-    mailbox_capacity: int = 256
-    kind: str = "actor"
-
+class Actor(BaseActor):
     def __init__(self, name: str, *, in_registry: Registry | None = None) -> None:
-        self.name = name
-        self.state: State = "starting"
-        self.registry = in_registry or registry
-        self.mailbox = Mailbox(name, self.mailbox_capacity)
-        self.messages_out = 0
-        self.last_error = ""
+        super().__init__(name, in_registry=in_registry)
         self._nursery: trio.Nursery | None = None
         self._deferred: list[Envelope] = []  # requests answered later (long-lived streams)
 
@@ -53,11 +38,11 @@ class Actor:
         `envelope.send()` and end with `envelope.reply()` (done here if you do not)."""
         raise NotImplementedError(f"{type(self).__name__} does not handle {type(message)}")
 
-    def details(self) -> dict[str, float | int | str]:
-        """Extra numbers for introspection (queue lengths, tok/s...)."""
-        return {}
-
     # runtime ---------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return os.getpid()  # runs in this process, whichever one that is
+
     @property
     def nursery(self) -> trio.Nursery:
         if self._nursery is None:
@@ -82,21 +67,16 @@ class Actor:
                 await self._handle_loop()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
-            if not is_cancellation(exc):
-                self.state = "crashed"
-                self.last_error = describe(exc)
+            self._record_crash(exc)
             raise
         finally:
-            self.registry.unregister(self.name, self.mailbox)
-            self.mailbox.fail_pending(ActorUnavailable(self.name, "stopped before handling"))
-            for envelope in self._deferred:  # never leave a stream reader waiting
-                envelope.fail(ActorCrashed(self.name, self.last_error or "stopped"))
+            # Deferred streams are in flight: never leave a stream reader waiting.
+            self._go_down(self._deferred, "stopped before handling")
             self._deferred.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.stopping()
             self._nursery = None
-            if self.state != "crashed":
-                self.state = "stopped"
+            self._settle_state()
 
     async def _handle_loop(self) -> None:
         while True:
@@ -127,16 +107,3 @@ class Actor:
             raise InjectedCrash("injected by the chaos harness")
 
         self.nursery.start_soon(crash)
-
-    def info(self) -> ActorInfo:
-        return ActorInfo(
-            name=self.name,
-            kind=self.kind,
-            state=self.state,
-            pid=os.getpid(),
-            mailbox_depth=self.mailbox.depth,
-            messages_in=self.mailbox.messages_in,
-            messages_out=self.messages_out,
-            last_error=self.last_error,
-            details=self.details(),
-        )

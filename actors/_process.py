@@ -29,16 +29,9 @@ import trio
 
 from transports import Channel, ChannelClosed, Faults, MessageDecodeError, unique_address
 
+from ._base import BaseActor
 from ._envelope import Envelope
-from ._errors import (
-    ActorCrashed,
-    ActorUnavailable,
-    InjectedCrash,
-    RemoteError,
-    describe,
-    is_cancellation,
-)
-from ._info import ActorInfo, State
+from ._errors import InjectedCrash, RemoteError
 from ._link import (
     Call,
     Cast,
@@ -52,8 +45,7 @@ from ._link import (
     frame_codec,
     import_target,
 )
-from ._mailbox import Mailbox
-from ._registry import Registry, registry
+from ._registry import Registry
 
 
 class ProcessExited(Exception):
@@ -67,7 +59,7 @@ class ProcessExited(Exception):
         super().__init__(f"process actor {name!r} exited unexpectedly ({how})")
 
 
-class ProcessActor:
+class ProcessActor(BaseActor):
     kind = "process"
     mailbox_capacity = 1024
 
@@ -84,7 +76,7 @@ class ProcessActor:
         env: dict[str, str] | None = None,
         in_registry: Registry | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, in_registry=in_registry)
         self.target = target
         self.options = options or {}
         self.role = role
@@ -92,13 +84,8 @@ class ProcessActor:
         self.start_timeout_s = start_timeout_s
         self.term_timeout_s = term_timeout_s
         self.env = env
-        self.registry = in_registry or registry
         self.codecs = PayloadCodecs(import_target(target))
-        self.mailbox = Mailbox(name, self.mailbox_capacity)
-        self.state: State = "starting"
         self.pid = 0
-        self.messages_out = 0
-        self.last_error = ""
         self._pending: dict[int, Envelope] = {}
         self._stop_requested = False
         self._stop_event = trio.Event()
@@ -112,18 +99,8 @@ class ProcessActor:
         self._stop_event.set()
         self.mailbox.close()
 
-    def info(self) -> ActorInfo:
-        return ActorInfo(
-            name=self.name,
-            kind=self.kind,
-            state=self.state,
-            pid=self.pid,
-            mailbox_depth=self.mailbox.depth,
-            messages_in=self.mailbox.messages_in,
-            messages_out=self.messages_out,
-            last_error=self.last_error,
-            details={"in_flight": len(self._pending)},
-        )
+    def details(self) -> dict[str, float | int | str]:
+        return {"in_flight": len(self._pending)}
 
     def inject_crash(self, where: str = "child") -> None:
         """Chaos: an exception inside the child's actor ("child": the process exits with
@@ -189,18 +166,12 @@ class ProcessActor:
                 if not self._stop_requested:
                     raise ProcessExited(self.name, code)
         except BaseException as exc:
-            if not is_cancellation(exc):
-                self.state = "crashed"
-                self.last_error = describe(exc)
+            self._record_crash(exc)
             raise
         finally:
             self._channel = self._pumps = None
-            self.registry.unregister(self.name, self.mailbox)
-            cause = self.last_error or "stopped"
-            for envelope in self._pending.values():
-                envelope.fail(ActorCrashed(self.name, cause))
+            self._go_down(self._pending.values(), f"process down ({self.last_error or 'stopped'})")
             self._pending.clear()
-            self.mailbox.fail_pending(ActorUnavailable(self.name, f"process down ({cause})"))
             if process is not None:
                 with trio.CancelScope(shield=True):
                     await self._terminate(process)
@@ -209,8 +180,7 @@ class ProcessActor:
                     os.unlink(address.path)
                 except FileNotFoundError:
                     pass
-            if self.state != "crashed":
-                self.state = "stopped"
+            self._settle_state()
 
     async def _await_hello(self, channel: Channel[Any], process: trio.Process) -> None:
         with trio.move_on_after(self.start_timeout_s) as scope:
