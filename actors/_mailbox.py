@@ -45,9 +45,6 @@ class Mailbox:
         """Next envelope; trio.EndOfChannel once closed and drained."""
         return await self._receive.receive()
 
-    def get_nowait(self) -> Envelope:
-        return self._receive.receive_nowait()
-
     def close(self) -> None:
         """Refuse new messages; what is queued can still be drained."""
         self.closed = True

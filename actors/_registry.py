@@ -38,9 +38,6 @@ class Registry:
             raise ActorUnavailable(name, "not running (never started, stopped, or restarting)")
         return mailbox
 
-    def names(self) -> list[str]:
-        return sorted(self._mailboxes)
-
 
 registry = Registry()
 

@@ -34,7 +34,7 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Start a sequence in `slot`.
 
     The slot's KV already holds `tokens[:n_cached]` (a cached prefix the scheduler matched),
-    after copying `copy_len` cells from slot `copy_from` when copy_from >= 0. The worker
+    after copying it from slot `copy_from` when copy_from >= 0. The worker
     drops anything in the slot past n_cached, prefills the rest in chunks, then decodes.
     `n_generated` > 0 re-admits a sequence by recompute: the last `n_generated` tokens of
     `tokens` were already sent to the client and count against max_tokens; their text is
@@ -49,7 +49,6 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     sampling: SamplingParams
     n_cached: int = 0
     copy_from: int = -1
-    copy_len: int = 0
     n_generated: int = 0
     text_sent: int = 0  # recompute: characters of text the client already has
     trace_id: str = ""  # the request's W3C trace id, for the worker's logs
@@ -70,11 +69,7 @@ WorkerMessage = Union[Admit, Cancel, Attach]
 
 
 class WorkerReady(msgspec.Struct, tag=True, frozen=True, array_like=True):
-    model_name: str
-    n_ctx_train: int
-    kv_cells: int
-    n_slots: int
-    pid: int
+    """First on the result stream: this worker's KV cache is empty and it takes Admits."""
 
 
 class TokenLogprob(msgspec.Struct, frozen=True, array_like=True, gc=False):

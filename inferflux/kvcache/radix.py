@@ -26,12 +26,6 @@ class RadixTree:
         self._root = _Node([])
         self._paths: dict[int, list[int]] = {}  # slot -> tokens inserted for it
 
-    def __contains__(self, slot: int) -> bool:
-        return slot in self._paths
-
-    def tokens_of(self, slot: int) -> list[int]:
-        return self._paths.get(slot, [])
-
     @property
     def slots(self) -> list[int]:
         return list(self._paths)

@@ -85,7 +85,7 @@ class Scheduler(Actor):
         self.running: dict[int, Request] = {}
         self._order = itertools.count()
         self.ready = trio.Event()
-        self.worker_info: WorkerReady | None = None
+        self.worker_seen = False  # a WorkerReady after the first one is a restarted worker
         self.steps = 0
         self.max_batch_seen = 0
         self.worker_restarts = 0
@@ -188,7 +188,6 @@ class Scheduler(Actor):
                     request.sampling,
                     placement.n_cached,
                     placement.copy_from,
-                    placement.n_cached,
                     len(request.generated),
                     request.text_sent,
                     request.trace_id,
@@ -220,7 +219,7 @@ class Scheduler(Actor):
                 ) as results:
                     async for item in results:
                         if isinstance(item, WorkerReady):
-                            self._on_worker_ready(item)
+                            self._on_worker_ready()
                         else:
                             self._on_step(item)
             except ActorError:
@@ -246,11 +245,11 @@ class Scheduler(Actor):
         self.waiting.clear()
         self._update_gauges()
 
-    def _on_worker_ready(self, ready: WorkerReady) -> None:
+    def _on_worker_ready(self) -> None:
         self.gave_up = ""
-        if self.worker_info is not None:
+        if self.worker_seen:
             self.worker_restarts += 1
-        self.worker_info = ready
+        self.worker_seen = True
         self.down_since = None
         self.kv.reset()
         self.ready.set()

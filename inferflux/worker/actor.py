@@ -85,16 +85,7 @@ class DeviceWorker(Actor):
                 self.engine.reset()
                 self._results = envelope
                 envelope.defer()
-                info = self.engine.model.info
-                envelope.send(
-                    WorkerReady(
-                        os.path.basename(self.model_path),
-                        info.n_ctx_train,
-                        self.cells_per_slot,
-                        self.n_slots,
-                        os.getpid(),
-                    )
-                )
+                envelope.send(WorkerReady())
             case Admit():
                 if message.sampling.grammar:  # compile off the step loop (or hit the cache)
                     await trio.to_thread.run_sync(

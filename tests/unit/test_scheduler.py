@@ -58,7 +58,7 @@ class ScriptedWorker(Actor):
             case Attach():
                 envelope.defer()
                 self.port = envelope
-                envelope.send(WorkerReady("scripted", 4096, 4096, 4, 0))
+                envelope.send(WorkerReady())
             case Admit():
                 self.admitted.append(message)
                 self.seqs[message.seq_id] = {
