@@ -40,8 +40,12 @@ class Metrics:
         self.running = gauge("num_requests_running", "Sequences in the running batch.")
         self.waiting = gauge("num_requests_waiting", "Requests waiting for a slot.")
         self.kv_usage = gauge("kv_cache_usage_perc", "Fraction of KV cells in use (0-1).")
-        self.prefix_queries = counter("prefix_cache_queries", "Prompt tokens looked up.")
-        self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the cache.")
+        self.prefix_queries = counter(
+            "prefix_cache_queries", "Prompt tokens looked up in the prefix cache (none when off)."
+        )
+        self.prefix_hits = counter(
+            "prefix_cache_hits", "Prompt tokens found in the prefix cache (not prefilled)."
+        )
         self.prompt_tokens = counter("prompt_tokens_total", "Prompt tokens received.")
         self.prompt_computed = counter(
             "prompt_tokens_computed_total", "Prompt tokens actually prefilled (not reused)."

@@ -15,7 +15,7 @@ bookkeeping and the worker's cells never disagree.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .radix import RadixTree
@@ -28,6 +28,9 @@ class Placement:
     slot: int
     n_cached: int  # prompt tokens whose KV is already there (after the copy, if any)
     copy_from: int = -1
+    # Prompt tokens looked up in the prefix cache (0 with it off): with n_cached, what this
+    # placement adds to the hit-rate counts. Bookkeeping, not part of the decision.
+    n_queried: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -37,8 +40,9 @@ class KVStats:
     cached: int
     cells_per_slot: int
     cells_used: int
-    prefix_queries: int
-    prefix_hits: int
+    # The prefix cache's hit rate is prefix_hit_tokens / prefix_query_tokens: prompt tokens
+    # looked up (none while it is off), and of those, reused from KV instead of prefilled.
+    # The scheduler's metrics add up the same per-placement numbers.
     prefix_query_tokens: int
     prefix_hit_tokens: int
 
@@ -65,7 +69,6 @@ class KVCacheManager:
         self._last_used = [0] * n_slots
         self._clock = itertools.count(1)
         self.tree = RadixTree()
-        self.prefix_queries = self.prefix_hits = 0
         self.prefix_query_tokens = self.prefix_hit_tokens = 0
 
     # questions -------------------------------------------------------------------------
@@ -83,8 +86,6 @@ class KVCacheManager:
             self.state.count("cached"),
             self.cells_per_slot,
             sum(self.cells),
-            self.prefix_queries,
-            self.prefix_hits,
             self.prefix_query_tokens,
             self.prefix_hit_tokens,
         )
@@ -99,11 +100,10 @@ class KVCacheManager:
         """
         if not self.can_place():
             return None
-        length, holders = (0, set())
+        length, holders, queried = 0, set(), 0
         if self.prefix_cache:
             length, holders = self.tree.longest_match(prompt)
-            self.prefix_queries += 1
-            self.prefix_query_tokens += len(prompt)
+            queried = len(prompt)
         # The last prompt token is always computed: its logits give the first new token.
         length = min(length, len(prompt) - 1)
         if length < self.min_reuse_tokens:
@@ -111,16 +111,15 @@ class KVCacheManager:
         cached_holders = [s for s in holders if self.state[s] == "cached"]
         if cached_holders:
             slot = max(cached_holders, key=lambda s: self._last_used[s])
-            placement = Placement(slot, length)
+            placement = Placement(slot, length, n_queried=queried)
         else:
             slot = self._victim()
             if holders:
-                placement = Placement(slot, length, copy_from=min(holders))
+                placement = Placement(slot, length, copy_from=min(holders), n_queried=queried)
             else:
-                placement = Placement(slot, 0)
-        if placement.n_cached:
-            self.prefix_hits += 1
-            self.prefix_hit_tokens += placement.n_cached
+                placement = Placement(slot, 0, n_queried=queried)
+        self.prefix_query_tokens += placement.n_queried
+        self.prefix_hit_tokens += placement.n_cached
         # From now on the slot holds prompt[:n_cached] (the worker executes the Admit before
         # anything later): a request arriving next can already reuse that part.
         if placement.n_cached and self.prefix_cache:

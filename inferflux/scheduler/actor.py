@@ -178,7 +178,8 @@ class Scheduler(Actor):
             request.cached_tokens = max(request.cached_tokens, placement.n_cached)
             request.preempting = False
             self.running[request.seq_id] = request
-            self.metrics.of(self.metrics.prefix_queries).inc(len(tokens))
+            # The KV manager's own counts, placement by placement (see KVStats).
+            self.metrics.of(self.metrics.prefix_queries).inc(placement.n_queried)
             self.metrics.of(self.metrics.prefix_hits).inc(placement.n_cached)
             self._cast(
                 Admit(

@@ -15,7 +15,8 @@ def test_prefix_reuse_prefers_cached_holder_then_copies_from_running() -> None:
     kv.release(0, system + [10, 11, 12])
     c = kv.place(system + [10, 11, 99])
     assert c == Placement(0, 7)
-    assert kv.stats().prefix_hits == 2 and kv.stats().prefix_hit_tokens == 12
+    # 6 + 6 + 8 prompt tokens looked up; 5 + 7 of them reused
+    assert kv.stats().prefix_query_tokens == 20 and kv.stats().prefix_hit_tokens == 12
 
 
 def test_no_slot_when_all_running_and_lru_eviction_of_cached() -> None:
