@@ -246,7 +246,8 @@ class Engine:
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
             self._finish(seq, "length")
-        elif seq.n_past + 1 >= self.context.n_ctx:
+        elif seq.n_past + 1 >= self.context.cells_per_slot:
+            # Its slot's stream is full: a safety net, admission caps prompt + max_tokens.
             self._finish(seq, "length")
         else:
             seq.next_token = token

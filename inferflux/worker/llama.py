@@ -163,6 +163,8 @@ class Context:
                 f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq_max})"
             )
         self.n_ctx = L.llama_n_ctx(self.ptr)
+        # What one sequence can hold: its own stream, not the whole n_ctx.
+        self.cells_per_slot = L.llama_n_ctx_seq(self.ptr)
         self.memory = L.llama_get_memory(self.ptr)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self.n_batch = n_batch
