@@ -32,8 +32,10 @@ from transports import Address
 
 from .config import Config
 from .ingress.actor import IngressActor
-from .ingress.app import Frontend
-from .ingress.auth import Guard
+from .ingress.gate import Gate, OpenGate
+from .ingress.policy_gate import PolicyGate
+from .ingress.served import ServedModel
+from .ingress.services import Services
 from .metrics import Metrics
 from .model.chat_template import ChatTemplate
 from .model.store import default_model_path
@@ -116,26 +118,23 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
 
     tracer = RequestTracer(config.server.otel_traces) if config.server.otel_traces else None
-    guard = None
+    gate: Gate = OpenGate(ActorRef("policy", registry))
     if policy is not None:
-        guard = Guard(
-            policy=ActorRef("policy", registry),
+        gate = PolicyGate(
+            ActorRef("policy", registry),
             audit=policy.audit,
             blocklist=policy.blocklist,
             needs_prompt_text=policy.needs_prompt_text,
         )
-    front = Frontend(
-        model_id=model_id,
-        tokenizer=tokenizer,
-        template=template,
-        ctx_size=ctx_size,
+    services = Services(
+        model=ServedModel(model_id, tokenizer, template, ctx_size),
         scheduler=ActorRef("scheduler", registry),
-        policy=ActorRef("policy", registry),
+        gate=gate,
         metrics=metrics,
-        is_ready=is_ready,
+        workers_ready=is_ready,
+        snapshot=lambda: root.info(),
         max_body_bytes=config.server.max_body_bytes,
         tracer=tracer,
-        guard=guard,
     )
     root = Supervisor(
         "inferflux",
@@ -165,7 +164,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                 "ingress",
                 lambda: IngressActor(
                     "ingress",
-                    front=front,
+                    services=services,
                     host=config.server.host,
                     port=config.server.port,
                     graceful_timeout_s=config.server.drain_timeout_s,
@@ -177,7 +176,6 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         max_restarts=10,
         max_seconds=60,
     )
-    front.snapshot = root.info
     metrics.watch_tree(root.info)
     control = chaos_control(root) if config.server.chaos else None
     introspection = (

@@ -15,7 +15,8 @@ from hypercorn.trio import serve
 
 from actors import Actor
 
-from .app import Frontend, create_app
+from .app import create_app
+from .services import IngressState, Services
 
 log = logging.getLogger("inferflux.ingress")
 
@@ -25,14 +26,15 @@ class IngressActor(Actor):
         self,
         name: str,
         *,
-        front: Frontend,
+        services: Services,
         host: str,
         port: int,
         graceful_timeout_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        self.front = front
+        self.services = services
+        self.serving: IngressState | None = None  # from started() on
         self.host, self.port = host, port
         self.graceful_timeout_s = graceful_timeout_s
         self.bound: list[str] = []
@@ -47,8 +49,8 @@ class IngressActor(Actor):
         config.keep_alive_timeout = 5
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
-        app = create_app(self.front)
-        self.front.nursery = self.nursery
+        self.serving = IngressState(self.nursery)
+        app = create_app(self.services, self.serving)
 
         async def serve_then_signal(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -73,12 +75,11 @@ class IngressActor(Actor):
         # the listener and every connection. Idle keep-alive connections do not hold the
         # exit (hypercorn alone would wait its whole graceful timeout for them).
         await self._draining.wait()
-        self.front.draining = True
-        drained = await self.front.in_flight.wait_zero(self.graceful_timeout_s)
-        if not drained:
-            log.warning(
-                "drain timeout: %d requests still running are cut", self.front.in_flight.count
-            )
+        assert self.serving is not None  # started() ran
+        self.serving.draining = True
+        in_flight = self.serving.in_flight
+        if not await in_flight.wait_zero(self.graceful_timeout_s):
+            log.warning("drain timeout: %d requests still running are cut", in_flight.count)
         self._shutdown.set()
         with trio.move_on_after(1):  # let hypercorn close cleanly; idle connections may not
             await self._served.wait()

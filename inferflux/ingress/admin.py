@@ -22,14 +22,17 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, request
+
+from actors import ActorRef
 
 from ..policy.messages import Admin, AdminOp
-from .auth import Guard, api_error, ask_policy
+from .context import current
 from .errors import APIError
+from .policy_client import api_error, ask_policy
 
 
-def admin_blueprint(guard: Guard) -> Blueprint:
+def admin_blueprint(policy: ActorRef) -> Blueprint:
     admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
     async def run(op: AdminOp, name: str = "", with_body: bool = False) -> Response:
@@ -43,18 +46,19 @@ def admin_blueprint(guard: Guard) -> Blueprint:
                 raise APIError(
                     400, f"request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
+        context = current()
         decision = await ask_policy(
-            guard.policy,
+            policy,
             Admin(
-                credential=request.headers.get("authorization", ""),
+                credential=context.credential,
                 op=op,
                 name=name,
                 body=body,
-                trace_id=getattr(g, "trace_id", ""),
+                trace_id=context.trace_id,
             ),
         )
         if not decision.allowed:
-            g.denial = decision
+            context.denial = decision
             raise api_error(decision)
         return Response(
             msgspec.json.encode(decision.result),

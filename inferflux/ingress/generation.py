@@ -1,13 +1,10 @@
-"""Turning a validated OpenAI request into a scheduler stream, and its deltas into OpenAI
-responses (one JSON body, or server-sent events)."""
+"""One generation: a Submit's stream of Deltas from the scheduler, resumed across a
+scheduler crash, and the HTTP error its failure means."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
-import time
-import uuid
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator
 
@@ -21,15 +18,10 @@ from .errors import APIError
 
 _seq_ids = itertools.count(1)
 RESUBMIT_WINDOW_S = 10.0  # how long a stream waits for a restarted scheduler
-_json = msgspec.json.Encoder()
 
 
 def next_seq_id() -> int:
     return next(_seq_ids)
-
-
-def request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 class InFlight:
@@ -72,6 +64,7 @@ class Generation:
         self._items: AsyncIterator[Delta] | None = None
         self.first: Delta | None = None
         self.finished = False
+        self._closed = False
 
     async def start(self) -> None:
         self.in_flight.count += 1
@@ -144,6 +137,10 @@ class Generation:
                 await trio.sleep(0.1)
 
     async def close(self) -> None:
+        """Stop the stream (telling the scheduler, if it has not finished); once."""
+        if self._closed:
+            return
+        self._closed = True
         if self._counted:
             self._counted = False
             self.in_flight.count -= 1
@@ -158,85 +155,6 @@ class Generation:
             self.span.end()
             self.span = None
         await self._stack.aclose()
-
-
-def sibling(submit: Submit, index: int) -> Submit:
-    """Choice `index` of an n > 1 request: its own sequence, and its own seed (the same seed
-    would make every choice identical)."""
-    sampling = submit.sampling
-    if sampling.seed is not None:
-        sampling = msgspec.structs.replace(sampling, seed=(sampling.seed + index) & 0xFFFFFFFF)
-    return msgspec.structs.replace(submit, seq_id=next_seq_id(), sampling=sampling)
-
-
-async def start_all(generations: list[Generation]) -> None:
-    """Start generations concurrently; the first failure is raised (each failed one has
-    closed itself; the caller closes the rest)."""
-    errors: list[Exception] = []
-
-    async def start(generation: Generation) -> None:
-        try:
-            await generation.start()
-        except Exception as exc:  # an APIError: kept for the caller, not a nursery group
-            errors.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        for generation in generations:
-            nursery.start_soon(start, generation)
-    if errors:
-        raise errors[0]
-
-
-async def merged(
-    generations: list[Generation], nursery: trio.Nursery | None
-) -> AsyncIterator[tuple[int, Delta]]:
-    """(choice index, delta) from every generation, in arrival order.
-
-    With several choices, one pump task per generation runs in `nursery` (the ingress
-    actor's: a response body is an async generator, which must not hold a nursery open
-    across its yields). The pumps are cancelled when this iterator ends or is closed."""
-    if len(generations) == 1:
-        async for delta in generations[0].deltas():
-            yield 0, delta
-        return
-    assert nursery is not None, "n > 1 needs the ingress nursery"
-    send, receive = trio.open_memory_channel[tuple[int, Delta | BaseException]](64)
-    scopes = [trio.CancelScope() for _ in generations]
-
-    async def pump(index: int) -> None:
-        # Never raises: an exception here would take the ingress actor down with it.
-        with scopes[index], contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            try:
-                async for delta in generations[index].deltas():
-                    await send.send((index, delta))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise
-            except Exception as exc:  # an APIError: handed to the response
-                await send.send((index, exc))
-
-    try:
-        for index in range(len(generations)):
-            nursery.start_soon(pump, index)
-        finished = 0
-        while finished < len(generations):
-            index, item = await receive.receive()
-            if isinstance(item, BaseException):
-                raise item
-            if item.finish_reason:
-                finished += 1
-            yield index, item
-    finally:
-        for scope in scopes:
-            scope.cancel()
-        receive.close()
-
-
-def total_usage(prompt_tokens: int, choices: list[Any]) -> dict[str, Any]:
-    """Usage of all choices: the prompt counts once (its KV cells are shared)."""
-    ends = [choice.delta for choice in choices if choice.delta is not None]
-    completion = sum(delta.completion_tokens for delta in ends)
-    cached = ends[0].cached_tokens if ends else 0
-    return usage(prompt_tokens, completion, cached)
 
 
 def _api_error(exc: BaseException) -> BaseException:
@@ -265,23 +183,3 @@ def _api_error(exc: BaseException) -> BaseException:
             retry_after_s=2,
         )
     return exc
-
-
-def sse(payload: Any) -> bytes:
-    return b"data: " + _json.encode(payload) + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
-
-
-def now() -> int:
-    return int(time.time())

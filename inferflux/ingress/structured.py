@@ -15,6 +15,7 @@ import trio
 from ..worker.constraint import check_grammar
 from ..worker.llama import Model
 from .errors import APIError
+from .request_types import JSONObjectFormat, ResponseFormat, TextFormat
 
 # Compact but readable JSON, and no free-form whitespace: a small model given the choice
 # tends to emit newlines forever instead of closing the object.
@@ -50,24 +51,13 @@ async def checked(model: Model, grammar: str, param: str) -> str:
     return grammar
 
 
-async def response_format_grammar(model: Model, response_format: dict[str, Any] | None) -> str:
+async def response_format_grammar(model: Model, response_format: ResponseFormat | None) -> str:
     """The grammar for a chat request's response_format ("" for free text)."""
-    if not response_format:
+    if response_format is None or isinstance(response_format, TextFormat):
         return ""
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return ""
-    if kind == "json_object":
+    if isinstance(response_format, JSONObjectFormat):
         return await checked(model, schema_grammar({"type": "object"}), "response_format")
-    if kind != "json_schema":
-        raise APIError(
-            400,
-            f"response_format.type must be text, json_object or json_schema, not {kind!r}",
-            param="response_format.type",
-            code="invalid_value",
-        )
-    spec = response_format.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+    if response_format.json_schema is None:
         raise APIError(
             400,
             "response_format.json_schema must be an object with a `schema` object",
@@ -75,7 +65,7 @@ async def response_format_grammar(model: Model, response_format: dict[str, Any] 
             code="invalid_value",
         )
     # No schema means any JSON value, as OpenAI treats it.
-    schema = spec.get("schema") or {}
+    schema = response_format.json_schema.schema or {}
     try:
         grammar = schema_grammar(schema)
     except ValueError as exc:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from actors import ActorRef, Registry
 from inferflux.config import ConfigError, PolicyConfig, load_config
-from inferflux.ingress import auth, guard
-from inferflux.ingress.auth import required_permission
+from inferflux.ingress import policy_client, tickets
 from inferflux.ingress.errors import APIError
+from inferflux.ingress.policy_client import required_permission
 from inferflux.policy import ops
 from inferflux.policy.actor import PolicyActor
 from inferflux.policy.audit import AuditLog
@@ -331,7 +331,7 @@ async def test_a_timed_out_policy_call_is_not_retried(
 ) -> None:
     # The actor goes on deciding after the caller gave up: a retry would charge the
     # request's rate and tokens twice (the first charge never settled).
-    monkeypatch.setattr(auth, "POLICY_CALL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(policy_client, "POLICY_CALL_TIMEOUT_S", 0.2)
     opa.delay_s = 0.5
     client = OPAClient(opa.url, timeout_s=5, fail_open=False)
     registry = Registry()
@@ -343,7 +343,7 @@ async def test_a_timed_out_policy_call_is_not_retried(
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
         with pytest.raises(APIError) as timed_out:
-            await auth.ask_policy(ActorRef("policy", registry), ask("", max_tokens=5))
+            await policy_client.ask_policy(ActorRef("policy", registry), ask("", max_tokens=5))
         assert (timed_out.value.status, timed_out.value.code) == (503, "policy_timeout")
         await trio.sleep(1.5)  # anything retried would have reached OPA by now
         assert len(opa.inputs) == 1
@@ -356,7 +356,7 @@ async def test_an_evicted_ticket_is_audited_but_never_refunded(
 ) -> None:
     # The oldest open ticket may belong to a generation still running: refunding its
     # reservation would let its principal overspend.
-    monkeypatch.setattr(guard, "MAX_OPEN_TICKETS", 1)
+    monkeypatch.setattr(tickets, "MAX_OPEN_TICKETS", 1)
     store, keys = store_with(
         tmp_path, k=ops.KeyRequest(name="k", scopes=["generate"], tokens_per_minute=100)
     )
@@ -364,10 +364,10 @@ async def test_an_evicted_ticket_is_audited_but_never_refunded(
     actor = PolicyActor("policy", make_policy=lambda: policy(store), in_registry=registry)
     ref = ActorRef("policy", registry)
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
-    held = guard.Guard(ref, audit, Blocklist([]), needs_prompt_text=False)
+    held = tickets.TicketBook(ref, audit, needs_prompt_text=False)
 
-    def ticket(seq_id: int, decision: Decision) -> guard.Ticket:
-        return guard.Ticket(
+    def ticket(seq_id: int, decision: Decision) -> tickets.Ticket:
+        return tickets.Ticket(
             seq_id, decision.principal, f"t{seq_id}", "POST", "/v1/completions", MODEL, 10, "",
             decision.reserved_tokens, trio.current_time(),
         )  # fmt: skip

@@ -9,15 +9,9 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inferflux.ingress.openai_types import ChatMessage
-from inferflux.ingress.tools import (
-    Function,
-    ToolStream,
-    call_grammar,
-    ends_repeating,
-    parse_calls,
-    render_chat,
-)
+from inferflux.ingress.request_types import ChatMessage
+from inferflux.ingress.tool_calls import ToolStream, ends_repeating, parse_calls
+from inferflux.ingress.tool_prompt import Function, call_grammar, render_chat
 from inferflux.model.chat_template import CHATML, ChatTemplate
 
 FUNCTIONS = [
@@ -53,6 +47,7 @@ def replay(text: str, cuts: list[int], incremental: bool) -> tuple[str, list[tup
         parts += stream.feed(text[start:end])
         start = end
     parts += stream.finish()
+    parts = [msgspec.to_builtins(part) for part in parts]  # ChatDelta: unset fields left out
     content = "".join(p.get("content", "") for p in parts)
     calls: dict[int, list[str]] = {}
     for part in parts:

@@ -2,7 +2,10 @@
 
 Unknown fields are ignored (SDKs send extras through `extra_body`; OpenAI's own fields we
 do not implement yet are rejected explicitly in `check_unsupported`). Error messages name
-the field path, e.g. "Expected `number`, got `str` - at `$.temperature`".
+the field path, e.g. "Expected `number`, got `str` - at `$.temperature`", which
+`errors.from_decode_error` turns into the error's `param`. Constraints live in the
+annotations, so `tools`, `tool_choice` and `response_format` are checked here too, not by
+hand; what needs the model (a schema that must compile) is checked in the pipeline.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+FunctionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+JSONSchema = dict[str, Any]
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type"):
@@ -84,6 +89,61 @@ def parse_arguments(arguments: str | dict[str, Any]) -> Any:
         return arguments
 
 
+# tools -----------------------------------------------------------------------------------
+class FunctionDefinition(msgspec.Struct):
+    name: FunctionName
+    description: str | None = None
+    parameters: JSONSchema | None = None
+    """A JSON schema of type object (checked in tool_prompt.read_tools); None: no
+    arguments."""
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct):
+    function: FunctionDefinition
+    type: Literal["function"] = "function"
+
+
+class ChosenFunction(msgspec.Struct):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct):
+    """`{"type": "function", "function": {"name": ...}}`: call exactly this function."""
+
+    function: ChosenFunction
+    type: Literal["function"] = "function"
+
+
+ToolChoice = Union[Literal["none", "auto", "required"], NamedToolChoice]
+
+
+# response_format -------------------------------------------------------------------------
+class TextFormat(msgspec.Struct, tag="text", tag_field="type"):
+    pass
+
+
+class JSONObjectFormat(msgspec.Struct, tag="json_object", tag_field="type"):
+    pass
+
+
+class JSONSchemaSpec(msgspec.Struct):
+    name: str = ""
+    schema: JSONSchema | None = None
+    """None or {}: any JSON value, as OpenAI treats it."""
+    description: str | None = None
+    strict: bool | None = None
+
+
+class JSONSchemaFormat(msgspec.Struct, tag="json_schema", tag_field="type"):
+    json_schema: JSONSchemaSpec | None = None
+    """Required; optional here so that its absence is reported on its own path."""
+
+
+ResponseFormat = Union[TextFormat, JSONObjectFormat, JSONSchemaFormat]
+
+
+# requests --------------------------------------------------------------------------------
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
@@ -109,17 +169,34 @@ class _Sampling(msgspec.Struct, kw_only=True):
     priority: int = 0
     ignore_eos: bool = False
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
 
 class ChatCompletionRequest(_Sampling, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: PositiveInt | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     logit_bias: dict[str, float] | None = None
     parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_Sampling, kw_only=True):
+    # str, [str] or [token ids]: one array type (msgspec unions allow one), checked later
+    prompt: Union[str, list[Union[str, int]]]
+    echo: bool = False
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+GenerationRequest = Union[ChatCompletionRequest, CompletionRequest]
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -136,17 +213,7 @@ class DetokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     tokens: list[int]
 
 
-class CompletionRequest(_Sampling, kw_only=True):
-    # str, [str] or [token ids]: one array type (msgspec unions allow one), checked later
-    prompt: Union[str, list[Union[str, int]]]
-    echo: bool = False
-    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
-    logit_bias: dict[str, float] | None = None
-    suffix: str | None = None
-    best_of: int | None = None
-
-
-def check_unsupported(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
+def check_unsupported(request: GenerationRequest) -> tuple[str, str] | None:
     """(param, message) for a field we accept syntactically but do not implement."""
     if isinstance(request, CompletionRequest):
         if request.suffix:

@@ -1,0 +1,259 @@
+"""The request pipeline: plain functions from a decoded request to what the scheduler runs.
+
+    prepare_chat / prepare_completion   request Struct + ServedModel -> Prepared
+                                        (every check that needs no policy: model, fields,
+                                        tools and response_format grammars, the prompt
+                                        rendered and tokenized, the context window)
+    submit                              Prepared + the gate's ceiling -> Submit
+
+Nothing here touches HTTP or actors, so each step is testable with a tokenizer alone; a
+problem is an APIError (400/404) naming the parameter, raised before anything is queued.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import msgspec
+
+from ..messages import SamplingParams
+from ..model.chat_template import TemplateError
+from ..scheduler.messages import Submit
+from .errors import APIError
+from .request_types import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    DetokenizeRequest,
+    GenerationRequest,
+    TokenizeRequest,
+    check_unsupported,
+    stop_list,
+)
+from .served import ServedModel
+from .structured import response_format_grammar
+from .tool_prompt import NO_TOOLS, ToolPlan, plan_tools, render_chat
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A generation request checked and rendered: what the gate is asked about, and the
+    Submit once the gate has set its ceiling."""
+
+    prompt: list[int]
+    max_tokens: int | None
+    """As the client asked (None: whatever room the context window leaves)."""
+    room: int
+    """Tokens left in the context window after the prompt."""
+    sampling: SamplingParams
+    """Everything but max_tokens, which `submit` sets."""
+    n: int
+    priority: int
+    tools: ToolPlan = NO_TOOLS
+    echo: str = ""
+    """Completions with echo: the prompt text, sent before the completion."""
+
+    @property
+    def want_logprobs(self) -> bool:
+        return self.sampling.logprobs >= 0
+
+
+def check_model(model: ServedModel, requested: str | None) -> None:
+    if requested != model.id:
+        raise APIError(
+            404,
+            f"model {requested!r} does not exist; this server serves {model.id!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def _invalid(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def _check_common(model: ServedModel, req: GenerationRequest) -> None:
+    check_model(model, req.model)
+    unsupported = check_unsupported(req)
+    if unsupported:
+        param, message = unsupported
+        raise APIError(400, message, param=param, code="unsupported_parameter")
+
+
+async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepared:
+    _check_common(model, chat)
+    if not chat.messages:
+        raise _invalid("messages must contain at least one message", "messages")
+    if chat.top_logprobs is not None and not chat.logprobs:
+        raise _invalid("top_logprobs needs logprobs: true", "top_logprobs")
+    tools = await plan_tools(
+        model.tokenizer, chat.tools, chat.tool_choice, chat.parallel_tool_calls
+    )
+    format_grammar = await response_format_grammar(model.tokenizer, chat.response_format)
+    if tools.grammar and format_grammar:
+        raise _invalid(
+            "response_format cannot be combined with tool_choice required or a named "
+            "function: the output is then the tool call",
+            "response_format",
+        )
+    prompt = chat_prompt(model, chat.messages, tools)
+    max_tokens = chat.max_completion_tokens or chat.max_tokens
+    max_param = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
+    return Prepared(
+        prompt=prompt,
+        max_tokens=max_tokens,
+        room=context_room(model, prompt, max_tokens, max_param, "messages"),
+        sampling=sampling_params(
+            chat,
+            model.n_vocab,
+            grammar=tools.grammar or format_grammar,
+            logprobs=(chat.top_logprobs or 0) if chat.logprobs else -1,
+        ),
+        n=chat.n,
+        priority=chat.priority,
+        tools=tools,
+    )
+
+
+def prepare_completion(model: ServedModel, completion: CompletionRequest) -> Prepared:
+    _check_common(model, completion)
+    prompt, text = completion_prompt(model, completion.prompt)
+    return Prepared(
+        prompt=prompt,
+        max_tokens=completion.max_tokens,
+        room=context_room(model, prompt, completion.max_tokens, "max_tokens", "prompt"),
+        sampling=sampling_params(
+            completion,
+            model.n_vocab,
+            logprobs=-1 if completion.logprobs is None else completion.logprobs,
+        ),
+        n=completion.n,
+        priority=completion.priority,
+        # The prompt comes back before the completion, as OpenAI does.
+        echo=(text if text is not None else model.tokenizer.detokenize(prompt))
+        if completion.echo
+        else "",
+    )
+
+
+def chat_prompt(
+    model: ServedModel, messages: list[ChatMessage], tools: ToolPlan = NO_TOOLS
+) -> list[int]:
+    rendered = [m.as_template_dict() for m in messages]
+    try:
+        text = render_chat(model.template, rendered, tools.offered)
+    except TemplateError as exc:
+        raise _invalid(str(exc), "messages") from None
+    return model.tokenizer.tokenize(text, add_special=True, parse_special=True)
+
+
+def completion_prompt(
+    model: ServedModel, prompt: str | list[str | int]
+) -> tuple[list[int], str | None]:
+    """The prompt's tokens, and its text when it was sent as text."""
+    if isinstance(prompt, list):
+        if len({type(item) for item in prompt}) > 1:
+            raise _invalid(
+                "prompt must be a string, a list of strings, or a list of token ids, not a mix",
+                "prompt",
+            )
+        if prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise _invalid("several prompts in one request are not supported yet", "prompt")
+            prompt = prompt[0]
+    if isinstance(prompt, str):
+        tokens = model.tokenizer.tokenize(prompt, add_special=True, parse_special=False)
+        text: str | None = prompt
+    else:
+        tokens, text = check_token_ids(model, [int(t) for t in prompt], "prompt"), None
+    if not tokens:
+        raise _invalid("prompt must not be empty", "prompt")
+    return tokens, text
+
+
+def check_token_ids(model: ServedModel, tokens: list[int], param: str) -> list[int]:
+    bad = [t for t in tokens if not 0 <= t < model.n_vocab]
+    if bad:
+        raise _invalid(f"token ids out of range: {bad[:5]}", param)
+    return tokens
+
+
+def context_room(
+    model: ServedModel, prompt: list[int], max_tokens: int | None, max_param: str, prompt_param: str
+) -> int:
+    """Tokens the context window leaves after the prompt; 400 when the request cannot fit."""
+    room = model.ctx_size - len(prompt)
+    if room <= 0 or (max_tokens is not None and max_tokens > room):
+        wanted = len(prompt) + (max_tokens or 0)
+        raise APIError(
+            400,
+            f"this model's context window is {model.ctx_size} tokens; the "
+            f"prompt has {len(prompt)} tokens and max tokens asks for "
+            f"{max_tokens or 0} (total {wanted})",
+            param=max_param if room > 0 else prompt_param,
+            code="context_length_exceeded",
+        )
+    return room
+
+
+def logit_bias(biases: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias ({"token id": bias in [-100, 100]}) checked against the vocab."""
+    checked = []
+    for key, bias in (biases or {}).items():
+        if not re.fullmatch(r"-?[0-9]{1,9}", key) or not 0 <= int(key) < n_vocab:
+            raise _invalid(f"logit_bias keys must be token ids in [0, {n_vocab}), got {key!r}",
+                           "logit_bias")  # fmt: skip
+        if not -100 <= bias <= 100:
+            raise _invalid(
+                f"logit_bias values must be in [-100, 100], got {bias} for token {key}",
+                "logit_bias",
+            )
+        checked.append((int(key), float(bias)))
+    return tuple(checked)
+
+
+def sampling_params(
+    req: GenerationRequest, n_vocab: int, grammar: str = "", logprobs: int = -1
+) -> SamplingParams:
+    """The request's sampling fields with OpenAI's defaults (max_tokens: see `submit`)."""
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        stop=stop_list(req.stop),
+        ignore_eos=req.ignore_eos,
+        logit_bias=logit_bias(req.logit_bias, n_vocab),
+        grammar=grammar,
+        logprobs=logprobs,
+    )
+
+
+def submit(prepared: Prepared, seq_id: int, trace_id: str, ceiling: int | None) -> Submit:
+    """The scheduler's Submit: max_tokens as asked, else the room left, within the gate's
+    ceiling for requests that set none."""
+    room = prepared.room
+    max_tokens = min(prepared.max_tokens or room, ceiling or room)
+    sampling = msgspec.structs.replace(prepared.sampling, max_tokens=max_tokens)
+    return Submit(seq_id, prepared.prompt, sampling, prepared.priority, trace_id)
+
+
+# the tokenizer extras --------------------------------------------------------------------
+def tokenize(model: ServedModel, body: TokenizeRequest) -> list[int]:
+    if body.model is not None:
+        check_model(model, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise _invalid("send exactly one of prompt or messages", "prompt")
+    if body.messages is not None:
+        return chat_prompt(model, body.messages) if body.messages else []
+    return model.tokenizer.tokenize(body.prompt or "", add_special=True, parse_special=False)
+
+
+def detokenize(model: ServedModel, body: DetokenizeRequest) -> str:
+    if body.model is not None:
+        check_model(model, body.model)
+    return model.tokenizer.detokenize(check_token_ids(model, body.tokens, "tokens"))

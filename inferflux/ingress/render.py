@@ -1,0 +1,120 @@
+"""Response rendering: a generation's deltas into one JSON body or server-sent events.
+
+A renderer (chat_render.ChatRenderer, completion_render.CompletionRenderer) knows one
+response shape; the two drivers here know how a response is sent:
+
+    stream_events   opening chunks, a chunk list per delta, the usage chunk, [DONE]; an
+                    error after the headers went out travels as an SSE error event
+    whole_body      every delta absorbed, then one JSON body
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+
+from ..messages import TokenLogprob
+from ..scheduler.messages import Delta
+from .errors import APIError
+from .response_types import Usage
+
+SSE_DONE = b"data: [DONE]\n\n"
+_encode = msgspec.json.Encoder().encode
+
+
+def sse(payload: object) -> bytes:
+    return b"data: " + _encode(payload) + b"\n\n"
+
+
+def response_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class ChoiceText:
+    """What one choice has received so far: its text, logprobs and finish."""
+
+    def __init__(self, index: int, prefix: str = "") -> None:
+        self.index = index
+        self.text: list[str] = [prefix] if prefix else []
+        self.logprobs: list[TokenLogprob] = []
+        self.finish_reason: str | None = None
+        self.end: Delta | None = None  # the finishing delta (its usage counts)
+
+    def absorb(self, delta: Delta) -> None:
+        self.text.append(delta.text)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+            self.end = delta
+
+    @property
+    def whole_text(self) -> str:
+        return "".join(self.text)
+
+
+def total_usage(prompt_tokens: int, choices: list[ChoiceText]) -> Usage:
+    """Usage of all choices: the prompt counts once (its KV cells are shared)."""
+    ends = [choice.end for choice in choices if choice.end is not None]
+    completion = sum(end.completion_tokens for end in ends)
+    return Usage.of(prompt_tokens, completion, ends[0].cached_tokens if ends else 0)
+
+
+class Renderer(Protocol):
+    def opening(self) -> list[bytes]:
+        """Stream chunks sent before the first delta."""
+
+    def chunks(self, index: int, delta: Delta) -> list[bytes]:
+        """Absorb a streamed delta of choice `index`; the chunks it makes ready."""
+
+    def add(self, index: int, delta: Delta) -> None:
+        """Absorb a delta of a response sent whole."""
+
+    def usage_chunk(self) -> bytes: ...
+
+    def whole(self) -> bytes:
+        """The whole response, once every choice has finished."""
+
+
+async def stream_events(
+    renderer: Renderer,
+    deltas: AsyncIterator[tuple[int, Delta]],
+    include_usage: bool,
+    close: Callable[[], Awaitable[None]],
+) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed response; `close` runs however it ends."""
+    try:
+        for chunk in renderer.opening():
+            yield chunk
+        async for index, delta in deltas:
+            for chunk in renderer.chunks(index, delta):
+                yield chunk
+        if include_usage:
+            yield renderer.usage_chunk()
+        yield SSE_DONE
+    except APIError as error:
+        # Headers are gone already: the error travels as an SSE event, then the end.
+        yield b"data: " + error.body() + b"\n\n"
+        yield SSE_DONE
+    finally:
+        await close()
+
+
+async def whole_body(
+    renderer: Renderer,
+    deltas: AsyncIterator[tuple[int, Delta]],
+    close: Callable[[], Awaitable[None]],
+) -> bytes:
+    try:
+        async for index, delta in deltas:
+            renderer.add(index, delta)
+    finally:
+        await close()
+    return renderer.whole()

@@ -1,0 +1,42 @@
+"""What the HTTP layer works with: fixed parts (`Services`, built with the server) and the
+ingress actor's running state (`IngressState`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from actors import ActorInfo, ActorRef
+
+from ..metrics import Metrics
+from ..tracing import RequestTracer
+from .gate import Gate
+from .generation import InFlight
+from .served import ServedModel
+
+
+@dataclass(frozen=True)
+class Services:
+    model: ServedModel
+    scheduler: ActorRef
+    gate: Gate
+    metrics: Metrics
+    workers_ready: Callable[[], bool]
+    """Whether a model worker can take requests (the scheduler knows)."""
+    snapshot: Callable[[], ActorInfo]
+    """The supervision tree, for /debug/actors."""
+    max_body_bytes: int
+    tracer: RequestTracer | None = None
+    """OpenTelemetry export, when configured."""
+
+
+@dataclass
+class IngressState:
+    """Owned by the ingress actor: the drain flag, the generations under way, and the
+    actor's nursery (tasks that outlive a handler: n > 1 pumps, stream watchdogs)."""
+
+    nursery: trio.Nursery
+    draining: bool = False
+    in_flight: InFlight = field(default_factory=InFlight)
