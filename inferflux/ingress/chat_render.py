@@ -10,7 +10,7 @@ from msgspec import UNSET, UnsetType
 
 from ..messages import TokenLogprob
 from ..scheduler.messages import Delta
-from .render import ChoiceText, now, response_id, sse, total_usage
+from .render import ChoiceText, RendererBase, sse
 from .response_types import (
     AssistantMessage,
     ChatChoice,
@@ -29,7 +29,9 @@ from .tool_prompt import ToolPlan
 _encode = msgspec.json.Encoder().encode
 
 
-class ChatRenderer:
+class ChatRenderer(RendererBase):
+    id_prefix = "chatcmpl"
+
     def __init__(
         self,
         model_id: str,
@@ -39,12 +41,8 @@ class ChatRenderer:
         tools: ToolPlan,
         want_logprobs: bool,
     ) -> None:
-        self.id, self.created, self.model_id = response_id("chatcmpl"), now(), model_id
-        self.prompt_tokens = prompt_tokens
-        self.piece = piece
+        super().__init__(model_id, n, prompt_tokens, piece, want_logprobs)
         self.tools = tools if tools.active else None
-        self.want_logprobs = want_logprobs
-        self.choices = [ChoiceText(i) for i in range(n)]
         # Streams split calls from content as the text comes; a whole response parses once.
         self.streams = [
             ToolStream(tools.functions, bool(tools.grammar)) if self.tools else None
@@ -81,13 +79,9 @@ class ChatRenderer:
         return out
 
     def usage_chunk(self) -> bytes:
-        usage = total_usage(self.prompt_tokens, self.choices)
-        return sse(self._envelope([], usage))
+        return sse(self._envelope([], self.usage()))
 
     # whole ----------------------------------------------------------------------------
-    def add(self, index: int, delta: Delta) -> None:
-        self.choices[index].absorb(delta)
-
     def whole(self) -> bytes:
         return _encode(
             ChatCompletion(
@@ -95,7 +89,7 @@ class ChatRenderer:
                 created=self.created,
                 model=self.model_id,
                 choices=[self._whole_choice(choice) for choice in self.choices],
-                usage=total_usage(self.prompt_tokens, self.choices),
+                usage=self.usage(),
             )
         )
 

@@ -10,13 +10,15 @@ from msgspec import UNSET, UnsetType
 
 from ..messages import TokenLogprob
 from ..scheduler.messages import Delta
-from .render import ChoiceText, now, response_id, sse, total_usage
+from .render import RendererBase, sse
 from .response_types import Completion, CompletionChoice, CompletionLogprobs, Usage
 
 _encode = msgspec.json.Encoder().encode
 
 
-class CompletionRenderer:
+class CompletionRenderer(RendererBase):
+    id_prefix = "cmpl"
+
     def __init__(
         self,
         model_id: str,
@@ -26,12 +28,8 @@ class CompletionRenderer:
         echo: str,
         want_logprobs: bool,
     ) -> None:
-        self.id, self.created, self.model_id = response_id("cmpl"), now(), model_id
-        self.prompt_tokens = prompt_tokens
-        self.piece = piece
+        super().__init__(model_id, n, prompt_tokens, piece, want_logprobs, echo)
         self.echo = echo
-        self.want_logprobs = want_logprobs
-        self.choices = [ChoiceText(i, echo) for i in range(n)]
         # Each choice's text_offset of its next token (the echo counts).
         self.offsets = [len(echo)] * n
 
@@ -52,13 +50,9 @@ class CompletionRenderer:
         return out
 
     def usage_chunk(self) -> bytes:
-        usage = total_usage(self.prompt_tokens, self.choices)
-        return sse(self._completion([], usage))
+        return sse(self._completion([], self.usage()))
 
     # whole ----------------------------------------------------------------------------
-    def add(self, index: int, delta: Delta) -> None:
-        self.choices[index].absorb(delta)
-
     def whole(self) -> bytes:
         choices = [
             CompletionChoice(
@@ -66,7 +60,7 @@ class CompletionRenderer:
             )
             for c in self.choices
         ]
-        return _encode(self._completion(choices, total_usage(self.prompt_tokens, self.choices)))
+        return _encode(self._completion(choices, self.usage()))
 
     # shared ---------------------------------------------------------------------------
     def _logprobs(self, index: int, items: list[TokenLogprob]) -> CompletionLogprobs | None:

@@ -234,8 +234,8 @@ def sampling_params(
 
 
 def submit(prepared: Prepared, seq_id: int, trace_id: str, ceiling: int | None) -> Submit:
-    """The scheduler's Submit: max_tokens as asked, else the room left, within the gate's
-    ceiling for requests that set none."""
+    """The scheduler's Submit: max_tokens as asked, else the room left, never above the
+    gate's ceiling (a request that asked for more was refused by the gate)."""
     room = prepared.room
     max_tokens = min(prepared.max_tokens or room, ceiling or room)
     sampling = msgspec.structs.replace(prepared.sampling, max_tokens=max_tokens)

@@ -67,6 +67,33 @@ def total_usage(prompt_tokens: int, choices: list[ChoiceText]) -> Usage:
     return Usage.of(prompt_tokens, completion, ends[0].cached_tokens if ends else 0)
 
 
+class RendererBase:
+    """What both renderers keep: the response's id and time, its choices, their usage."""
+
+    id_prefix = ""
+
+    def __init__(
+        self,
+        model_id: str,
+        n: int,
+        prompt_tokens: int,
+        piece: Callable[[int], bytes],
+        want_logprobs: bool,
+        echo: str = "",
+    ) -> None:
+        self.id, self.created, self.model_id = response_id(self.id_prefix), now(), model_id
+        self.prompt_tokens = prompt_tokens
+        self.piece = piece  # token id -> its bytes, for logprobs
+        self.want_logprobs = want_logprobs
+        self.choices = [ChoiceText(i, echo) for i in range(n)]
+
+    def add(self, index: int, delta: Delta) -> None:
+        self.choices[index].absorb(delta)
+
+    def usage(self) -> Usage:
+        return total_usage(self.prompt_tokens, self.choices)
+
+
 class Renderer(Protocol):
     def opening(self) -> list[bytes]:
         """Stream chunks sent before the first delta."""
