@@ -66,12 +66,13 @@ class Target:
     extra_body: dict = field(default_factory=dict)
     process: subprocess.Popen | None = None
     with_top: bool = False  # run the inferflux-top UI (headless, 1 s polls) against it
+    cwd: str = REPO  # InferFlux runs from the source tree it is started in
     top: subprocess.Popen | None = None
 
     def start(self, log_dir: str) -> None:
         log = open(os.path.join(log_dir, f"{self.name.replace(' ', '_')}.log"), "w")
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            self.command, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
         )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -298,6 +299,20 @@ def targets(args: argparse.Namespace, model_path: str) -> list[tuple[Target, boo
             True,
         )
     ]
+    if args.baseline:
+        port = free_port()
+        found.append(
+            (
+                Target(
+                    "inferflux (baseline)",
+                    [py, "-m", "inferflux", "run", "--port", str(port), *common],
+                    port,
+                    extra_body={"ignore_eos": True},
+                    cwd=os.path.abspath(args.baseline),
+                ),
+                False,
+            )
+        )
     if args.with_top:
         port = free_port()
         found.append(
@@ -409,7 +424,7 @@ def table(all_results: dict[str, dict], concurrency: list[int]) -> str:
             "|---|---|---|---|",
         ]
         for name, results in all_results.items():
-            if name.startswith("inferflux"):
+            if name == "inferflux":
                 continue
             for c in concurrency:
                 lines.append(
@@ -445,6 +460,12 @@ def main() -> None:
         help="skip the InferFlux run with the prefix cache off",
     )
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run InferFlux from another source tree (e.g. a `git worktree` of an "
+        "earlier commit), for a before/after comparison in the same run",
+    )
     parser.add_argument(
         "--with-top",
         action="store_true",
