@@ -52,6 +52,9 @@ class Metrics:
         )
         self.generation_tokens = counter("generation_tokens_total", "Tokens generated.")
         self.success = counter("request_success_total", "Finished requests.", ("finished_reason",))
+        self.api_requests = counter(
+            "api_requests", "Generation requests started, by API (chat, responses...).", ("api",)
+        )
         self.batch_size = histogram("batch_size", "Sequences per engine step.", BATCH_BUCKETS)
         self.step_duration = histogram(
             "step_duration_seconds", "Engine step time.", LATENCY_BUCKETS
@@ -64,6 +67,9 @@ class Metrics:
 
     def of(self, metric):  # noqa: ANN001, ANN201 - prometheus child types are untyped
         return metric.labels(**self.labels)
+
+    def of_api(self, api: str):  # noqa: ANN201
+        return self.api_requests.labels(**self.labels, api=api)
 
 
 class _TreeCollector:
