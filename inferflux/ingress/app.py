@@ -8,6 +8,9 @@ Routes only. A generation request reads, top to bottom:
                the body was read)
     generate   the Submit, its n generations started (group.py)
     render     the chat or completion renderer, streamed or whole (render.py)
+
+`runner.py` does the last three for every API alike; the Responses and Anthropic Messages
+APIs are blueprints of their own with the same shape.
 """
 
 from __future__ import annotations
@@ -22,23 +25,17 @@ from quart_trio import QuartTrio
 from . import pipeline
 from .chat_render import ChatRenderer
 from .completion_render import CompletionRenderer
-from .context import RequestContext, current, trace_from
-from .errors import APIError
-from .generation import next_seq_id
-from .group import GenerationGroup, StreamBody
+from .context import RequestContext, credential, trace_from
 from .health import health_blueprint
 from .http import install_error_handlers, json_response, read_json
-from .pipeline import Prepared
-from .render import Renderer, stream_events, whole_body
 from .request_types import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
-    GenerationRequest,
     TokenizeRequest,
 )
+from .runner import Runner
 from .services import IngressState, Services
-from .tickets import outcome
 
 log = logging.getLogger("inferflux.ingress")
 
@@ -60,6 +57,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
     for blueprint in services.gate.blueprints():
         app.register_blueprint(blueprint)
     model, gate = services.model, services.gate
+    runner = Runner(services, state)
 
     @app.before_request
     async def open_context() -> None:
@@ -67,7 +65,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
         g.context = RequestContext(
             method=request.method,
             path=request.path,
-            credential=request.headers.get("authorization", ""),
+            credential=credential(request.headers),
             trace_id=trace_id,
             parent_span=parent_span,
         )
@@ -92,23 +90,23 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
     async def chat_completions() -> Response:
         chat = await read_json(CHAT, services.max_body_bytes)
         prepared = await pipeline.prepare_chat(model, chat)
-        group = await generate(prepared, "chat")
+        group = await runner.generate(prepared, "chat")
         renderer = ChatRenderer(
             model.id, chat.n, len(prepared.prompt), model.tokenizer.piece,
-            prepared.tools, prepared.want_logprobs,
+            prepared.tools, prepared.want_logprobs, chat.include_usage,
         )  # fmt: skip
-        return await respond(group, renderer, chat)
+        return await runner.respond(group, renderer, chat.stream)
 
     @app.post("/v1/completions")
     async def completions() -> Response:
         completion = await read_json(COMPLETION, services.max_body_bytes)
         prepared = pipeline.prepare_completion(model, completion)
-        group = await generate(prepared, "completion")
+        group = await runner.generate(prepared, "completion")
         renderer = CompletionRenderer(
             model.id, completion.n, len(prepared.prompt), model.tokenizer.piece,
-            prepared.echo, prepared.want_logprobs,
+            prepared.echo, prepared.want_logprobs, completion.include_usage,
         )  # fmt: skip
-        return await respond(group, renderer, completion)
+        return await runner.respond(group, renderer, completion.stream)
 
     @app.post("/tokenize")
     async def tokenize() -> Response:
@@ -121,64 +119,5 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
     async def detokenize() -> Response:
         body = await read_json(DETOKENIZE, services.max_body_bytes)
         return json_response({"prompt": pipeline.detokenize(model, body)})
-
-    async def generate(prepared: Prepared, kind: str) -> GenerationGroup:
-        """Admit the request, submit it, and wait for each choice's first delta (so that a
-        refusal is an HTTP status, not a broken stream)."""
-        if state.draining:
-            raise APIError(
-                503,
-                "the server is shutting down; retry on another replica",
-                type="service_unavailable",
-                code="draining",
-                retry_after_s=1,
-            )
-        context = current()
-        seq_id = next_seq_id()
-        ceiling = await gate.admit(context, model, prepared, seq_id)
-        submit = pipeline.submit(prepared, seq_id, context.trace_id, ceiling)
-        log.info(
-            "request %d trace %s: %d prompt tokens", seq_id, context.trace_id, len(submit.prompt)
-        )
-        group = GenerationGroup(services.scheduler, submit, prepared.n, state.in_flight)
-        if services.tracer is not None:
-            span = services.tracer.start(
-                f"inferflux {kind}",
-                context.trace_id,
-                context.parent_span,
-                {
-                    "gen_ai.request.model": model.id,
-                    "gen_ai.usage.input_tokens": len(submit.prompt),
-                    "inferflux.seq_id": seq_id,
-                },
-            )
-            group.trace(span)
-            context.span_id = format(span.get_span_context().span_id, "016x")
-        try:
-            await group.start()
-        except BaseException as exc:
-            gate.ended(context, *outcome(exc))  # its audit line, its tokens back
-            raise
-        return group
-
-    async def respond(
-        group: GenerationGroup, renderer: Renderer, req: GenerationRequest
-    ) -> Response:
-        context = current()
-        deltas = gate.watch(context, group, group.deltas(state.nursery))
-        if not req.stream:
-            return Response(
-                await whole_body(renderer, deltas, group.close), content_type="application/json"
-            )
-        events = stream_events(renderer, deltas, req.include_usage, group.close)
-        body = StreamBody(
-            group,
-            events,
-            state.nursery,
-            on_close=lambda: gate.ended(context, 499, "client_gone", sum(group.tokens_sent)),
-        )
-        return Response(
-            body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
 
     return app

@@ -10,7 +10,8 @@ from msgspec import UNSET, UnsetType
 
 from ..messages import TokenLogprob
 from ..scheduler.messages import Delta
-from .render import ChoiceText, RendererBase, sse
+from .answer import AnswerStream, finish_reason, whole_answer
+from .render import SSE_DONE, ChoiceText, RendererBase, sse
 from .response_types import (
     AssistantMessage,
     ChatChoice,
@@ -23,7 +24,6 @@ from .response_types import (
     TopLogprob,
     Usage,
 )
-from .tool_calls import ToolCall, ToolStream, ends_repeating, parse_calls
 from .tool_prompt import ToolPlan
 
 _encode = msgspec.json.Encoder().encode
@@ -40,14 +40,11 @@ class ChatRenderer(RendererBase):
         piece: Callable[[int], bytes],
         tools: ToolPlan,
         want_logprobs: bool,
+        include_usage: bool = False,
     ) -> None:
-        super().__init__(model_id, n, prompt_tokens, piece, want_logprobs)
-        self.tools = tools if tools.active else None
-        # Streams split calls from content as the text comes; a whole response parses once.
-        self.streams = [
-            ToolStream(tools.functions, bool(tools.grammar)) if self.tools else None
-            for _ in range(n)
-        ]
+        super().__init__(model_id, n, prompt_tokens, piece, want_logprobs, include_usage)
+        self.tools = tools
+        self.streams = [AnswerStream(tools) for _ in range(n)]
 
     # streamed -------------------------------------------------------------------------
     def opening(self) -> list[bytes]:
@@ -59,12 +56,7 @@ class ChatRenderer(RendererBase):
     def chunks(self, index: int, delta: Delta) -> list[bytes]:
         choice, stream = self.choices[index], self.streams[index]
         choice.absorb(delta)
-        if stream is None:
-            parts = [ChatDelta(content=delta.text)] if delta.text else []
-        else:
-            parts = stream.feed(delta.text)
-            if delta.finish_reason:
-                parts += stream.finish()
+        parts = stream.feed(delta)
         logprobs = self._logprobs(delta.logprobs)
         if delta.logprobs and not parts:
             parts = [ChatDelta()]
@@ -73,13 +65,13 @@ class ChatRenderer(RendererBase):
             for j, part in enumerate(parts)
         ]
         if delta.finish_reason:
-            calls = stream.calls if stream is not None else []
-            reason = self._finish_reason(choice, calls)
+            reason = finish_reason(choice, stream.calls)
             out.append(self._chunk(ChatChunkChoice(index, ChatDelta(), None, reason)))
         return out
 
-    def usage_chunk(self) -> bytes:
-        return sse(self._envelope([], self.usage()))
+    def closing(self) -> list[bytes]:
+        usage = [sse(self._envelope([], self.usage()))] if self.include_usage else []
+        return [*usage, SSE_DONE]
 
     # whole ----------------------------------------------------------------------------
     def whole(self) -> bytes:
@@ -94,31 +86,14 @@ class ChatRenderer(RendererBase):
         )
 
     def _whole_choice(self, choice: ChoiceText) -> ChatChoice:
-        text = choice.whole_text
-        message = AssistantMessage(content=text)
-        reason = choice.finish_reason
-        if self.tools is not None:
-            content, calls = parse_calls(text, self.tools.functions, bool(self.tools.grammar))
-            if calls:
-                message = AssistantMessage(
-                    content=content or None, tool_calls=[c.to_openai() for c in calls]
-                )
-                reason = self._finish_reason(choice, calls)
-        return ChatChoice(choice.index, message, self._logprobs(choice.logprobs), reason)
+        answer = whole_answer(choice, self.tools)
+        message = AssistantMessage(content=answer.content)
+        if answer.calls:
+            message.tool_calls = [call.to_openai() for call in answer.calls]
+        logprobs = self._logprobs(choice.logprobs)
+        return ChatChoice(choice.index, message, logprobs, answer.finish_reason)
 
     # shared ---------------------------------------------------------------------------
-    @staticmethod
-    def _finish_reason(choice: ChoiceText, calls: list[ToolCall]) -> str | None:
-        """ "tool_calls" when the answer is calls: the model stopped after them, or it ran
-        out of tokens repeating one it had already made (small models loop on the
-        pattern; the repeat is dropped, so nothing the client gets is cut off)."""
-        if calls and (
-            choice.finish_reason == "stop"
-            or (choice.finish_reason == "length" and ends_repeating(choice.whole_text, calls))
-        ):
-            return "tool_calls"
-        return choice.finish_reason
-
     def _logprobs(self, items: list[TokenLogprob]) -> ChatLogprobs | None:
         if not self.want_logprobs:
             return None

@@ -10,7 +10,7 @@ from msgspec import UNSET, UnsetType
 
 from ..messages import TokenLogprob
 from ..scheduler.messages import Delta
-from .render import RendererBase, sse
+from .render import SSE_DONE, RendererBase, sse
 from .response_types import Completion, CompletionChoice, CompletionLogprobs, Usage
 
 _encode = msgspec.json.Encoder().encode
@@ -27,8 +27,9 @@ class CompletionRenderer(RendererBase):
         piece: Callable[[int], bytes],
         echo: str,
         want_logprobs: bool,
+        include_usage: bool = False,
     ) -> None:
-        super().__init__(model_id, n, prompt_tokens, piece, want_logprobs, echo)
+        super().__init__(model_id, n, prompt_tokens, piece, want_logprobs, include_usage, echo)
         self.echo = echo
         # Each choice's text_offset of its next token (the echo counts).
         self.offsets = [len(echo)] * n
@@ -49,8 +50,9 @@ class CompletionRenderer(RendererBase):
             out.append(self._chunk(CompletionChoice(index, "", None, delta.finish_reason)))
         return out
 
-    def usage_chunk(self) -> bytes:
-        return sse(self._completion([], self.usage()))
+    def closing(self) -> list[bytes]:
+        usage = [sse(self._completion([], self.usage()))] if self.include_usage else []
+        return [*usage, SSE_DONE]
 
     # whole ----------------------------------------------------------------------------
     def whole(self) -> bytes:

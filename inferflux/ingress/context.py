@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -46,6 +47,15 @@ class RequestContext:
     """An admitted generation's audit ticket."""
     prompt_text: str | None = None
     """The prompt as the model sees it, when a guardrail or the audit needs the text."""
+
+
+def credential(headers: Mapping[str, str]) -> str:
+    """The credential as sent: the Authorization header, or Anthropic's `x-api-key` (its
+    SDKs send the key there) as a bearer token."""
+    authorization = headers.get("authorization", "")
+    if not authorization and headers.get("x-api-key"):
+        return f"Bearer {headers['x-api-key']}"
+    return authorization
 
 
 def current() -> RequestContext:

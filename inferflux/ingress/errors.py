@@ -39,6 +39,29 @@ class APIError(Exception):
         return headers
 
 
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error(error: APIError) -> dict[str, object]:
+    """The error in the Anthropic Messages API's shape (HTTP body and stream event)."""
+    kind = _ANTHROPIC_TYPES.get(error.status, "invalid_request_error")
+    if error.status >= 500 and error.status not in _ANTHROPIC_TYPES:
+        kind = "api_error"
+    message = error.message if error.param is None else f"{error.param}: {error.message}"
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
 def from_decode_error(exc: msgspec.DecodeError) -> APIError:
     """Turn msgspec's message ("Expected `int`, got `str` - at `$.max_tokens`") into a
     400 naming the parameter."""

@@ -14,11 +14,12 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .errors import APIError, from_decode_error
+from .errors import APIError, anthropic_error, from_decode_error
 
 log = logging.getLogger("inferflux.ingress")
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
+ANTHROPIC_PATHS = ("/v1/messages",)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -30,7 +31,12 @@ def json_bytes(body: bytes, status: int = 200) -> Response:
 
 
 def error_response(error: APIError) -> Response:
-    return Response(error.body(), status=error.status, headers=error.headers())
+    """In the shape of the API the request was for: Anthropic's on /v1/messages, else
+    OpenAI's."""
+    body = error.body()
+    if request.path.startswith(ANTHROPIC_PATHS):
+        body = _encode(anthropic_error(error))
+    return Response(body, status=error.status, headers=error.headers())
 
 
 async def read_json(decoder: msgspec.json.Decoder[T], max_body_bytes: int) -> T:

@@ -1,10 +1,11 @@
 """Response rendering: a generation's deltas into one JSON body or server-sent events.
 
-A renderer (chat_render.ChatRenderer, completion_render.CompletionRenderer) knows one
-response shape; the two drivers here know how a response is sent:
+A renderer (one per response shape: chat_render, completion_render, responses_render,
+messages_render) knows what to send; the two drivers here know how a response is sent:
 
-    stream_events   opening chunks, a chunk list per delta, the usage chunk, [DONE]; an
-                    error after the headers went out travels as an SSE error event
+    stream_events   the renderer's opening events, its events per delta, its closing
+                    events; an error after the headers went out travels as the renderer's
+                    failure events (the status line is gone by then)
     whole_body      every delta absorbed, then one JSON body
 """
 
@@ -68,7 +69,8 @@ def total_usage(prompt_tokens: int, choices: list[ChoiceText]) -> Usage:
 
 
 class RendererBase:
-    """What both renderers keep: the response's id and time, its choices, their usage."""
+    """What the OpenAI renderers keep: the response's id and time, its choices, their
+    usage; streams end with the usage chunk when asked for, then [DONE]."""
 
     id_prefix = ""
 
@@ -79,9 +81,11 @@ class RendererBase:
         prompt_tokens: int,
         piece: Callable[[int], bytes],
         want_logprobs: bool,
+        include_usage: bool,
         echo: str = "",
     ) -> None:
         self.id, self.created, self.model_id = response_id(self.id_prefix), now(), model_id
+        self.include_usage = include_usage
         self.prompt_tokens = prompt_tokens
         self.piece = piece  # token id -> its bytes, for logprobs
         self.want_logprobs = want_logprobs
@@ -93,18 +97,26 @@ class RendererBase:
     def usage(self) -> Usage:
         return total_usage(self.prompt_tokens, self.choices)
 
+    def failure(self, error: APIError) -> list[bytes]:
+        # Headers are gone already: the error travels as an SSE event, then the end.
+        return [b"data: " + error.body() + b"\n\n", SSE_DONE]
+
 
 class Renderer(Protocol):
     def opening(self) -> list[bytes]:
-        """Stream chunks sent before the first delta."""
+        """Stream events sent before the first delta."""
 
     def chunks(self, index: int, delta: Delta) -> list[bytes]:
-        """Absorb a streamed delta of choice `index`; the chunks it makes ready."""
+        """Absorb a streamed delta of choice `index`; the events it makes ready."""
+
+    def closing(self) -> list[bytes]:
+        """Stream events after every choice finished."""
+
+    def failure(self, error: APIError) -> list[bytes]:
+        """Stream events that end a stream which failed after it started."""
 
     def add(self, index: int, delta: Delta) -> None:
         """Absorb a delta of a response sent whole."""
-
-    def usage_chunk(self) -> bytes: ...
 
     def whole(self) -> bytes:
         """The whole response, once every choice has finished."""
@@ -113,23 +125,20 @@ class Renderer(Protocol):
 async def stream_events(
     renderer: Renderer,
     deltas: AsyncIterator[tuple[int, Delta]],
-    include_usage: bool,
     close: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The SSE body of a streamed response; `close` runs however it ends."""
     try:
-        for chunk in renderer.opening():
-            yield chunk
+        for event in renderer.opening():
+            yield event
         async for index, delta in deltas:
-            for chunk in renderer.chunks(index, delta):
-                yield chunk
-        if include_usage:
-            yield renderer.usage_chunk()
-        yield SSE_DONE
+            for event in renderer.chunks(index, delta):
+                yield event
+        for event in renderer.closing():
+            yield event
     except APIError as error:
-        # Headers are gone already: the error travels as an SSE event, then the end.
-        yield b"data: " + error.body() + b"\n\n"
-        yield SSE_DONE
+        for event in renderer.failure(error):
+            yield event
     finally:
         await close()
 

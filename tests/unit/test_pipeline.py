@@ -127,9 +127,10 @@ def test_a_streamed_chat_carries_what_the_whole_response_carries(served: ServedM
         Delta([1], "Hel", logprobs=[TokenLogprob(1, -0.5, [(2, -1.0)])]),
         Delta([2], "lo", "stop", 5, 2, 3, [TokenLogprob(2, -0.1)]),
     ]
-    streamed = ChatRenderer(ID, 1, 5, piece, pipeline.NO_TOOLS, want_logprobs=True)
+    streamed = ChatRenderer(ID, 1, 5, piece, pipeline.NO_TOOLS, True, include_usage=True)
     chunks = streamed.opening() + [c for d in deltas for c in streamed.chunks(0, d)]
-    chunks.append(streamed.usage_chunk())
+    *chunks, done = chunks + streamed.closing()
+    assert done == b"data: [DONE]\n\n"
     whole = ChatRenderer(ID, 1, 5, piece, pipeline.NO_TOOLS, want_logprobs=True)
     for delta in deltas:
         whole.add(0, delta)
