@@ -28,12 +28,14 @@ from .completion_render import CompletionRenderer
 from .context import RequestContext, credential, trace_from
 from .health import health_blueprint
 from .http import install_error_handlers, json_response, read_json
+from .messages_api import messages_blueprint
 from .request_types import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
+from .responses_api import responses_blueprint
 from .runner import Runner
 from .services import IngressState, Services
 
@@ -58,6 +60,8 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
         app.register_blueprint(blueprint)
     model, gate = services.model, services.gate
     runner = Runner(services, state)
+    app.register_blueprint(responses_blueprint(services, runner, services.responses))
+    app.register_blueprint(messages_blueprint(services, runner))
 
     @app.before_request
     async def open_context() -> None:

@@ -14,6 +14,7 @@ from ..metrics import Metrics
 from ..tracing import RequestTracer
 from .gate import Gate
 from .generation import InFlight
+from .response_store import ResponseStore
 from .served import ServedModel
 
 
@@ -30,6 +31,8 @@ class Services:
     max_body_bytes: int
     tracer: RequestTracer | None = None
     """OpenTelemetry export, when configured."""
+    responses: ResponseStore = field(default_factory=ResponseStore)
+    """Stored responses of the Responses API (outlive an ingress restart)."""
 
 
 @dataclass
