@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -561,3 +562,33 @@ def test_server_refuses_to_start_without_the_right_key(setup: Setup, tmp_path: P
         )
         assert result.returncode == 2, result.stderr
         assert ("wrong key" if args else "INFERFLUX_POLICY_KEY") in result.stderr
+
+
+def test_agent_apis_sit_behind_the_same_gate(setup: Setup) -> None:
+    """Anthropic's SDK authenticates with x-api-key; a denial comes in its error shape; a
+    stored response is seen only by the principal that made it."""
+    url, keys = setup.server.url, setup.keys
+    claude = anthropic.Anthropic(base_url=url, api_key=keys["user"], max_retries=0)
+    message = claude.messages.create(
+        model=MODEL_ID, max_tokens=3, messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert message.usage.output_tokens > 0
+    stranger = anthropic.Anthropic(base_url=url, api_key="ifx_nope_nope", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as denied:
+        stranger.messages.create(
+            model=MODEL_ID, max_tokens=3, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert denied.value.body["error"]["type"] == "authentication_error"
+    made = client(setup, keys["user"]).responses.create(
+        model=MODEL_ID, input="Hi", max_output_tokens=3
+    )
+    assert client(setup, keys["user"]).responses.retrieve(made.id).id == made.id
+    with pytest.raises(openai.NotFoundError):
+        client(setup, keys["admin"]).responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client(setup, keys["admin"]).responses.create(
+            model=MODEL_ID, input="Hi", max_output_tokens=3, previous_response_id=made.id
+        )
+    lines = [json.loads(line) for line in setup.audit.read_text().splitlines()]
+    assert any(line["path"] == "/v1/messages" and line["status"] == 200 for line in lines)
+    assert any(line["path"] == "/v1/responses" and line["status"] == 200 for line in lines)
