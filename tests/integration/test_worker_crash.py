@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import anthropic
 import openai
 import pytest
 import trio
@@ -136,6 +137,49 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(crash_server: Run
         await trio.sleep(0.1)
     assert worker_pid(crash_server) != first_pid
     assert crash_server.metric("inferflux:actor_restarts_total") >= 1
+
+
+async def test_agent_api_streams_resume_exactly_too(crash_server: RunningServer) -> None:
+    """A Responses stream and an Anthropic Messages stream across a SIGKILL: the same
+    generation path, so the same recompute, so the same text as undisturbed."""
+    responses = openai.AsyncOpenAI(base_url=f"{crash_server.url}/v1", api_key="x", max_retries=0)
+    messages = anthropic.AsyncAnthropic(base_url=crash_server.url, api_key="x", max_retries=0)
+    extra = {"temperature": 0, "ignore_eos": True}
+    ask = dict(model=MODEL_ID, input="Describe a castle.", max_output_tokens=150, extra_body=extra)
+    claude = dict(
+        model=MODEL_ID, max_tokens=150, extra_body=extra,
+        messages=[{"role": "user", "content": "Explain how rain forms."}],
+    )  # fmt: skip
+    reference = {
+        "responses": (await responses.responses.create(**ask)).output_text,
+        "messages": (await messages.messages.create(**claude)).content[0].text,
+    }
+    received: dict[str, list[str]] = {"responses": [], "messages": []}
+    final: dict[str, str] = {}
+
+    async def responses_stream() -> None:
+        async for event in await responses.responses.create(stream=True, **ask):
+            if event.type == "response.output_text.delta":
+                received["responses"].append(event.delta)
+            elif event.type in ("response.completed", "response.incomplete"):
+                final["responses"] = event.response.output_text
+
+    async def messages_stream() -> None:
+        async with messages.messages.stream(**claude) as stream:
+            async for text in stream.text_stream:
+                received["messages"].append(text)
+            final["messages"] = (await stream.get_final_message()).content[0].text
+
+    first_pid = worker_pid(crash_server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responses_stream)
+        nursery.start_soon(messages_stream)
+        with trio.fail_after(60):
+            while min(len(v) for v in received.values()) < 30:
+                await trio.sleep(0.01)
+        os.kill(first_pid, signal.SIGKILL)
+    for api, text in reference.items():
+        assert "".join(received[api]) == final[api] == text, api
 
 
 @pytest.fixture(scope="module")
