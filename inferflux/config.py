@@ -32,6 +32,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chaos: bool = False
     """Accept fault-injection commands (crash an actor, drop/duplicate/delay link messages)
     on the local introspection socket, for tools/chaos.py. Never turn on in production."""
+    responses_ttl_s: float = 3600.0
+    """How long a stored response of the Responses API (`store: true`) can be read back or
+    continued with `previous_response_id`."""
+    responses_per_principal: int = 100
+    """Stored responses kept per principal (API key, OIDC subject; everyone is one
+    principal with auth off); the oldest go first."""
+    responses_max_bytes: int = 64 * 1024 * 1024
+    """Memory all stored responses may take together; the oldest go first."""
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

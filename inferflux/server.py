@@ -34,6 +34,7 @@ from .config import Config
 from .ingress.actor import IngressActor
 from .ingress.gate import Gate, OpenGate
 from .ingress.policy_gate import PolicyGate
+from .ingress.response_store import ResponseStore
 from .ingress.served import ServedModel
 from .ingress.services import Services
 from .metrics import Metrics
@@ -135,6 +136,11 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         snapshot=lambda: root.info(),
         max_body_bytes=config.server.max_body_bytes,
         tracer=tracer,
+        responses=ResponseStore(
+            ttl_s=config.server.responses_ttl_s,
+            max_per_principal=config.server.responses_per_principal,
+            max_bytes=config.server.responses_max_bytes,
+        ),
     )
     root = Supervisor(
         "inferflux",
