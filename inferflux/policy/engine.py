@@ -227,12 +227,13 @@ class Policy:
                 return
             try:
                 await trio.to_thread.run_sync(store.reload)
-            except PolicyStoreError as exc:
+            except Exception as exc:  # PolicyStoreError, or a surprise: never lose the data
                 store.stamp = stamp(store.path)  # say it once per change, not once per poll
+                reason = str(exc) if isinstance(exc, PolicyStoreError) else repr(exc)
                 log.error(
                     "policy store changed on disk but cannot be read; keeping the last good "
                     "version: %s",
-                    exc,
+                    reason,
                 )
                 return
         log.info("policy store reloaded from %s", store.path)

@@ -9,7 +9,14 @@ The 256-bit key is scrypt(secret, salt): the secret is the passphrase in
 INFERFLUX_POLICY_KEY or the contents of a key file, stretched the same way either way, so a
 weak passphrase still costs an attacker ~0.1 s and 32 MiB per guess. A wrong secret, a
 missing one or a tampered file is a `PolicyStoreError` naming the cause, never an empty
-store. Writes go to a temporary file in the same directory, fsync, rename over the old file,
+store.
+
+The scrypt parameters come from the header, and the header can only be authenticated with
+the key they derive: they are used before anything vouches for them. So they are bounded
+first (`KDF_BOUNDS`: what `inferflux keys` writes, 2^15 / 8 / 1, with 4x / 2x / 2x of
+headroom, at most 256 MiB and ~1.5 s): an unbounded log2(N) of 56 makes the Rust scrypt
+panic (a BaseException that ends the process) and one of 30 asks for 1 TiB, on every
+reload poll. Writes go to a temporary file in the same directory, fsync, rename over the old file,
 fsync the directory: a crash at any point leaves either the old file or the new one.
 Read-modify-write cycles of different processes (a running server, `inferflux keys`) are
 serialized with an flock on `<path>.lock`.
@@ -36,6 +43,9 @@ MAGIC = b"IFXPOL1\n"
 KEY_ENV = "INFERFLUX_POLICY_KEY"
 _HEADER = len(MAGIC) + 3 + 16 + 12
 SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1
+# (lowest, highest) accepted from a header, per parameter; 128 * r * 2^log2_n bytes of
+# memory at the top: 256 MiB.
+KDF_BOUNDS = {"log2_n": (10, 17), "r": (1, 16), "p": (1, 2)}
 
 
 class PolicyStoreError(Exception):
@@ -76,10 +86,23 @@ class _Params:
     def header(self) -> bytes:
         return MAGIC + bytes([self.log2_n, self.r, self.p]) + self.salt
 
+    def check(self, path: Path) -> None:
+        """Refuse parameters outside KDF_BOUNDS before scrypt ever sees them."""
+        for name, (low, high) in KDF_BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise PolicyStoreError(
+                    f"policy store {path} asks for scrypt {name} = {value}, outside the "
+                    f"accepted {low}..{high}: not a store `inferflux keys` wrote, or altered"
+                )
+
 
 def _derive(secret: bytes, params: _Params) -> bytes:
     kdf = Scrypt(salt=params.salt, length=32, n=2**params.log2_n, r=params.r, p=params.p)
-    return kdf.derive(secret)
+    try:
+        return kdf.derive(secret)
+    except (ValueError, MemoryError) as exc:  # bounded parameters make these unlikely
+        raise PolicyStoreError(f"cannot derive the policy store key: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,7 @@ class PolicyStore:
     def __init__(self, path: str | Path, secret: bytes, *, kdf_log2_n: int = SCRYPT_LOG2_N) -> None:
         self.path = Path(path)
         self._secret = secret
+        _Params(kdf_log2_n, SCRYPT_R, SCRYPT_P, b"").check(self.path)
         self._kdf_log2_n = kdf_log2_n
         self._params: _Params | None = None
         self._key: bytes | None = None
@@ -152,6 +176,7 @@ class PolicyStore:
         at = len(MAGIC)
         params = _Params(blob[at], blob[at + 1], blob[at + 2], blob[at + 3 : at + 19])
         nonce = blob[at + 19 : _HEADER]
+        params.check(self.path)
         key = self._key_for(params)
         try:
             plain = AESGCM(key).decrypt(nonce, blob[_HEADER:], params.header())

@@ -1,8 +1,12 @@
-"""`inferflux keys | roles | limits` against a real store file."""
+"""`inferflux keys | roles | limits` against a real store file; `inferflux run` refusing a
+bad one."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 from inferflux.cli import main
 from inferflux.policy.keys import hash_key
 from inferflux.policy.store import PolicyStore
+from tests.conftest import REPO
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -88,3 +93,24 @@ def test_wrong_or_missing_key_and_missing_store(
     code, _, err = run(capsys, "keys", "list", "--store", str(tmp_path / "none"),
                        "--key-file", str(key_file))  # fmt: skip
     assert code == 2 and "does not exist" in err
+
+
+def test_run_with_a_store_asking_for_absurd_scrypt_parameters_exits_2(tmp_path: Path) -> None:
+    """Before anything loads: a message and exit code 2, not a Rust panic's traceback."""
+    path = tmp_path / "policy.store"
+    store = PolicyStore.open(path, b"cli passphrase", create=True)
+    store.save(store.data)
+    blob = bytearray(path.read_bytes())
+    blob[8] = 56  # scrypt log2(N)
+    path.write_bytes(bytes(blob))
+    result = subprocess.run(
+        [sys.executable, "-m", "inferflux", "run", "--port", "0", "--policy-store", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "INFERFLUX_POLICY_KEY": "cli passphrase"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "scrypt log2_n = 56, outside the accepted" in result.stderr
+    assert "Traceback" not in result.stderr and "panicked" not in result.stderr

@@ -384,3 +384,19 @@ async def test_an_evicted_ticket_is_audited_but_never_refunded(
     audit.close()
     (line,) = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert '"status":499' in line and '"reason":"evicted"' in line
+
+
+async def test_a_reloaded_store_with_absurd_scrypt_parameters_keeps_the_last_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # log2(N) = 56 made scrypt panic (a BaseException) inside the reload poll: the policy
+    # actor, then the process, went down. Now the header is refused before scrypt.
+    store, keys = store_with(tmp_path, a=ops.KeyRequest(name="a", scopes=["generate"]))
+    p = policy(store)
+    path = tmp_path / "p.store"
+    blob = bytearray(path.read_bytes())
+    blob[8] = 56
+    path.write_bytes(bytes(blob))
+    await p.reload_if_changed()
+    assert "keeping the last good version" in caplog.text and "log2_n = 56" in caplog.text
+    assert (await p.authorize(ask(keys["a"]))).allowed

@@ -14,7 +14,16 @@ import pytest
 from inferflux.policy import ops
 from inferflux.policy.keys import hash_key
 from inferflux.policy.records import StoreData
-from inferflux.policy.store import KEY_ENV, PolicyStore, PolicyStoreError, read_secret
+from inferflux.policy.store import (
+    KDF_BOUNDS,
+    KEY_ENV,
+    SCRYPT_LOG2_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    PolicyStore,
+    PolicyStoreError,
+    read_secret,
+)
 from tests.conftest import REPO
 
 # Long enough that random ciphertext never holds it by chance (a 2-byte name would, ~0.5%).
@@ -146,3 +155,43 @@ def test_update_sees_changes_made_by_another_process(tmp_path: Path) -> None:
     final = PolicyStore.open(path, b"correct horse").data
     assert set(final.roles) == {"a", "b"} and len(final.keys) == 1
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def with_kdf_header(path: Path, log2_n: int, r: int, p: int) -> None:
+    """Rewrite the scrypt parameters in a real store's header (the tag no longer matches,
+    but the parameters are read, and used, before the tag is checked)."""
+    blob = bytearray(path.read_bytes())
+    at = len(b"IFXPOL1\n")
+    blob[at : at + 3] = bytes([log2_n, r, p])
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    ("log2_n", "r", "p", "named"),
+    [
+        (56, 8, 1, "log2_n = 56"),  # scrypt's Rust side panics: a BaseException
+        (30, 8, 1, "log2_n = 30"),  # 1 TiB of memory asked for
+        (18, 8, 1, "log2_n = 18"),  # valid, 512 MiB and seconds per try, on every poll
+        (9, 8, 1, "log2_n = 9"),
+        (15, 0, 1, "r = 0"),  # scrypt refuses it with a ValueError
+        (15, 17, 1, "r = 17"),
+        (15, 8, 3, "p = 3"),
+    ],
+)
+def test_scrypt_parameters_beyond_the_bounds_are_refused_before_scrypt(
+    tmp_path: Path, log2_n: int, r: int, p: int, named: str
+) -> None:
+    path = tmp_path / "policy.store"
+    make_store(path)
+    with_kdf_header(path, log2_n, r, p)
+    with pytest.raises(PolicyStoreError, match=f"scrypt {named}, outside the accepted"):
+        PolicyStore.open(path, b"correct horse")
+
+
+def test_the_parameters_inferflux_keys_writes_are_inside_the_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "policy.store"
+    make_store(path)
+    assert path.read_bytes()[8:11] == bytes([SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P])
+    for name, value in (("log2_n", SCRYPT_LOG2_N), ("r", SCRYPT_R), ("p", SCRYPT_P)):
+        low, high = KDF_BOUNDS[name]
+        assert low <= value < high  # room to raise them later
