@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--policy-store", help="encrypted policy store: require API keys (see keys)")
     run.add_argument("--policy-key-file", help="file with the store passphrase (default: env)")
     run.add_argument("--audit-log", help="append one JSON line per request to this file")
+    run.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    run.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    run.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates")
+    run.add_argument(
+        "--request-timeout", type=float, help="deadline of a generation request, seconds"
+    )
     policy_cli.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -76,7 +82,15 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(
             args.config,
             overrides={
-                "server": {"host": args.host, "port": args.port, "chaos": args.chaos or None},
+                "server": {
+                    "host": args.host,
+                    "port": args.port,
+                    "chaos": args.chaos or None,
+                    "tls_cert_file": args.tls_cert,
+                    "tls_key_file": args.tls_key,
+                    "tls_client_ca_file": args.tls_client_ca,
+                    "request_timeout_s": args.request_timeout,
+                },
                 "model": {
                     "path": args.model,
                     "name": args.model_name,

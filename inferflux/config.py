@@ -40,6 +40,31 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     principal with auth off); the oldest go first."""
     responses_max_bytes: int = 64 * 1024 * 1024
     """Memory all stored responses may take together; the oldest go first."""
+    tls_cert_file: str = ""
+    """PEM certificate (chain) to serve HTTPS with; with tls_key_file. Empty: plain HTTP."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
+    tls_client_ca_file: str = ""
+    """PEM CA bundle: when set, every client must present a certificate it signed (mutual
+    TLS). Needs tls_cert_file."""
+    cors_origins: list[str] = []
+    """Web origins (scheme://host[:port]) whose pages may call the API from a browser; "*"
+    any. Empty: no CORS headers, and a request carrying an Origin header is refused (403),
+    so no web page can make a visitor's browser generate."""
+    allowed_hosts: list[str] = []
+    """Host header values accepted besides loopback names while bound to a loopback
+    address (DNS rebinding); bound elsewhere, any Host is accepted."""
+    request_timeout_s: float = 0.0
+    """Deadline of a generation request from its arrival, in seconds: beyond it the request
+    ends with a `timeout` error (504, or an error event when streamed) and frees its slot.
+    0: none."""
+    read_timeout_s: float = 30.0
+    """A client that sends nothing for this long while its request is being read is cut."""
+    max_open_requests: int = 1024
+    """HTTP requests handled at once (streams included); beyond it 503 with Retry-After."""
+    listen_backlog: int = 1024
+    """Connections the kernel queues before they are accepted (a burst beyond it is
+    refused by the kernel, with no HTTP answer)."""
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -240,5 +265,14 @@ def _check(config: Config) -> None:
             "scheduler.step_tokens must be >= scheduler.n_parallel "
             "(every running sequence decodes one token per step)"
         )
+    server = config.server
+    if bool(server.tls_cert_file) != bool(server.tls_key_file):
+        problems.append("server.tls_cert_file and server.tls_key_file go together")
+    if server.tls_client_ca_file and not server.tls_cert_file:
+        problems.append("server.tls_client_ca_file needs server.tls_cert_file (HTTPS)")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(server, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"server.{name}: no such file: {path}")
     if problems:
         raise ConfigError("; ".join(problems))

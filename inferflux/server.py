@@ -32,6 +32,7 @@ from transports import Address
 
 from .config import Config
 from .ingress.actor import IngressActor
+from .ingress.browser import BrowserGuard
 from .ingress.gate import Gate, OpenGate
 from .ingress.policy_gate import PolicyGate
 from .ingress.response_store import ResponseStore
@@ -127,8 +128,11 @@ def build_server(config: Config, *, introspection_address: Address | None = None
             blocklist=policy.blocklist,
             needs_prompt_text=policy.needs_prompt_text,
         )
+    served = ServedModel(model_id, tokenizer, template, ctx_size)
+    # Both walk the vocabulary once (~0.2 s): now, not inside the first request.
+    _ = served.max_prompt_chars, served.special_texts
     services = Services(
-        model=ServedModel(model_id, tokenizer, template, ctx_size),
+        model=served,
         scheduler=ActorRef("scheduler", registry),
         gate=gate,
         metrics=metrics,
@@ -136,6 +140,10 @@ def build_server(config: Config, *, introspection_address: Address | None = None
         snapshot=lambda: root.info(),
         max_body_bytes=config.server.max_body_bytes,
         tracer=tracer,
+        browser=BrowserGuard(
+            config.server.host, config.server.cors_origins, config.server.allowed_hosts
+        ),
+        request_timeout_s=config.server.request_timeout_s,
         responses=ResponseStore(
             ttl_s=config.server.responses_ttl_s,
             max_per_principal=config.server.responses_per_principal,
@@ -171,9 +179,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                 lambda: IngressActor(
                     "ingress",
                     services=services,
-                    host=config.server.host,
-                    port=config.server.port,
-                    graceful_timeout_s=config.server.drain_timeout_s,
+                    settings=config.server,
                     in_registry=registry,
                 ),
                 shutdown_timeout_s=config.server.drain_timeout_s + 5,

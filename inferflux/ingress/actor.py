@@ -7,6 +7,7 @@ Stopping it is graceful: hypercorn stops accepting, in-flight responses get
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import trio
@@ -15,7 +16,9 @@ from hypercorn.trio import serve
 
 from actors import Actor
 
+from ..config import ServerConfig
 from .app import create_app
+from .open_requests import OpenRequestCap
 from .services import IngressState, Services
 
 log = logging.getLogger("inferflux.ingress")
@@ -27,16 +30,15 @@ class IngressActor(Actor):
         name: str,
         *,
         services: Services,
-        host: str,
-        port: int,
-        graceful_timeout_s: float = 30.0,
+        settings: ServerConfig,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.services = services
+        self.settings = settings
         self.serving: IngressState | None = None  # from started() on
-        self.host, self.port = host, port
-        self.graceful_timeout_s = graceful_timeout_s
+        self.host, self.port = settings.host, settings.port
+        self.graceful_timeout_s = settings.drain_timeout_s
         self.bound: list[str] = []
         self._draining = trio.Event()  # refuse new work, finish what runs
         self._shutdown = trio.Event()  # close the listener and all connections
@@ -49,8 +51,16 @@ class IngressActor(Actor):
         config.keep_alive_timeout = 5
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
+        settings = self.settings
+        config.backlog = settings.listen_backlog
+        config.read_timeout = int(settings.read_timeout_s) or None
+        if settings.tls_cert_file:
+            config.certfile, config.keyfile = settings.tls_cert_file, settings.tls_key_file
+        if settings.tls_client_ca_file:
+            config.ca_certs = settings.tls_client_ca_file
+            config.verify_mode = ssl.CERT_REQUIRED
         self.serving = IngressState(self.nursery)
-        app = create_app(self.services, self.serving)
+        app = OpenRequestCap(create_app(self.services, self.serving), settings.max_open_requests)
 
         async def serve_then_signal(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -85,4 +95,5 @@ class IngressActor(Actor):
             await self._served.wait()
 
     def details(self) -> dict[str, float | int | str]:
-        return {"url": f"http://{self.host}:{self.port}"}
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        return {"url": f"{scheme}://{self.host}:{self.port}"}

@@ -29,6 +29,7 @@ from actors import ActorRef
 from ..policy.messages import Admin, AdminOp
 from .context import current
 from .errors import APIError
+from .limits import ADMIN_BODY_BYTES
 from .policy_client import api_error, ask_policy
 
 
@@ -38,6 +39,12 @@ def admin_blueprint(policy: ActorRef) -> Blueprint:
     async def run(op: AdminOp, name: str = "", with_body: bool = False) -> Response:
         body: Any = None
         if with_body:
+            if (request.content_length or 0) > ADMIN_BODY_BYTES:
+                raise APIError(
+                    413,
+                    f"an admin request body is at most {ADMIN_BODY_BYTES} bytes",
+                    code="request_too_large",
+                )
             raw = await request.get_data(cache=False)
             try:
                 body = msgspec.json.decode(raw) if raw else {}

@@ -27,7 +27,7 @@ from .chat_render import ChatRenderer
 from .completion_render import CompletionRenderer
 from .context import RequestContext, credential, trace_from
 from .health import health_blueprint
-from .http import install_error_handlers, json_response, read_json
+from .http import install_error_handlers, json_response, read_json, require_json_body
 from .messages_api import messages_blueprint
 from .request_types import (
     ChatCompletionRequest,
@@ -65,6 +65,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
 
     @app.before_request
     async def open_context() -> None:
+        services.browser.check(request.headers)  # before anything: see browser.py
         trace_id, parent_span = trace_from(request.headers.get("traceparent", ""))
         g.context = RequestContext(
             method=request.method,
@@ -74,6 +75,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
             parent_span=parent_span,
         )
         await gate.check_access(g.context)
+        require_json_body()
 
     @app.after_request
     async def close_context(response: Response) -> Response:
@@ -81,6 +83,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
         trace = context.trace_id if context else secrets.token_hex(16)
         span = (context.span_id if context else "") or secrets.token_hex(8)
         response.headers["traceparent"] = f"00-{trace}-{span}-01"
+        response.headers.update(services.browser.cors_headers(request.headers))
         if context is not None:
             gate.audit(context, response.status_code)
         return response
@@ -104,7 +107,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
     @app.post("/v1/completions")
     async def completions() -> Response:
         completion = await read_json(COMPLETION, services.max_body_bytes)
-        prepared = pipeline.prepare_completion(model, completion)
+        prepared = await pipeline.prepare_completion(model, completion)
         group = await runner.generate(prepared, "completion")
         renderer = CompletionRenderer(
             model.id, completion.n, len(prepared.prompt), model.tokenizer.piece,
@@ -114,7 +117,8 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
 
     @app.post("/tokenize")
     async def tokenize() -> Response:
-        tokens = pipeline.tokenize(model, await read_json(TOKENIZE, services.max_body_bytes))
+        body = await read_json(TOKENIZE, services.max_body_bytes)
+        tokens = await pipeline.tokenize(model, body)
         return json_response(
             {"tokens": tokens, "count": len(tokens), "max_model_len": model.ctx_size}
         )

@@ -61,6 +61,19 @@ async def read_json(decoder: msgspec.json.Decoder[T], max_body_bytes: int) -> T:
         raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
 
 
+def require_json_body() -> None:
+    """A body, where there is one, must say it is JSON (a form post from a web page cannot
+    then reach the API without a CORS preflight)."""
+    has_body = request.content_length or "transfer-encoding" in request.headers
+    if request.method in ("POST", "PUT", "PATCH") and has_body:
+        if request.mimetype != "application/json":
+            raise APIError(
+                415,
+                f"Content-Type must be application/json, not {request.content_type!r}",
+                code="unsupported_media_type",
+            )
+
+
 def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
     @app.errorhandler(APIError)
     async def on_api_error(error: APIError) -> Response:
@@ -68,7 +81,8 @@ def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+                415: "unsupported_media_type"}  # fmt: skip
         message = error.description or error.name
         if error.code == 413:
             message = f"request body larger than the limit of {max_body_bytes} bytes"

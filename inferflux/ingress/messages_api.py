@@ -78,7 +78,9 @@ def messages_blueprint(services: Services, runner: Runner) -> Blueprint:
         offered = "none" if chat.tool_choice == "none" else "auto"
         tools = ToolPlan(read_tools(chat.tools), offered, parallel=True)
         try:
-            prompt = pipeline.chat_prompt(model, chat.messages, tools)
+            chars = sum(len(m.text()) for m in chat.messages)
+            pipeline.check_prompt_size(model, chars, "messages")
+            prompt = await pipeline.off_loop(pipeline.chat_prompt, model, chat.messages, tools)
         except APIError as error:
             raise renamed(error) from None
         return json_response(TokenCount(len(prompt)))

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
+from .limits import MAX_TOOLS, StopList
 from .request_types import FunctionName, JSONSchema, PositiveInt, Probability, Temperature
 
 
@@ -111,7 +112,7 @@ class _Conversation(msgspec.Struct, kw_only=True):
     model: str
     messages: list[MessageParam]
     system: Union[str, list[TextBlockIn], None] = None
-    tools: list[ToolParam] | None = None
+    tools: Annotated[list[ToolParam], msgspec.Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     thinking: dict[str, Any] | None = None
     """Accepted and ignored: the served model does not reason."""
@@ -119,7 +120,7 @@ class _Conversation(msgspec.Struct, kw_only=True):
 
 class MessagesRequest(_Conversation, kw_only=True):
     max_tokens: PositiveInt
-    stop_sequences: list[str] | None = None
+    stop_sequences: StopList | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
     top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None

@@ -8,14 +8,20 @@
 
 Nothing here touches HTTP or actors, so each step is testable with a tokenizer alone; a
 problem is an APIError (400/404) naming the parameter, raised before anything is queued.
+Rendering and tokenizing run in a worker thread (`off_loop`), never on the event loop that
+also runs the scheduler and the policy; text that cannot fit the context window is refused
+by its length before either (ServedModel.max_prompt_chars).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
+import trio
 
 from ..messages import SamplingParams
 from ..model.chat_template import TemplateError
@@ -34,6 +40,8 @@ from .request_types import (
 from .served import ServedModel
 from .structured import response_format_grammar
 from .tool_prompt import NO_TOOLS, ToolPlan, plan_tools, render_chat
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,8 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
             "function: the output is then the tool call",
             "response_format",
         )
-    prompt = chat_prompt(model, chat.messages, tools)
+    check_prompt_size(model, sum(_chars(m) for m in chat.messages), "messages")
+    prompt = await off_loop(chat_prompt, model, chat.messages, tools)
     max_tokens = chat.max_completion_tokens or chat.max_tokens
     max_param = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
     return Prepared(
@@ -116,9 +125,9 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
     )
 
 
-def prepare_completion(model: ServedModel, completion: CompletionRequest) -> Prepared:
+async def prepare_completion(model: ServedModel, completion: CompletionRequest) -> Prepared:
     _check_common(model, completion)
-    prompt, text = completion_prompt(model, completion.prompt)
+    prompt, text = await off_loop(completion_prompt, model, completion.prompt)
     return Prepared(
         prompt=prompt,
         max_tokens=completion.max_tokens,
@@ -137,15 +146,46 @@ def prepare_completion(model: ServedModel, completion: CompletionRequest) -> Pre
     )
 
 
+async def off_loop(run: Callable[..., T], *args: Any) -> T:
+    """`run(*args)` in a worker thread; a client that leaves stops waiting for it."""
+    return await trio.to_thread.run_sync(run, *args, abandon_on_cancel=True)
+
+
+def check_prompt_size(model: ServedModel, chars: int, param: str) -> None:
+    if chars > model.max_prompt_chars:
+        raise APIError(
+            400,
+            f"the prompt has {chars} characters, more than this model's context window of "
+            f"{model.ctx_size} tokens can hold",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def _chars(message: ChatMessage) -> int:
+    calls = message.tool_calls or []
+    return len(message.text()) + sum(len(str(c.function.arguments)) for c in calls)
+
+
 def chat_prompt(
     model: ServedModel, messages: list[ChatMessage], tools: ToolPlan = NO_TOOLS
 ) -> list[int]:
+    """The prompt's tokens: the template's own text may hold special tokens, what the
+    client wrote never does (ChatTemplate.render_parts). Blocking: see `off_loop`."""
     rendered = [m.as_template_dict() for m in messages]
     try:
-        text = render_chat(model.template, rendered, tools.offered)
+        parts = render_chat(model.template, rendered, tools.offered)
     except TemplateError as exc:
         raise _invalid(str(exc), "messages") from None
-    return model.tokenizer.tokenize(text, add_special=True, parse_special=True)
+    tokenize = model.tokenizer.tokenize
+    if not any(model.holds_special_text(text) for text, ours in parts if not ours):
+        # Nothing a client wrote could become a special token: the whole text at once,
+        # which tokenizes the seams between template and content as the model learned.
+        return tokenize("".join(text for text, _ in parts), add_special=True)
+    tokens: list[int] = []
+    for i, (text, from_template) in enumerate(parts):
+        tokens += tokenize(text, add_special=i == 0, parse_special=from_template)
+    return tokens
 
 
 def completion_prompt(
@@ -163,6 +203,7 @@ def completion_prompt(
                 raise _invalid("several prompts in one request are not supported yet", "prompt")
             prompt = prompt[0]
     if isinstance(prompt, str):
+        check_prompt_size(model, len(prompt), "prompt")
         tokens = model.tokenizer.tokenize(prompt, add_special=True, parse_special=False)
         text: str | None = prompt
     else:
@@ -243,14 +284,21 @@ def submit(prepared: Prepared, seq_id: int, trace_id: str, ceiling: int | None) 
 
 
 # the tokenizer extras --------------------------------------------------------------------
-def tokenize(model: ServedModel, body: TokenizeRequest) -> list[int]:
+async def tokenize(model: ServedModel, body: TokenizeRequest) -> list[int]:
     if body.model is not None:
         check_model(model, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise _invalid("send exactly one of prompt or messages", "prompt")
     if body.messages is not None:
-        return chat_prompt(model, body.messages) if body.messages else []
-    return model.tokenizer.tokenize(body.prompt or "", add_special=True, parse_special=False)
+        if not body.messages:
+            return []
+        check_prompt_size(model, sum(_chars(m) for m in body.messages), "messages")
+        return await off_loop(chat_prompt, model, body.messages)
+    prompt = body.prompt or ""
+    check_prompt_size(model, len(prompt), "prompt")
+    return await off_loop(
+        lambda: model.tokenizer.tokenize(prompt, add_special=True, parse_special=False)
+    )
 
 
 def detokenize(model: ServedModel, body: DetokenizeRequest) -> str:

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
+from .limits import MAX_LOGIT_BIAS, MAX_TOOLS, StopList, StopString
+
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
@@ -116,6 +118,8 @@ class NamedToolChoice(msgspec.Struct):
 
 
 ToolChoice = Union[Literal["none", "auto", "required"], NamedToolChoice]
+Tools = Annotated[list[Tool], msgspec.Meta(max_length=MAX_TOOLS)]
+LogitBias = Annotated[dict[str, float], msgspec.Meta(max_length=MAX_LOGIT_BIAS)]
 
 
 # response_format -------------------------------------------------------------------------
@@ -148,7 +152,7 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-Stop = Union[str, list[str], None]
+Stop = Union[StopString, StopList, None]
 
 
 class _Sampling(msgspec.Struct, kw_only=True):
@@ -177,12 +181,12 @@ class _Sampling(msgspec.Struct, kw_only=True):
 class ChatCompletionRequest(_Sampling, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: PositiveInt | None = None
-    tools: list[Tool] | None = None
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -191,7 +195,7 @@ class CompletionRequest(_Sampling, kw_only=True):
     prompt: Union[str, list[Union[str, int]]]
     echo: bool = False
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     suffix: str | None = None
     best_of: int | None = None
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
+from .limits import MAX_TOOLS
 from .request_types import (
     FunctionName,
     JSONObjectFormat,
@@ -108,7 +109,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     max_output_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
-    tools: list[FunctionTool] | None = None
+    tools: Annotated[list[FunctionTool], msgspec.Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None

@@ -4,9 +4,14 @@ the generations started, and the response body streamed or whole."""
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 
+import trio
 from quart import Response
 
+from ..scheduler.messages import Delta
 from . import pipeline
 from .context import current
 from .errors import APIError
@@ -20,9 +25,47 @@ from .tickets import outcome
 log = logging.getLogger("inferflux.ingress")
 
 
+def timeout_error(timeout_s: float) -> APIError:
+    return APIError(
+        504,
+        f"the request ran past its deadline of {timeout_s:g} s (server.request_timeout_s)",
+        type="timeout_error",
+        code="timeout",
+    )
+
+
 class Runner:
     def __init__(self, services: Services, state: IngressState) -> None:
         self.services, self.state = services, state
+
+    def _deadline_at(self) -> float:
+        timeout = self.services.request_timeout_s
+        return current().started + timeout if timeout > 0 else math.inf
+
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Turn the request's deadline passing into its `timeout` error."""
+        with trio.move_on_at(self._deadline_at()) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise timeout_error(self.services.request_timeout_s)
+
+    @staticmethod
+    async def _until(
+        deadline: float, timeout: float, deltas: AsyncIterator[tuple[int, Delta]]
+    ) -> AsyncIterator[tuple[int, Delta]]:
+        """The deltas, ended by the request's `timeout` error once the deadline passed (the
+        body outlives the handler: the deadline is read before)."""
+        async with aclosing(deltas):
+            while True:
+                with trio.move_on_at(deadline) as scope:
+                    try:
+                        item = await anext(deltas)
+                    except StopAsyncIteration:
+                        return
+                if scope.cancelled_caught:
+                    raise timeout_error(timeout)
+                yield item
 
     async def generate(self, prepared: Prepared, api: str) -> GenerationGroup:
         """Admit the request, submit it, and wait for each choice's first delta (so that a
@@ -59,7 +102,8 @@ class Runner:
             group.trace(span)
             context.span_id = format(span.get_span_context().span_id, "016x")
         try:
-            await group.start()
+            with self._deadline():
+                await group.start()
         except BaseException as exc:
             gate.ended(context, *outcome(exc))  # its audit line, its tokens back
             raise
@@ -68,7 +112,12 @@ class Runner:
 
     async def respond(self, group: GenerationGroup, renderer: Renderer, stream: bool) -> Response:
         context, gate = current(), self.services.gate
-        deltas = gate.watch(context, group, group.deltas(self.state.nursery))
+        timed = self._until(
+            self._deadline_at(),
+            self.services.request_timeout_s,
+            group.deltas(self.state.nursery),
+        )
+        deltas = gate.watch(context, group, timed)
         if not stream:
             body = await whole_body(renderer, deltas, group.close)
             return Response(body, content_type="application/json")

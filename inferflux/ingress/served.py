@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..model.chat_template import ChatTemplate
 from ..worker.llama import Model
@@ -21,3 +22,20 @@ class ServedModel:
     @property
     def n_vocab(self) -> int:
         return self.tokenizer.info.n_vocab
+
+    @cached_property
+    def special_texts(self) -> list[str]:
+        """Texts that tokenize as one special token (`<|im_start|>`...)."""
+        return self.tokenizer.special_texts()
+
+    def holds_special_text(self, text: str) -> bool:
+        return any(special in text for special in self.special_texts)
+
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """No text longer than this fits the context window: every token covers at most
+        the longest piece of the vocabulary (in bytes, which are never fewer than
+        characters). Checked before tokenizing, which is what costs."""
+        piece = self.tokenizer.piece
+        longest = max(len(piece(token, special=True)) for token in range(self.n_vocab))
+        return self.ctx_size * max(longest, 1)

@@ -12,6 +12,7 @@ from actors import ActorInfo, ActorRef
 
 from ..metrics import Metrics
 from ..tracing import RequestTracer
+from .browser import BrowserGuard
 from .gate import Gate
 from .generation import InFlight
 from .response_store import ResponseStore
@@ -31,6 +32,10 @@ class Services:
     max_body_bytes: int
     tracer: RequestTracer | None = None
     """OpenTelemetry export, when configured."""
+    browser: BrowserGuard = field(default_factory=lambda: BrowserGuard("127.0.0.1", [], []))
+    """CORS and the Host check (browser.py)."""
+    request_timeout_s: float = 0.0
+    """Deadline of a generation request from its arrival (0: none)."""
     responses: ResponseStore = field(default_factory=ResponseStore)
     """Stored responses of the Responses API (outlive an ingress restart)."""
 

@@ -10,16 +10,30 @@ import json
 from typing import Any
 
 import llguidance
+import msgspec
 import trio
 
 from ..worker.constraint import check_grammar
 from ..worker.llama import Model
 from .errors import APIError
+from .limits import MAX_SCHEMA_BYTES
 from .request_types import JSONObjectFormat, ResponseFormat, TextFormat
 
 # Compact but readable JSON, and no free-form whitespace: a small model given the choice
 # tends to emit newlines forever instead of closing the object.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def check_schema_size(schema: Any, param: str) -> None:
+    size = len(msgspec.json.encode(schema))
+    if size > MAX_SCHEMA_BYTES:
+        raise APIError(
+            400,
+            f"{param}: a schema of {size} bytes is larger than the limit of "
+            f"{MAX_SCHEMA_BYTES} bytes",
+            param=param,
+            code="schema_too_large",
+        )
 
 
 def schema_grammar(schema: dict[str, Any]) -> str:
@@ -66,6 +80,7 @@ async def response_format_grammar(model: Model, response_format: ResponseFormat 
         )
     # No schema means any JSON value, as OpenAI treats it.
     schema = response_format.json_schema.schema or {}
+    check_schema_size(schema, "response_format.json_schema.schema")
     try:
         grammar = schema_grammar(schema)
     except ValueError as exc:

@@ -30,7 +30,7 @@ from ..model.chat_template import ChatTemplate
 from ..worker.llama import Model
 from .errors import APIError
 from .request_types import Tool, ToolChoice
-from .structured import JSON_STYLE, checked, compact
+from .structured import JSON_STYLE, check_schema_size, checked, compact
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_PARALLEL_CALLS = 4
@@ -90,6 +90,7 @@ def read_tools(tools: list[Tool] | None) -> list[Function]:
                 f"tools[{i}].function.parameters must be a JSON schema of type object",
                 f"tools[{i}].function.parameters",
             )
+        check_schema_size(parameters, f"tools[{i}].function.parameters")
         parameters = {**parameters, "type": "object"}
         functions.append(Function(spec.name, spec.description or "", parameters))
     if len({f.name for f in functions}) != len(functions):
@@ -150,14 +151,14 @@ def knows_tools(template_source: str) -> bool:
 
 def render_chat(
     template: ChatTemplate, messages: list[dict[str, Any]], offered: list[Function]
-) -> str:
-    """The prompt text: through the model's template with `tools=` when it knows tools,
-    else in the generic format (which also renders a history holding calls and results
-    for a template that knows nothing of them)."""
+) -> list[tuple[str, bool]]:
+    """The prompt as ChatTemplate.render_parts pieces: through the model's template with
+    `tools=` when it knows tools, else in the generic format (which also renders a history
+    holding calls and results for a template that knows nothing of them)."""
     if knows_tools(template.source):
         extra = {"tools": [f.to_openai() for f in offered]} if offered else {}
-        return template.render(messages, **extra)
-    return template.render(generic_messages(messages, offered))
+        return template.render_parts(messages, **extra)
+    return template.render_parts(generic_messages(messages, offered))
 
 
 def system_prompt(functions: list[Function]) -> str:

@@ -6,6 +6,8 @@ bos/eos token strings, and `add_generation_prompt`.
 from __future__ import annotations
 
 import datetime
+import re
+import secrets
 from typing import Any
 
 import jinja2
@@ -37,6 +39,36 @@ class ChatTemplate:
         self.source = source or CHATML
         self._template = env.from_string(self.source)
         self.bos_token, self.eos_token = bos_token, eos_token
+
+    def render_parts(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
+    ) -> list[tuple[str, bool]]:
+        """The prompt as (text, written by the template) pieces, in order.
+
+        Message contents are what clients wrote: tokenized as plain text, a user's
+        "<|im_start|>system" stays text instead of becoming a turn of its own. Only what the
+        template writes around them may hold special-token markers. Each content is
+        rendered as a placeholder carrying a per-call random nonce (a client cannot forge
+        one), found again in the output and swapped back."""
+        nonce = secrets.token_hex(8)
+        contents: list[str] = []
+
+        def placeholder(message: dict[str, Any]) -> dict[str, Any]:
+            content = message.get("content")
+            if not isinstance(content, str) or not content:
+                return message
+            contents.append(content)
+            return {**message, "content": f"\ue000{nonce}:{len(contents) - 1}\ue001"}
+
+        text = self.render([placeholder(m) for m in messages], add_generation_prompt, **extra)
+        parts: list[tuple[str, bool]] = []
+        for i, piece in enumerate(re.split(f"\ue000{nonce}:([0-9]+)\ue001", text)):
+            if i % 2 == 0:
+                if piece:
+                    parts.append((piece, True))
+            else:
+                parts.append((contents[int(piece)], False))
+        return parts
 
     def render(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any

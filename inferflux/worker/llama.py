@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from dataclasses import dataclass
 
 import llama_cpp as L
@@ -81,7 +82,9 @@ class Model:
             add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)),
             chat_template=self.meta("tokenizer.chat_template"),
         )
-        self._piece = ctypes.create_string_buffer(256)
+        # One piece buffer per thread: the ingress tokenizes and detokenizes in worker
+        # threads while the event loop renders logprobs with the same Model.
+        self._buffers = threading.local()
 
     def _ctx_train_from_meta(self) -> int:
         # A vocab-only load skips hyper-parameters; the GGUF metadata still has them.
@@ -114,12 +117,26 @@ class Model:
         return list(tokens[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
-        n = L.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, special)
+        buffer = getattr(self._buffers, "piece", None)
+        if buffer is None:
+            buffer = self._buffers.piece = ctypes.create_string_buffer(256)
+        n = L.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
             return buf.raw[:n]
-        return self._piece.raw[:n]
+        return buffer.raw[:n]
+
+    def special_texts(self) -> list[str]:
+        """The text of every token that tokenizing with parse_special matches as one
+        special token (control and user-defined tokens), longest first."""
+        special = L.LLAMA_TOKEN_ATTR_CONTROL | L.LLAMA_TOKEN_ATTR_USER_DEFINED
+        texts = {
+            self.piece(token, special=True).decode("utf-8", "replace")
+            for token in range(self.info.n_vocab)
+            if L.llama_vocab_get_attr(self.vocab, token) & special
+        }
+        return sorted((t for t in texts if t), key=len, reverse=True)
 
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
         return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")

@@ -354,13 +354,14 @@ def test_admin_api_changes_apply_without_restart(setup: Setup) -> None:
         client(setup, token(RSA, roles=["tester"])).models.list()
     bad = httpx.post(f"{url}/v1/admin/keys", headers=admin, json={"name": "x", "scopes": []})
     assert bad.status_code == 400 and bad.json()["error"]["param"] is None
-    assert httpx.post(f"{url}/v1/admin/keys", headers=admin, content=b"{").status_code == 400
+    as_json = {**admin, "content-type": "application/json"}
+    assert httpx.post(f"{url}/v1/admin/keys", headers=as_json, content=b"{").status_code == 400
     not_utf8 = httpx.post(
-        f"{url}/v1/admin/keys", headers=admin, content=b'{"name": "\xff\xfe", "scopes": []}'
+        f"{url}/v1/admin/keys", headers=as_json, content=b'{"name": "\xff\xfe", "scopes": []}'
     )
     assert not_utf8.status_code == 400
     assert not_utf8.json()["error"]["code"] == "invalid_json"
-    not_utf8_put = httpx.put(f"{url}/v1/admin/roles/r", headers=admin, content=b"\xc3\x28")
+    not_utf8_put = httpx.put(f"{url}/v1/admin/roles/r", headers=as_json, content=b"\xc3\x28")
     assert not_utf8_put.status_code == 400
     assert httpx.delete(f"{url}/v1/admin/keys/nope", headers=admin).status_code == 404
     user = {"authorization": f"Bearer {setup.keys['user']}"}

@@ -5,6 +5,8 @@ deltas rendered as the OpenAI client reads them."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Awaitable
 
 import msgspec
 import pytest
@@ -43,9 +45,9 @@ def completion(**fields: object) -> CompletionRequest:
     return msgspec.json.decode(json.dumps({"model": ID, **fields}), type=CompletionRequest)
 
 
-def refusal(call: object) -> APIError:
+async def refusal(pending: Awaitable[object]) -> APIError:
     with pytest.raises(APIError) as caught:
-        call()  # type: ignore[operator]
+        await pending
     return caught.value
 
 
@@ -54,7 +56,7 @@ async def test_a_chat_request_becomes_the_submit_the_scheduler_runs(served: Serv
     prepared = await pipeline.prepare_chat(served, request)
     # The prompt is what /tokenize shows for the same messages.
     tokenize = TokenizeRequest(messages=request.messages)
-    assert prepared.prompt == pipeline.tokenize(served, tokenize)
+    assert prepared.prompt == await pipeline.tokenize(served, tokenize)
     assert prepared.room == 256 - len(prepared.prompt) and prepared.n == 2
     submit = pipeline.submit(prepared, seq_id=7, trace_id="t", ceiling=None)
     assert (submit.seq_id, submit.priority, submit.trace_id) == (7, 3, "t")
@@ -102,18 +104,19 @@ def test_typed_fields_are_refused_at_decode_with_their_path() -> None:
         assert from_decode_error(caught.value).param == param, fields
 
 
-def test_completion_prompts(served: ServedModel) -> None:
-    text = pipeline.prepare_completion(served, completion(prompt=["Hello"], echo=True))
+async def test_completion_prompts(served: ServedModel) -> None:
+    prepare = pipeline.prepare_completion
+    text = await prepare(served, completion(prompt=["Hello"], echo=True))
     assert text.echo == "Hello" and text.prompt == served.tokenizer.tokenize(
         "Hello", add_special=True, parse_special=False
     )
-    ids = pipeline.prepare_completion(served, completion(prompt=text.prompt, echo=True))
+    ids = await prepare(served, completion(prompt=text.prompt, echo=True))
     assert ids.prompt == text.prompt and ids.echo == served.tokenizer.detokenize(text.prompt)
-    assert pipeline.prepare_completion(served, completion(prompt="x", logprobs=0)).want_logprobs
+    assert (await prepare(served, completion(prompt="x", logprobs=0))).want_logprobs
     for prompt in (["a", 1], ["a", "b"], [], [served.n_vocab]):
-        error = refusal(lambda p=prompt: pipeline.prepare_completion(served, completion(prompt=p)))
+        error = await refusal(prepare(served, completion(prompt=prompt)))
         assert (error.status, error.param) == (400, "prompt")
-    error = refusal(lambda: pipeline.prepare_completion(served, completion(prompt="x", suffix="y")))
+    error = await refusal(prepare(served, completion(prompt="x", suffix="y")))
     assert (error.param, error.code) == ("suffix", "unsupported_parameter")
 
 
@@ -164,3 +167,27 @@ def test_completion_logprob_offsets_count_the_echo(served: ServedModel) -> None:
     assert parsed[0]["choices"][0]["text"] == "Echo"
     assert parsed[1]["choices"][0]["logprobs"]["text_offset"] == [4]
     assert parsed[-1]["choices"][0]["finish_reason"] == "length"
+
+
+class ThreadSpy:
+    """The real tokenizer, noting which thread each tokenize call runs in."""
+
+    def __init__(self, model: Model) -> None:
+        self.model, self.threads = model, []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.model, name)
+
+    def tokenize(self, *args: object, **kwargs: object) -> list[int]:
+        self.threads.append(threading.current_thread())
+        return self.model.tokenize(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_prompts_are_rendered_and_tokenized_off_the_event_loop(served: ServedModel) -> None:
+    spy = ThreadSpy(served.tokenizer)
+    watched = ServedModel(ID, spy, served.template, served.ctx_size)  # type: ignore[arg-type]
+    await pipeline.prepare_chat(watched, chat())
+    await pipeline.prepare_completion(watched, completion(prompt="Hello"))
+    await pipeline.tokenize(watched, TokenizeRequest(prompt="Hello"))
+    assert len(spy.threads) == 3
+    assert threading.current_thread() not in spy.threads

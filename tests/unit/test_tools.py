@@ -14,6 +14,12 @@ from inferflux.ingress.tool_calls import ToolStream, ends_repeating, parse_calls
 from inferflux.ingress.tool_prompt import Function, call_grammar, render_chat
 from inferflux.model.chat_template import CHATML, ChatTemplate
 
+
+def rendered(*args) -> str:  # noqa: ANN002
+    """The prompt text (render_chat gives it in template and content pieces)."""
+    return "".join(text for text, _ in render_chat(*args))
+
+
 FUNCTIONS = [
     Function("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}}),
     Function("get_time", "", {"type": "object"}),
@@ -135,17 +141,17 @@ def history() -> list[dict]:
 
 
 def test_a_template_that_knows_tools_gets_them_and_the_calls_as_objects() -> None:
-    text = render_chat(ChatTemplate(TOOLS_TEMPLATE), history(), FUNCTIONS)
+    text = rendered(ChatTemplate(TOOLS_TEMPLATE), history(), FUNCTIONS)
     assert '"name": "get_weather"' in text and "# Tools" in text
     # the history's arguments reach the template parsed, as HF templates expect
     assert '"arguments": {"city": "Paris"}' in text
     assert '<tool_response>{"temp": 21}</tool_response>' in text
     assert "You can call functions" not in text  # not the generic format
-    assert "# Tools" not in render_chat(ChatTemplate(TOOLS_TEMPLATE), history(), [])
+    assert "# Tools" not in rendered(ChatTemplate(TOOLS_TEMPLATE), history(), [])
 
 
 def test_a_template_without_tools_gets_the_generic_format() -> None:
-    text = render_chat(ChatTemplate(CHATML), history(), FUNCTIONS)
+    text = rendered(ChatTemplate(CHATML), history(), FUNCTIONS)
     assert text.startswith("<|im_start|>system\nYou can call functions")
     assert "<tools>" in text and '"name": "get_weather"' in text
     assert (
@@ -153,7 +159,7 @@ def test_a_template_without_tools_gets_the_generic_format() -> None:
     )
     assert '<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response><|im_end|>' in text
     # tool_choice none: no tools offered, the history still renders
-    plain = render_chat(ChatTemplate(CHATML), history(), [])
+    plain = rendered(ChatTemplate(CHATML), history(), [])
     assert "<tools>" not in plain and "<tool_response>" in plain
 
 
