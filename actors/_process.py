@@ -13,6 +13,10 @@ Failure handling:
 - Stop: a Stop frame asks for a graceful exit; after `term_timeout_s` SIGTERM, then SIGKILL.
 - The child watches its stdin, a pipe from the parent: when the parent dies, for whatever
   reason, the pipe closes and the child exits at once. No orphans.
+
+Environment: `env`, when given, is the child's entire environment, not additions to this
+process's: a caller that keeps secrets from its children passes exactly what they need.
+Without it the child inherits this process's environment.
 """
 
 from __future__ import annotations
@@ -145,7 +149,8 @@ class ProcessActor(BaseActor):
             with Channel.listen(
                 address, frame_codec, peer_label=f"process actor {self.name!r}"
             ) as channel:
-                env = dict(os.environ, **(self.env or {}))
+                # A given env is the child's whole environment (the caller scrubs it).
+                env = dict(os.environ) if self.env is None else dict(self.env)
                 process = await trio.lowlevel.open_process(
                     self.command(str(channel.address)), stdin=subprocess.PIPE, env=env
                 )

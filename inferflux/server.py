@@ -31,6 +31,7 @@ from actors import (
 from transports import Address
 
 from .config import Config
+from .environment import child_environment
 from .ingress.actor import IngressActor
 from .ingress.browser import BrowserGuard
 from .ingress.gate import Gate, OpenGate
@@ -94,6 +95,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                 "gpu_layers": config.model.gpu_layers,
             },
             role="worker",
+            env=child_environment(os.environ),  # no secrets: environment.py
             in_registry=registry,
         )
 

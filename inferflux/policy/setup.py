@@ -8,6 +8,7 @@ run` exits with a message instead of serving with a silently empty policy.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .guardrails import Blocklist, OPAClient
 from .limits import RateLimiter
 from .oidc import OIDCSettings, OIDCVerifier
 from .records import Limit
-from .store import PolicyStore, PolicyStoreError, read_secret
+from .store import KEY_ENV, PolicyStore, PolicyStoreError, read_secret
 
 log = logging.getLogger("inferflux.policy")
 
@@ -139,7 +140,15 @@ def _open_store(config: PolicyConfig) -> PolicyStore | None:
     if not config.store_path:
         return None
     try:
-        return PolicyStore.open(config.store_path, read_secret(config.key_file or None))
+        secret = read_secret(config.key_file or None)
+    except PolicyStoreError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        # Read once, at start (a restarted policy actor keeps the opened store): the
+        # passphrase need not stay where every later child process would inherit it.
+        os.environ.pop(KEY_ENV, None)
+    try:
+        return PolicyStore.open(config.store_path, secret)
     except PolicyStoreError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,6 +220,8 @@ def test_setup_checks_everything_at_startup(tmp_path: Path, monkeypatch, caplog)
     monkeypatch.setenv("INFERFLUX_POLICY_KEY", "pw")
     setup = build_policy(PolicyConfig(store_path=str(tmp_path / "p.store")))
     assert setup is not None and setup.auth_required
+    # Read once, then gone from the environment every later child process would inherit.
+    assert "INFERFLUX_POLICY_KEY" not in os.environ
 
 
 @given(st.text(max_size=200))
