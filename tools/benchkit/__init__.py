@@ -1,0 +1,2 @@
+"""The pieces of tools/bench.py: servers to start, workloads, the load generator, the
+engine's own limit (llama-batched-bench) and the tables. `python tools/bench.py` runs them."""
