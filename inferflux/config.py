@@ -161,6 +161,9 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     false refuses it with 503."""
     opa_include_prompt: bool = False
     """Send the prompt text to OPA (its SHA-256 is always sent)."""
+    anonymous_max_priority: int = 0
+    """Highest `priority` a caller may ask for while authentication is off (everyone is
+    `anonymous`). Priority preempts other callers' work: 0 allows only the default."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -173,6 +173,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                     make_policy=policy.make_policy if policy else None,
                     store_poll_s=policy.store_poll_s if policy else 1.0,
                     audit=policy.audit if policy else None,
+                    anonymous_max_priority=config.policy.anonymous_max_priority,
                     in_registry=registry,
                 ),
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -24,10 +25,11 @@ class RunningServer:
     process: subprocess.Popen
     port: int
     log_path: str
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def metrics(self) -> dict[str, float]:
         """Prometheus samples as {'name{labels}': value}."""
@@ -53,7 +55,15 @@ class RunningServer:
             return f.read()
 
 
-def start_server(tmp_dir: str, *args: str, timeout_s: float = 120) -> RunningServer:
+def start_server(
+    tmp_dir: str,
+    *args: str,
+    timeout_s: float = 120,
+    verify: str | None = None,
+    cert: tuple[str, str] | None = None,
+) -> RunningServer:
+    """Start `inferflux run` and wait until it is ready. `verify`: serving HTTPS, the CA
+    to check it with (and `cert`, a client certificate and key, for mutual TLS)."""
     port = free_port()
     log_path = os.path.join(tmp_dir, f"server-{port}.log")
     log = open(log_path, "w")
@@ -63,19 +73,29 @@ def start_server(tmp_dir: str, *args: str, timeout_s: float = 120) -> RunningSer
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-    server = RunningServer(process, port, log_path)
+    server = RunningServer(process, port, log_path, "https" if verify else "http")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+            trust = tls_context(verify, cert) if verify else True
+            probe = httpx.get(f"{server.url}/readyz", timeout=1, verify=trust)
+            if probe.status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     stop_server(server)
     raise RuntimeError(f"server not ready in {timeout_s}s:\n{server.log()}")
+
+
+def tls_context(ca: str, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
+    """Trust `ca`; present `cert` (certificate, key) when given."""
+    context = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    return context
 
 
 def stop_server(server: RunningServer) -> None:

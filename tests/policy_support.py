@@ -59,6 +59,8 @@ class TLSFiles:
     ca: str
     cert: str
     key: str
+    client_cert: str
+    client_key: str
 
 
 def make_tls(directory: Path) -> TLSFiles:
@@ -94,10 +96,38 @@ def make_tls(directory: Path) -> TLSFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    key, cert = _leaf(ca_key, ca_name, "localhost", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
+    client_key, client = _leaf(
+        ca_key, ca_name, "inferflux test client", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    files = TLSFiles(
+        *(str(directory / name) for name in ("ca.pem", "cert.pem", "key.pem")),
+        *(str(directory / name) for name in ("client.pem", "client-key.pem")),
+    )
+    Path(files.ca).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for path, written in ((files.cert, cert), (files.client_cert, client)):
+        Path(path).write_bytes(written.public_bytes(serialization.Encoding.PEM))
+    for path, private in ((files.key, key), (files.client_key, client_key)):
+        Path(path).write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return files
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, name: str, usage: x509.ObjectIdentifier
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A key and a certificate for 127.0.0.1/localhost, signed by the CA, for `usage`
+    (server or client authentication)."""
+    now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -110,28 +140,14 @@ def make_tls(directory: Path) -> TLSFiles:
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
-    files = TLSFiles(
-        str(directory / "ca.pem"), str(directory / "cert.pem"), str(directory / "key.pem")
-    )
-    Path(files.ca).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    Path(files.cert).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    Path(files.key).write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
+    return key, cert
 
 
 @dataclass

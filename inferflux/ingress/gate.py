@@ -8,9 +8,10 @@ on their way out (the output blocklist, then the audit line); `ended` audits a g
 that never reached `watch`; `audit` writes the line of every other protected request.
 
 `OpenGate` is the gate with no policy configured: the policy actor (which then allows
-everything) still sees each generation, as the tree's every actor sees its traffic, but
-nothing is audited and no guardrail runs; request handlers never ask whether there is a
-policy. `PolicyGate` (policy_gate.py) enforces one.
+everything but a priority above `policy.anonymous_max_priority`) still sees each
+generation, as the tree's every actor sees its traffic, but nothing is audited and no
+guardrail runs; request handlers never ask whether there is a policy. `PolicyGate`
+(policy_gate.py) enforces one.
 
 All of one request's state lives in its `RequestContext` (context.py).
 """
@@ -29,7 +30,7 @@ from ..scheduler.messages import Delta
 from .context import RequestContext
 from .group import GenerationGroup
 from .pipeline import Prepared
-from .policy_client import ask_policy
+from .policy_client import api_error, ask_policy
 from .served import ServedModel
 
 
@@ -74,8 +75,17 @@ class OpenGate:
     async def admit(
         self, ctx: RequestContext, model: ServedModel, prepared: Prepared, seq_id: int
     ) -> int | None:
-        ask = Authorize(seq_id, model.id, len(prepared.prompt), trace_id=ctx.trace_id)
-        return (await ask_policy(self.policy, ask)).max_tokens
+        ask = Authorize(
+            seq_id,
+            model.id,
+            len(prepared.prompt),
+            trace_id=ctx.trace_id,
+            priority=prepared.priority,  # the one thing anonymous callers are refused
+        )
+        decision = await ask_policy(self.policy, ask)
+        if not decision.allowed:
+            raise api_error(decision)
+        return decision.max_tokens
 
     def watch(
         self, ctx: RequestContext, group: GenerationGroup, deltas: AsyncIterator[tuple[int, Delta]]

@@ -1,6 +1,7 @@
 """The policy actor: every request is authorized here before the scheduler sees it.
 
-With no policy configured it allows everything (the local default). Otherwise it answers
+With no policy configured it allows everything (the local default) but a priority above
+`policy.anonymous_max_priority` (0: priority preempts other callers' work). Otherwise it answers
 `Access`, `Authorize` and `Admin` with a `Decision`, takes `Settle` casts, and watches the
 store file for changes made by `inferflux keys`.
 
@@ -23,7 +24,7 @@ import trio
 from actors import Actor, Envelope
 
 from .audit import AuditLog
-from .engine import Policy
+from .engine import Policy, priority_denial
 from .messages import Access, Admin, Authorize, Decision, Settle
 
 __all__ = ["Access", "Admin", "Authorize", "Decision", "PolicyActor", "Settle"]
@@ -39,10 +40,12 @@ class PolicyActor(Actor):
         make_policy: Callable[[], Policy] | None = None,
         store_poll_s: float = 1.0,
         audit: AuditLog | None = None,
+        anonymous_max_priority: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self._make_policy = make_policy
+        self.anonymous_max_priority = anonymous_max_priority
         self.policy: Policy | None = None
         self.store_poll_s = store_poll_s
         self.audit = audit  # written by the ingress; closed here, the last to stop of the two
@@ -67,6 +70,13 @@ class PolicyActor(Actor):
         policy = self.policy
         if isinstance(message, (Authorize, Access)):
             if policy is None:
+                # No policy: everyone is anonymous, and may do anything but jump the queue.
+                if isinstance(message, Authorize):
+                    refused = priority_denial(
+                        message.priority, self.anonymous_max_priority, "anonymous"
+                    )
+                    if refused is not None:
+                        return refused
                 return Decision(allowed=True)
             decide = policy.authorize if isinstance(message, Authorize) else policy.access
             envelope.defer()

@@ -43,7 +43,9 @@ def add_commands(commands: Any) -> None:
     def grant_args(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--models", default="", help="allowed model ids, comma-separated")
         parser.add_argument("--max-tokens", type=int, help="ceiling on max_tokens")
-        parser.add_argument("--max-priority", type=int, help="highest priority allowed")
+        parser.add_argument(
+            "--max-priority", type=int, help="highest priority allowed (default: 0)"
+        )
 
     keys = commands.add_parser("keys", help="create, list, revoke API keys").add_subparsers(
         dest="action", required=True

@@ -21,12 +21,12 @@ from .keys import CredentialError, key_id, matches, parse_authorization
 from .limits import RateLimiter, Refusal, resolve
 from .messages import Access, Admin, Authorize, Decision, Settle
 from .oidc import OIDCVerifier, TokenError
-from .records import Grant, Limit, StoreData, merge
+from .records import Grant, Limit, Permission, StoreData, merge
 from .store import PolicyStore, PolicyStoreError, stamp
 
 log = logging.getLogger("inferflux.policy")
 
-ANONYMOUS_GRANT = Grant(permissions=["generate", "models:read"])
+ANONYMOUS_PERMISSIONS: list[Permission] = ["generate", "models:read"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,20 @@ def deny(status: int, reason: str, code: str, **extra: Any) -> Decision:
     return Decision(allowed=False, status=status, reason=reason, code=code, **extra)
 
 
+def priority_denial(priority: int, ceiling: int, principal: str) -> Decision | None:
+    """403 for a priority above the principal's ceiling: priority preempts other callers'
+    work, so asking for more than the default (0) needs a grant."""
+    if priority <= ceiling:
+        return None
+    return deny(
+        403,
+        f"priority {priority} is above the ceiling of {ceiling} for {principal}",
+        "priority_not_allowed",
+        param="priority",
+        principal=principal,
+    )
+
+
 @dataclass
 class Policy:
     auth_required: bool
@@ -50,6 +64,8 @@ class Policy:
     oidc: OIDCVerifier | None = None
     opa: OPAClient | None = None
     opa_include_prompt: bool = False
+    anonymous_max_priority: int = 0
+    """The priority ceiling of `anonymous` (every caller while auth is off)."""
     store_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -59,7 +75,10 @@ class Policy:
     # -- who is it -----------------------------------------------------------------
     async def authenticate(self, credential: str, force: bool = False) -> Principal | Decision:
         if not self.auth_required and not force:
-            return Principal("anonymous", ANONYMOUS_GRANT)
+            grant = Grant(
+                permissions=ANONYMOUS_PERMISSIONS, max_priority=self.anonymous_max_priority
+            )
+            return Principal("anonymous", grant)
         try:
             token = parse_authorization(credential)
         except CredentialError as exc:
@@ -147,15 +166,9 @@ class Policy:
                 param="max_tokens",
                 principal=pid,
             )
-        if grant.max_priority is not None and message.priority > grant.max_priority:
-            return deny(
-                403,
-                f"priority {message.priority} is above the ceiling of {grant.max_priority} "
-                f"for {pid}",
-                "priority_not_allowed",
-                param="priority",
-                principal=pid,
-            )
+        refused = priority_denial(message.priority, grant.priority_ceiling, pid)
+        if refused is not None:
+            return refused
         if self.blocklist and message.prompt and self.blocklist.first_match(message.prompt):
             return deny(
                 403, "the prompt contains blocked content", "content_blocked", principal=pid

@@ -1,8 +1,11 @@
 """What the policy store holds: API keys (hashes only), roles, rate limits.
 
-A `Grant` is what a principal may do: permissions plus three ceilings (models, max_tokens,
-priority). API keys carry their own grant; OIDC principals get the union of the grants of
-the roles their token names. Empty `models` and `None` ceilings mean "no restriction".
+A `Grant` is what a principal may do: permissions plus ceilings (models, max_tokens,
+priority). API keys carry their own grant; OIDC principals get the
+union of the grants of the roles their token names. Empty `models` and a `None` max_tokens
+mean "no restriction". A `None` max_priority does not: priority preempts other callers'
+work, so it is a privilege granted explicitly, and a grant without one has the ceiling 0
+(the default priority). Stores written before this rule read their `None` the new way.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import msgspec
 
 Permission = Literal["generate", "models:read", "admin"]
 PERMISSIONS: tuple[str, ...] = ("generate", "models:read", "admin")
+DEFAULT_MAX_PRIORITY = 0
+"""The priority ceiling of a grant that sets none: the default priority, nothing above."""
 
 
 class Grant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -22,18 +27,24 @@ class Grant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_tokens: int | None = None
     """Ceiling on a request's max_tokens; a request that sets none is clamped to it."""
     max_priority: int | None = None
-    """Highest `priority` a request may ask for."""
+    """Highest `priority` a request may ask for; None: 0 (DEFAULT_MAX_PRIORITY), so only
+    a grant that says so lets a request jump the queue."""
 
     def allows_model(self, model: str) -> bool:
         return not self.models or model in self.models
+
+    @property
+    def priority_ceiling(self) -> int:
+        return DEFAULT_MAX_PRIORITY if self.max_priority is None else self.max_priority
 
 
 def merge(grants: list[Grant]) -> Grant:
     """The union of several grants (an OIDC principal with several roles): every
     permission of any of them, and the most permissive ceiling of the roles that grant
-    `generate`. The ceilings only bound generation, so a role without `generate` (a
-    viewer) has no say in them: letting its "no ceiling" count would lift the ceilings of
-    every generating role it is combined with."""
+    `generate` (for priority, a role without a max_priority counts with its ceiling, 0).
+    The ceilings only bound generation, so a role without `generate` (a viewer) has no say
+    in them: letting its "no ceiling" count would lift the ceilings of every generating
+    role it is combined with."""
     if not grants:
         return Grant()
     permissions = sorted({p for g in grants for p in g.permissions}, key=PERMISSIONS.index)
@@ -46,9 +57,9 @@ def merge(grants: list[Grant]) -> Grant:
     max_tokens = None
     if all(g.max_tokens is not None for g in generating):
         max_tokens = max(g.max_tokens for g in generating if g.max_tokens is not None)
-    max_priority = None
-    if all(g.max_priority is not None for g in generating):
-        max_priority = max(g.max_priority for g in generating if g.max_priority is not None)
+    max_priority = None  # not "unlimited": see Grant.max_priority
+    if any(g.max_priority is not None for g in generating):
+        max_priority = max(g.priority_ceiling for g in generating)
     return Grant(
         permissions=permissions, models=models, max_tokens=max_tokens, max_priority=max_priority
     )

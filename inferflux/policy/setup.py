@@ -109,6 +109,7 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
                 else None
             ),
             opa_include_prompt=config.opa_include_prompt,
+            anonymous_max_priority=config.anonymous_max_priority,
         )
 
     audit = AuditLog(config.audit_log, debug=config.audit_debug) if config.audit_log else None

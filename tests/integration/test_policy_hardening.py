@@ -1,6 +1,6 @@
 """The policy's hardening on a real server: the store passphrase kept from the worker's
-environment, a store file that turns unreadable while serving. Clients: the official
-`openai` client and httpx."""
+environment, a store file that turns unreadable while serving, priority as a privilege.
+Clients: the official `openai` client and httpx."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ class Hardened:
 
 def make_store(path: Path) -> dict[str, str]:
     store = PolicyStore.open(path, SECRET.encode(), create=True)
-    requests = {"user": ops.KeyRequest(name="user", scopes=["generate", "models:read"])}
+    requests = {
+        "user": ops.KeyRequest(name="user", scopes=["generate", "models:read"]),
+        "boss": ops.KeyRequest(name="boss", scopes=["generate"], max_priority=5),
+    }
     keys: dict[str, str] = {}
 
     def fill(data: StoreData) -> StoreData:
@@ -113,3 +116,13 @@ def test_a_store_that_turns_unreadable_keeps_the_last_good_one(hardened: Hardene
         assert chat(hardened, hardened.keys["user"]).choices
     finally:
         hardened.store.write_bytes(good)
+
+
+def test_priority_above_the_default_needs_a_grant(hardened: Hardened) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        chat(hardened, hardened.keys["user"], extra_body={"priority": 1})
+    assert refused.value.body["code"] == "priority_not_allowed"
+    assert "above the ceiling of 0" in refused.value.body["message"]
+    assert chat(hardened, hardened.keys["boss"], extra_body={"priority": 5}).choices
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(hardened, hardened.keys["boss"], extra_body={"priority": 6})

@@ -73,7 +73,7 @@ async def test_rbac_ceilings_and_models(tmp_path: Path) -> None:
         reader=ops.KeyRequest(name="reader", scopes=["models:read"]),
     )
     p = policy(store)
-    assert (await p.authorize(ask(keys["full"], max_tokens=90, priority=9))).allowed
+    assert (await p.authorize(ask(keys["full"], max_tokens=90))).allowed
     denied = await p.authorize(ask(keys["reader"]))
     assert (denied.status, denied.code) == (403, "permission_denied")
     assert "'generate'" in denied.reason
@@ -403,3 +403,39 @@ async def test_a_reloaded_store_with_absurd_scrypt_parameters_keeps_the_last_goo
     await p.reload_if_changed()
     assert "keeping the last good version" in caplog.text and "log2_n = 56" in caplog.text
     assert (await p.authorize(ask(keys["a"]))).allowed
+
+
+async def test_priority_is_a_privilege_granted_explicitly(tmp_path: Path) -> None:
+    """A grant without max_priority has the ceiling 0 (it meant "unlimited" before), and so
+    has `anonymous`; a grant that sets one keeps it."""
+    store, keys = store_with(
+        tmp_path,
+        plain=ops.KeyRequest(name="plain", scopes=["generate"]),
+        boss=ops.KeyRequest(name="boss", scopes=["generate"], max_priority=5),
+    )
+    p = policy(store)
+    assert (await p.authorize(ask(keys["plain"], priority=0))).allowed
+    assert (await p.authorize(ask(keys["plain"], priority=-3))).allowed  # below: fine
+    over = await p.authorize(ask(keys["plain"], priority=1))
+    assert (over.status, over.code, over.param) == (403, "priority_not_allowed", "priority")
+    assert "above the ceiling of 0" in over.reason
+    assert (await p.authorize(ask(keys["boss"], priority=5))).allowed
+    assert (await p.authorize(ask(keys["boss"], priority=6))).status == 403
+    anonymous = policy(None, auth_required=False)
+    refused = await anonymous.authorize(ask("", priority=1))
+    assert (refused.status, refused.principal) == (403, "anonymous")
+    raised = policy(None, auth_required=False, anonymous_max_priority=4)
+    assert (await raised.authorize(ask("", priority=4))).allowed
+
+
+async def test_with_no_policy_configured_only_priority_is_refused() -> None:
+    registry = Registry()
+    actor = PolicyActor("policy", in_registry=registry)  # no policy: the allow-all actor
+    ref = ActorRef("policy", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        assert (await ref.call(Authorize(1, MODEL, 10, priority=0))).allowed
+        refused = await ref.call(Authorize(2, MODEL, 10, priority=1))
+        assert (refused.status, refused.code) == (403, "priority_not_allowed")
+        assert "ceiling of 0 for anonymous" in refused.reason
+        nursery.cancel_scope.cancel()

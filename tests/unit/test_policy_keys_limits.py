@@ -177,5 +177,9 @@ def test_a_role_without_generate_never_lifts_generation_ceilings() -> None:
     assert (both.models, both.max_tokens, both.max_priority) == (["m"], 16, 0)
     wide = Grant(permissions=["generate"], max_tokens=64)
     widest = merge([analyst, viewer, wide])  # two generating roles: the most permissive
-    assert (widest.models, widest.max_tokens, widest.max_priority) == ([], 64, None)
+    # ... but a role without max_priority has the priority ceiling 0, not "unlimited".
+    assert (widest.models, widest.max_tokens, widest.max_priority) == ([], 64, 0)
+    boss = Grant(permissions=["generate"], max_priority=3)
+    assert merge([wide, boss]).priority_ceiling == 3
+    assert merge([wide, viewer]).priority_ceiling == 0
     assert merge([viewer, Grant(permissions=["admin"])]).max_tokens is None
