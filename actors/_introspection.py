@@ -16,6 +16,7 @@ Reply: {"ok": true} or {"error": "..."}.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket as socket_module
 from typing import Any, Callable
@@ -30,6 +31,7 @@ from ._info import ActorInfo
 from ._process import ProcessActor
 from ._supervisor import Supervisor
 
+log = logging.getLogger("actors.introspection")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ActorInfo)
 
@@ -44,6 +46,7 @@ class IntrospectionServer:
         self.address = parse_address(address) if isinstance(address, str) else address
         self.snapshot = snapshot
         self.control = control
+        self.dropped = 0
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with pynng.Rep0() as socket:
@@ -63,7 +66,13 @@ class IntrospectionServer:
                     except pynng.TryAgain:
                         await trio.lowlevel.wait_readable(fd)
                         continue
-                    socket.send(self._answer(request), block=False)
+                    try:
+                        socket.send(self._answer(request), block=False)
+                    except pynng.NNGException as exc:
+                        # A client that asks without reading fills its pipe: its answers
+                        # are dropped, the server goes on (nothing here may end it).
+                        self.dropped += 1
+                        log.warning("introspection answer dropped: %s", exc)
                     await trio.lowlevel.checkpoint()
             finally:
                 trio.lowlevel.notify_closing(fd)

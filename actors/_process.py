@@ -22,10 +22,12 @@ Without it the child inherits this process's environment.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -50,6 +52,8 @@ from ._link import (
     import_target,
 )
 from ._registry import Registry
+
+log = logging.getLogger("actors.process")
 
 
 class ProcessExited(Exception):
@@ -78,6 +82,7 @@ class ProcessActor(BaseActor):
         start_timeout_s: float = 120.0,
         term_timeout_s: float = 5.0,
         env: dict[str, str] | None = None,
+        socket_dir: str | None = None,
         in_registry: Registry | None = None,
     ) -> None:
         super().__init__(name, in_registry=in_registry)
@@ -88,6 +93,8 @@ class ProcessActor(BaseActor):
         self.start_timeout_s = start_timeout_s
         self.term_timeout_s = term_timeout_s
         self.env = env
+        self.socket_dir = socket_dir  # a private directory (transports.SocketDir) for ipc
+        self.bad_replies = 0  # replies from the child that did not decode: dropped
         self.codecs = PayloadCodecs(import_target(target))
         self.pid = 0
         self._pending: dict[int, Envelope] = {}
@@ -104,7 +111,7 @@ class ProcessActor(BaseActor):
         self.mailbox.close()
 
     def details(self) -> dict[str, float | int | str]:
-        return {"in_flight": len(self._pending)}
+        return {"in_flight": len(self._pending), "bad_replies": self.bad_replies}
 
     def inject_crash(self, where: str = "child") -> None:
         """Chaos: an exception inside the child's actor ("child": the process exits with
@@ -143,11 +150,16 @@ class ProcessActor(BaseActor):
         ]
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        address = unique_address(self.scheme, f"actor-{self.role}")
+        address = unique_address(self.scheme, f"actor-{self.role}", self.socket_dir)
         process: trio.Process | None = None
         try:
+            # Restricted: an ipc link takes only the process spawned here (by its pid),
+            # not whoever finds the socket first.
             with Channel.listen(
-                address, frame_codec, peer_label=f"process actor {self.name!r}"
+                address,
+                frame_codec,
+                peer_label=f"process actor {self.name!r}",
+                restrict_peers=True,
             ) as channel:
                 # A given env is the child's whole environment (the caller scrubs it).
                 env = dict(os.environ) if self.env is None else dict(self.env)
@@ -155,6 +167,7 @@ class ProcessActor(BaseActor):
                     self.command(str(channel.address)), stdin=subprocess.PIPE, env=env
                 )
                 self.pid = process.pid
+                channel.accept_only(process.pid)
                 await self._await_hello(channel, process)
                 self.registry.register(self.name, self.mailbox)
                 self.state = "running"
@@ -234,17 +247,32 @@ class ProcessActor(BaseActor):
             match frame:
                 case Item(correlation_id, payload):
                     envelope = self._pending.get(correlation_id)
-                    if envelope is not None:
-                        envelope.send(decode(payload))
+                    if envelope is not None and (item := self._decoded(decode, payload)):
+                        envelope.send(item[0])
                 case Done(correlation_id, payload):
                     envelope = self._pending.pop(correlation_id, None)
-                    if envelope is not None:
-                        envelope.reply(decode(payload))
+                    if envelope is None:
+                        continue
+                    if reply := self._decoded(decode, payload):
+                        envelope.reply(reply[0])
                         self.messages_out += 1
+                    else:  # its caller must not wait for an answer that will not come
+                        envelope.fail(RemoteError(self.name, "BadReply", "undecodable reply"))
                 case Fail(correlation_id, kind, message):
                     envelope = self._pending.pop(correlation_id, None)
                     if envelope is not None:
                         envelope.fail(RemoteError(self.name, kind, message))
+
+    def _decoded(self, decode: Callable[[Any], Any], payload: Any) -> tuple[Any] | None:
+        """(the reply,) or None when the child sent one that does not decode: that reply
+        is dropped and counted (`bad_replies`), and the link stays up; a bad message is
+        no reason to restart a process that holds every running sequence."""
+        try:
+            return (decode(payload),)
+        except MessageDecodeError as exc:
+            self.bad_replies += 1
+            log.warning("process actor %r sent a bad reply (dropped): %s", self.name, exc)
+            return None
 
     async def _escalate_stop(self, process: trio.Process) -> None:
         await self._stop_event.wait()

@@ -11,9 +11,9 @@ import sys
 
 import trio
 
-from transports import unique_address
+from transports import SocketDir, unique_address
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .model.store import ModelStoreError
 from .policy import cli as policy_cli
 
@@ -116,16 +116,41 @@ def _run(args: argparse.Namespace) -> int:
             )
             return 2
         _check_port_free(config.server.host, config.server.port)
+    except (ConfigError, ModelStoreError, PortInUse) as exc:
+        print(f"inferflux: {exc}", file=sys.stderr)
+        return 2
+    # Every ipc socket of this server (worker links, introspection) lives in a directory
+    # only this user can enter, removed at exit (transports.SocketDir).
+    sockets = SocketDir("inferflux")
+    try:
+        socket_dir = sockets.open()
+    except OSError as exc:
+        print(f"inferflux: no private directory for sockets: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _build_and_serve(config, socket_dir)
+    finally:
+        sockets.close()
+
+
+def _build_and_serve(config: Config, socket_dir: str) -> int:
+    try:
         from .server import build_server
 
-        introspection = unique_address("ipc", f"inferflux-{config.server.port}")
-        server = build_server(config, introspection_address=introspection)
-    except (ConfigError, ModelStoreError, PortInUse) as exc:
+        introspection = unique_address("ipc", f"inferflux-{config.server.port}", socket_dir)
+        server = build_server(config, introspection_address=introspection, socket_dir=socket_dir)
+    except (ConfigError, ModelStoreError) as exc:
         print(f"inferflux: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a model that does not load, a bad path...
         print(f"inferflux: cannot start: {exc}", file=sys.stderr)
         return 1
+    if config.server.chaos:
+        logging.getLogger("inferflux").warning(
+            "CHAOS MODE IS ON (--chaos or INFERFLUX_SERVER_CHAOS): anyone who can reach the "
+            "introspection socket %s can crash actors and break links. Never in production.",
+            introspection,
+        )
     trio.run(_serve, server)
     return 0
 

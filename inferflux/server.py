@@ -66,7 +66,14 @@ class Server:
         return ingress.port if isinstance(ingress, IngressActor) else self.config.server.port
 
 
-def build_server(config: Config, *, introspection_address: Address | None = None) -> Server:
+def build_server(
+    config: Config,
+    *,
+    introspection_address: Address | None = None,
+    socket_dir: str | None = None,
+) -> Server:
+    """The actor tree. `socket_dir`: a private directory (transports.SocketDir) for the
+    worker links' ipc sockets."""
     policy = build_policy(config.policy)  # ConfigError (bad store key...) before anything loads
     model_path = config.model.path or str(default_model_path())
     model_id = config.model.name or os.path.basename(model_path).removesuffix(".gguf")
@@ -95,6 +102,7 @@ def build_server(config: Config, *, introspection_address: Address | None = None
                 "gpu_layers": config.model.gpu_layers,
             },
             role="worker",
+            socket_dir=socket_dir,
             env=child_environment(os.environ),  # no secrets: environment.py
             in_registry=registry,
         )

@@ -34,7 +34,14 @@ class Pid(msgspec.Struct, tag=True):
     pass
 
 
-TestMessage = Union[Echo, Count, Crash, Sleep, Pid]
+class Garbage(msgspec.Struct, tag=True):
+    """Streamed: 1, then 1.5 (no reply type the parent decodes), then 2. Ends with "done",
+    or with 2.5 when `bad_end`."""
+
+    bad_end: bool = False
+
+
+TestMessage = Union[Echo, Count, Crash, Sleep, Pid, Garbage]
 
 
 class EchoActor(Actor):
@@ -81,4 +88,9 @@ class EchoActor(Actor):
                 return "slept"
             case Pid():
                 return os.getpid()
+            case Garbage(bad_end):
+                if envelope.kind == "stream":
+                    for item in (1, 1.5, 2):
+                        envelope.send(item)
+                return 2.5 if bad_end else "done"
         raise TypeError(f"unexpected {message!r}")

@@ -11,6 +11,7 @@ from ._channel import (
 )
 from ._codec import Codec, MessageDecodeError
 from ._faults import Faults
+from ._socket_dir import SocketDir
 
 __all__ = [
     "DEFAULT_RECV_MAX_SIZE",
@@ -24,6 +25,7 @@ __all__ = [
     "MessageDecodeError",
     "PeerEvent",
     "SendTimeout",
+    "SocketDir",
     "parse_address",
     "unique_address",
 ]

@@ -89,11 +89,15 @@ def _parse_tcp(text: str, rest: str) -> Address:
     return Address("tcp", host=host, port=int(port_text))
 
 
-def unique_address(scheme: Scheme, label: str = "inferflux") -> Address:
-    """A fresh address nobody else is using, for links between parent and child actors."""
+def unique_address(
+    scheme: Scheme, label: str = "inferflux", directory: str | None = None
+) -> Address:
+    """A fresh address nobody else is using, for links between parent and child actors
+    (an ipc socket in `directory`, a private SocketDir, else the temp directory)."""
     tag = f"{label}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
     if scheme == "inproc":
         return Address("inproc", name=tag)
     if scheme == "ipc":
-        return Address("ipc", path=os.path.join(tempfile.gettempdir(), f"{tag}.sock"))
+        folder = directory or tempfile.gettempdir()
+        return Address("ipc", path=os.path.join(folder, f"{tag}.sock"))
     return Address("tcp", host="127.0.0.1", port=0)

@@ -77,6 +77,7 @@ class Channel(Generic[M]):
         send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
         recv_max_size: int = DEFAULT_RECV_MAX_SIZE,
         peer_label: str = "",
+        restrict_peers: bool = False,
     ) -> None:
         self.address = address
         self.codec = codec
@@ -104,6 +105,13 @@ class Channel(Generic[M]):
         self._events_in, self._events_out = trio.open_memory_channel[PeerEvent](64)
         self.peers = 0
         self._peer_changed = trio.Event()
+        # ipc peers can be told apart by their process id (the kernel's credentials for
+        # the socket): a restricted channel takes only the one `accept_only` names.
+        self.restricted = restrict_peers and address.scheme == "ipc"
+        self._allowed_pid: int | None = None
+        self.refused_peers = 0
+        if self.restricted:
+            self._socket.add_pre_pipe_connect_cb(self._check_peer)
         self._socket.add_post_pipe_connect_cb(lambda pipe: self._from_nng("connected", pipe))
         self._socket.add_post_pipe_remove_cb(lambda pipe: self._from_nng("disconnected", pipe))
 
@@ -133,6 +141,20 @@ class Channel(Generic[M]):
             channel.close()
             raise
         return channel
+
+    # who may connect -----------------------------------------------------------------
+    def accept_only(self, pid: int) -> None:
+        """Take an ipc peer only if it is process `pid`; every other is closed as it
+        connects (a restricted channel takes nobody before this is called)."""
+        self._allowed_pid = pid
+
+    def _check_peer(self, pipe: pynng.Pipe) -> None:
+        """Runs on nng's thread before the pipe joins the socket."""
+        pid = pynng.ffi.new("uint64_t *")
+        known = pynng.lib.nng_pipe_get_uint64(pipe.pipe, b"ipc:peer-pid", pid) == 0
+        if not known or self._allowed_pid is None or pid[0] != self._allowed_pid:
+            self.refused_peers += 1
+            pipe.close()
 
     # fault injection (chaos testing) -----------------------------------------------
     @property

@@ -20,11 +20,12 @@ from actors import (
     IntrospectionServer,
     ProcessActor,
     Registry,
+    RemoteError,
     Supervisor,
     fetch_snapshot,
 )
-from tests.support_actors import Count, Echo, Pid, Sleep
-from transports import unique_address
+from tests.support_actors import Count, Echo, Garbage, Pid, Sleep
+from transports import SocketDir, unique_address
 
 TARGET = "tests.support_actors:EchoActor"
 
@@ -189,3 +190,41 @@ async def test_introspection_snapshot_over_a_socket() -> None:
         assert worker.messages_in == 1 and worker.messages_out == 1
         sup.request_stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_bad_replies_are_dropped_and_counted_not_a_restart() -> None:
+    registry = Registry()
+    actor = ProcessActor("w", TARGET, role="worker", in_registry=registry)
+    ref = ActorRef("w", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        pid = actor.pid
+        async with ref.stream(Garbage()) as items:
+            assert [item async for item in items] == [1, 2]  # 1.5 dropped
+        with pytest.raises(RemoteError) as bad:
+            await ref.call(Garbage(bad_end=True))  # its caller is answered, not left waiting
+        assert bad.value.kind == "BadReply"
+        assert actor.bad_replies == 2 and actor.info().details["bad_replies"] == 2
+        assert actor.pid == pid and await ref.call(Echo("still here")) == "still here"
+        actor.request_stop()
+
+
+async def test_the_link_socket_is_private_and_takes_only_its_child() -> None:
+    registry = Registry()
+    with SocketDir("ifx-test") as directory:
+        actor = ProcessActor("w", TARGET, socket_dir=directory, in_registry=registry)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            (path,) = os.listdir(directory)
+            address = f"ipc://{directory}/{path}"
+            assert address in cmdline(actor.pid)
+            dial = f"import pynng, time; s = pynng.Pair0(dial='{address}'); time.sleep(30)"
+            intruder = subprocess.Popen([sys.executable, "-c", dial])
+            try:
+                channel = actor._channel
+                assert channel is not None
+                await wait_until(lambda: channel.refused_peers > 0)
+                assert await ActorRef("w", registry).call(Echo("mine")) == "mine"
+            finally:
+                intruder.kill()
+            actor.request_stop()
