@@ -89,6 +89,9 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefill), so a long prompt never stalls running streams."""
     max_waiting: int = 256
     """Requests allowed to wait for a slot; beyond it the server answers 429."""
+    max_waiting_per_principal: int = 0
+    """Of those, the most one principal (API key, OIDC subject; everyone with auth off)
+    may hold; beyond it 429 for that principal alone. 0: a quarter of max_waiting."""
     worker_wait_s: float = 30.0
     """How long requests wait for a crashed/restarting model worker before they get 503
     (streams already under way get a 503 error event)."""

@@ -116,6 +116,7 @@ def build_server(
             metrics=metrics,
             prefix_cache=sched.prefix_cache,
             max_waiting=sched.max_waiting,
+            max_waiting_per_principal=sched.max_waiting_per_principal or None,
             worker_wait_s=sched.worker_wait_s,
             in_registry=registry,
         )

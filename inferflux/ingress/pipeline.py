@@ -274,13 +274,21 @@ def sampling_params(
     )
 
 
-def submit(prepared: Prepared, seq_id: int, trace_id: str, ceiling: int | None) -> Submit:
+def submit(
+    prepared: Prepared,
+    seq_id: int,
+    trace_id: str,
+    ceiling: int | None,
+    principal: str = "anonymous",
+) -> Submit:
     """The scheduler's Submit: max_tokens as asked, else the room left, never above the
     gate's ceiling (a request that asked for more was refused by the gate)."""
     room = prepared.room
     max_tokens = min(prepared.max_tokens or room, ceiling or room)
     sampling = msgspec.structs.replace(prepared.sampling, max_tokens=max_tokens)
-    return Submit(seq_id, prepared.prompt, sampling, prepared.priority, trace_id)
+    return Submit(
+        seq_id, prepared.prompt, sampling, prepared.priority, trace_id, principal=principal
+    )
 
 
 # the tokenizer extras --------------------------------------------------------------------

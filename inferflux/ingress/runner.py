@@ -82,7 +82,7 @@ class Runner:
         context = current()
         seq_id = next_seq_id()
         ceiling = await gate.admit(context, model, prepared, seq_id)
-        submit = pipeline.submit(prepared, seq_id, context.trace_id, ceiling)
+        submit = pipeline.submit(prepared, seq_id, context.trace_id, ceiling, context.principal)
         log.info(
             "request %d trace %s (%s): %d prompt tokens",
             seq_id, context.trace_id, api, len(submit.prompt),

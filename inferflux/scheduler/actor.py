@@ -1,6 +1,7 @@
 """The scheduler: continuous batching over one device worker.
 
-It owns the waiting queue (priority first, then arrival order) and the running set, and
+It owns the waiting queue (priority first, then fair turns between principals, then
+arrival order: waiting.py) and the running set, and
 asks the KV cache manager where each admitted sequence goes. Admission happens whenever
 something changes: a request arrives, or a step result frees or fills a slot; the worker
 picks admitted sequences up at its next step (continuous batching). The per-step token
@@ -14,8 +15,6 @@ every running sequence after a worker crash: clients see a pause, not an error.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ..kvcache.manager import KVCacheManager
 from ..messages import Admit, Attach, Cancel, SamplingParams, SeqOutput, StepResult, WorkerReady
 from ..metrics import Metrics
 from .messages import Abort, Delta, GenerationFailed, NotReady, Overloaded, Submit
+from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
 
@@ -51,6 +51,7 @@ class Request:
     preempting: bool = False  # cancelled by us, to be re-admitted
     text_sent: int = 0  # characters delivered to the client (for recompute)
     trace_id: str = ""
+    principal: str = "anonymous"
     first_token_at: float = 0.0
     last_token_at: float = 0.0
 
@@ -68,6 +69,7 @@ class Scheduler(Actor):
         metrics: Metrics,
         prefix_cache: bool = True,
         max_waiting: int = 256,
+        max_waiting_per_principal: int | None = None,
         worker_wait_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
@@ -81,9 +83,11 @@ class Scheduler(Actor):
         # scheduler queues requests while it re-attaches, within worker_wait_s).
         self.down_since: float | None = time.monotonic()
         self.gave_up = ""  # why the worker's supervisor gave up, until a worker is back
-        self.waiting: list[tuple[int, int, Request]] = []
+        # One principal may hold a quarter of the queue by default: a burst from one key
+        # leaves room for everyone else.
+        share = max_waiting_per_principal or max(1, max_waiting // 4)
+        self.waiting: WaitingQueue[Request] = WaitingQueue(max_waiting, share)
         self.running: dict[int, Request] = {}
-        self._order = itertools.count()
         self.ready = trio.Event()
         self.worker_seen = False  # a WorkerReady after the first one is a restarted worker
         self.steps = 0
@@ -130,11 +134,13 @@ class Scheduler(Actor):
         if self.gave_up:
             envelope.fail(NotReady(f"the model worker keeps crashing ({self.gave_up})"))
             return
-        if len(self.waiting) >= self.max_waiting:
-            envelope.fail(Overloaded(len(self.waiting)))
+        refusal = self.waiting.refusal(submit.principal)
+        if refusal is not None:
+            envelope.fail(Overloaded(refusal))
             return
         envelope.defer()
         request = Request(submit.seq_id, submit.prompt, submit.sampling, submit.priority, envelope)
+        request.principal = submit.principal
         request.generated = list(submit.generated)
         request.trace_id = submit.trace_id
         request.text_sent = submit.text_sent
@@ -143,8 +149,7 @@ class Scheduler(Actor):
         self._admit_waiting()
 
     def _enqueue(self, request: Request, front: bool = False) -> None:
-        order = -next(self._order) if front else next(self._order)
-        heapq.heappush(self.waiting, (-request.priority, order, request))
+        self.waiting.push(request, request.principal, request.priority, requeued=front)
         self._update_gauges()
 
     def _abort(self, seq_id: int) -> None:
@@ -154,23 +159,24 @@ class Scheduler(Actor):
                 request.aborted = True
                 self._cast(Cancel(seq_id, request.trace_id))
             return
-        for _, _, queued in self.waiting:
+        for queued in self.waiting:
             if queued.seq_id == seq_id:
                 queued.aborted = True  # dropped when it reaches the head of the queue
 
     # admission -----------------------------------------------------------------------
     def _admit_waiting(self) -> None:
         while self.waiting and self.ready.is_set():
-            _, _, request = self.waiting[0]
+            request = self.waiting.peek()
+            assert request is not None
             if request.aborted or request.envelope.closed:
-                heapq.heappop(self.waiting)
+                self.waiting.remove(request)
                 continue
             tokens = request.prompt + request.generated
             placement = self.kv.place(tokens)
             if placement is None:
                 self._maybe_preempt_for(request)
                 break
-            heapq.heappop(self.waiting)
+            self.waiting.pop()
             request.slot = placement.slot
             request.admitted_tokens = tokens
             request.prompt_done = placement.n_cached
@@ -239,11 +245,10 @@ class Scheduler(Actor):
 
     def _fail_waiting(self, error: NotReady) -> None:
         """End every waiting request (re-queued streams included) with `error`."""
-        for _, _, request in self.waiting:
+        for request in self.waiting.clear():
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
             request.envelope.fail(error)
             self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
-        self.waiting.clear()
         self._update_gauges()
 
     def _on_worker_ready(self) -> None:

@@ -20,6 +20,8 @@ class Submit(msgspec.Struct, frozen=True):
     trace_id: str = ""
     generated: list[int] = []
     text_sent: int = 0
+    principal: str = "anonymous"
+    """Who asked (the policy's principal): the waiting queue is shared fairly by it."""
 
 
 class Abort(msgspec.Struct, frozen=True):
@@ -40,11 +42,12 @@ class Delta(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class Overloaded(Exception):
-    """The waiting queue is full: answer 429 with Retry-After."""
+    """The waiting queue (or the caller's share of it) is full: answer 429 with
+    Retry-After."""
 
-    def __init__(self, waiting: int, retry_after_s: int = 1) -> None:
+    def __init__(self, why: str, retry_after_s: int = 1) -> None:
         self.retry_after_s = retry_after_s
-        super().__init__(f"server overloaded: {waiting} requests already waiting")
+        super().__init__(f"server overloaded: {why}")
 
 
 class GenerationFailed(Exception):

@@ -162,10 +162,16 @@ class Harness:
             self.root.request_stop()
 
     async def generate(
-        self, seq_id: int, prompt: list[int], max_tokens: int, priority: int = 0
+        self,
+        seq_id: int,
+        prompt: list[int],
+        max_tokens: int,
+        priority: int = 0,
+        principal: str = "anonymous",
     ) -> tuple[list[int], str]:
         tokens, reason = [], ""
-        submit = Submit(seq_id, prompt, SamplingParams(max_tokens=max_tokens), priority)
+        sampling = SamplingParams(max_tokens=max_tokens)
+        submit = Submit(seq_id, prompt, sampling, priority, principal=principal)
         async with self.ref.stream(submit) as deltas:
             async for delta in deltas:
                 assert isinstance(delta, Delta)
@@ -250,6 +256,36 @@ async def test_full_queue_answers_overloaded() -> None:
         await wait_for(lambda: len(h.scheduler.waiting) == 1)
         with pytest.raises(Overloaded):
             await h.generate(3, [3], 5)
+
+
+async def test_principals_take_turns_in_the_waiting_queue() -> None:
+    """One key with many requests waiting does not make another wait behind all of them."""
+    h = Harness(n_slots=1)
+    async with h.running() as nursery:
+        nursery.start_soon(h.generate, 100, [1], 40, 0, "key:a")
+        await wait_for(lambda: bool(h.scheduler.running))
+        for i in range(1, 7):
+            nursery.start_soon(h.generate, i, [i], 3, 0, "key:a")
+            await wait_for(lambda n=i: len(h.scheduler.waiting) == n)
+        for i in (101, 102):
+            nursery.start_soon(h.generate, i, [i], 3, 0, "key:b")
+            await wait_for(lambda n=i: len(h.scheduler.waiting) == n - 94)
+    # a's turn was the running request: b goes next, then they alternate
+    assert h.finished[:6] == [100, 101, 1, 102, 2, 3]
+
+
+async def test_a_principal_gets_its_share_of_the_queue_not_all_of_it() -> None:
+    h = Harness(n_slots=1, max_waiting=8)  # a share of 2 each
+    async with h.running() as nursery:
+        nursery.start_soon(h.generate, 1, [1], 40, 0, "key:a")
+        await wait_for(lambda: bool(h.scheduler.running))
+        for i in (2, 3):
+            nursery.start_soon(h.generate, i, [i], 3, 0, "key:a")
+        await wait_for(lambda: len(h.scheduler.waiting) == 2)
+        with pytest.raises(Overloaded, match="key:a already has 2"):
+            await h.generate(4, [4], 3, 0, "key:a")
+        tokens, _ = await h.generate(5, [5], 3, 0, "key:b")  # b still gets in
+        assert tokens == expected_tokens([5], 3)
 
 
 class NeverReadyWorker(ScriptedWorker):
