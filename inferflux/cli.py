@@ -1,10 +1,12 @@
-"""`inferflux` command line: `inferflux run [flags]`; `inferflux keys|roles|limits ...`."""
+"""`inferflux` command line: `inferflux run [flags]`; `inferflux pull SOURCE`;
+`inferflux models list|show|rm|ps`; `inferflux keys|roles|limits ...`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -14,7 +16,8 @@ import trio
 from transports import SocketDir, unique_address
 
 from .config import Config, ConfigError, load_config
-from .model.store import ModelStoreError
+from .model import cli as model_cli
+from .model.store import ModelStoreError, resolve
 from .policy import cli as policy_cli
 
 
@@ -27,7 +30,10 @@ def main(argv: list[str] | None = None) -> None:
         description="Serve a GGUF model. Without --model, the default "
         "model (SmolLM2-135M-Instruct Q4_1) is fetched on first run.",
     )
-    run.add_argument("--model", help="GGUF file to serve (default: the built-in default model)")
+    run.add_argument(
+        "--model",
+        help="GGUF file, or a model name from the store, to serve (default: the default model)",
+    )
     run.add_argument("--model-name", help="model id clients send (default: file name)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="HTTP port (default 8000)")
@@ -57,9 +63,12 @@ def main(argv: list[str] | None = None) -> None:
         "--request-timeout", type=float, help="deadline of a generation request, seconds"
     )
     policy_cli.add_commands(commands)
+    model_cli.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         sys.exit(_run(args))
+    if args.command in model_cli.COMMANDS:
+        sys.exit(model_cli.run_command(args))
     if args.command in policy_cli.COMMANDS:
         sys.exit(policy_cli.run_command(args))
 
@@ -79,6 +88,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        if args.model and not os.path.exists(args.model):
+            # A name from the store (`inferflux models list`) instead of a path.
+            args.model = str(resolve(args.model).path)
         config = load_config(
             args.config,
             overrides={

