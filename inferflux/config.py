@@ -32,6 +32,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chaos: bool = False
     """Accept fault-injection commands (crash an actor, drop/duplicate/delay link messages)
     on the local introspection socket, for tools/chaos.py. Never turn on in production."""
+    chaos_poison_text: str = ""
+    """Chaos mode only: the model worker aborts whenever a prompt holds this text, as a
+    request that crashes llama.cpp would (tests of supervision.poison_crashes)."""
     responses_ttl_s: float = 3600.0
     """How long a stored response of the Responses API (`store: true`) can be read back or
     continued with `previous_response_id`."""
@@ -90,8 +93,9 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_waiting: int = 256
     """Requests allowed to wait for a slot; beyond it the server answers 429."""
     max_waiting_per_principal: int = 0
-    """Of those, the most one principal (API key, OIDC subject; everyone with auth off)
-    may hold; beyond it 429 for that principal alone. 0: a quarter of max_waiting."""
+    """Of those, the most one principal (API key, OIDC subject) may hold; beyond it 429 for
+    that principal alone. 0: a quarter of max_waiting. Without auth every caller is the
+    same principal and only max_waiting applies."""
     worker_wait_s: float = 30.0
     """How long requests wait for a crashed/restarting model worker before they get 503
     (streams already under way get a 503 error event)."""
@@ -106,6 +110,10 @@ class SupervisionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     get 503, and the root supervisor starts a fresh engine."""
     worker_restart_window_s: float = 60.0
     """The window worker_max_restarts counts in, in seconds."""
+    poison_crashes: int = 2
+    """A request running in this many worker crashes in a row without making progress
+    (re-admitted alone among such suspects in between) is failed by itself, so a request
+    that crashes the worker cannot take everyone else down. 0: off."""
 
 
 class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -272,6 +280,8 @@ def _check(config: Config) -> None:
             "(every running sequence decodes one token per step)"
         )
     server = config.server
+    if server.chaos_poison_text and not server.chaos:
+        problems.append("server.chaos_poison_text needs server.chaos (fault injection)")
     if bool(server.tls_cert_file) != bool(server.tls_key_file):
         problems.append("server.tls_cert_file and server.tls_key_file go together")
     if server.tls_client_ca_file and not server.tls_cert_file:

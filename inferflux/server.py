@@ -100,6 +100,7 @@ def build_server(
                 "step_tokens": sched.step_tokens,
                 "threads": config.model.threads,
                 "gpu_layers": config.model.gpu_layers,
+                "crash_on_text": config.server.chaos_poison_text if config.server.chaos else "",
             },
             role="worker",
             socket_dir=socket_dir,
@@ -118,6 +119,7 @@ def build_server(
             max_waiting=sched.max_waiting,
             max_waiting_per_principal=sched.max_waiting_per_principal or None,
             worker_wait_s=sched.worker_wait_s,
+            poison_crashes=config.supervision.poison_crashes,
             in_registry=registry,
         )
 

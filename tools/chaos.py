@@ -146,7 +146,9 @@ class Server:
         self.log = open(log_path, "w")
         command = [sys.executable, "-m", "inferflux", "run", "--chaos", "--port", str(self.port)]
         command += ["--n-parallel", "4", "--ctx-size", "512"]
-        env = dict(os.environ, **extra_env)
+        # Poison detection off: this nemesis kills workers at random, which to any detector
+        # looks like a request crashing them (the scheduler's docstring).
+        env = dict(os.environ, INFERFLUX_SUPERVISION_POISON_CRASHES="0", **extra_env)
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         self.introspection = ""

@@ -98,6 +98,8 @@ def unique_address(
     if scheme == "inproc":
         return Address("inproc", name=tag)
     if scheme == "ipc":
-        folder = directory or tempfile.gettempdir()
-        return Address("ipc", path=os.path.join(folder, f"{tag}.sock"))
+        path = os.path.join(directory or tempfile.gettempdir(), f"{tag}.sock")
+        if len(path.encode()) > 107:
+            raise AddressError(f"socket path too long for a unix socket: {path}")
+        return Address("ipc", path=path)
     return Address("tcp", host="127.0.0.1", port=0)

@@ -18,6 +18,16 @@ import secrets
 import shutil
 import tempfile
 
+# A unix socket's path has ~107 bytes at most: the directory leaves room for a file name.
+_MAX_BASE = 40
+
+
+def _short_temp_dir() -> str:
+    """The temp directory, or /tmp where that is too deep for socket paths (a long
+    TMPDIR, as macOS and test runners set)."""
+    base = tempfile.gettempdir()
+    return base if len(base) <= _MAX_BASE or not os.path.isdir("/tmp") else "/tmp"
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -34,7 +44,7 @@ class SocketDir:
     <tmp>/<prefix>-<uid>/, named after this process."""
 
     def __init__(self, prefix: str = "inferflux", base: str | None = None) -> None:
-        self.parent = os.path.join(base or tempfile.gettempdir(), f"{prefix}-{os.getuid()}")
+        self.parent = os.path.join(base or _short_temp_dir(), f"{prefix}-{os.getuid()}")
         self.path = os.path.join(self.parent, f"{os.getpid()}-{secrets.token_hex(4)}")
 
     def __enter__(self) -> str:

@@ -11,6 +11,14 @@ Preemption is by recompute: a higher-priority request that finds every slot runn
 preempts the lowest-priority running sequence, which goes back to the front of the queue
 with prompt + generated tokens and resumes exactly where it was. The same path re-admits
 every running sequence after a worker crash: clients see a pause, not an error.
+
+A request that crashes the worker itself (a poison request) must not take everyone down
+with it, restart after restart. Every request running when the worker dies becomes a
+suspect until it makes progress (a new token). Suspects are re-admitted one at a time
+(others run as usual), so when the worker dies again with a suspect that made no
+progress, that suspect is the cause: after `poison_crashes` such crashes it is failed
+alone with a clear error, and everyone else resumes. 0 turns this off (the chaos harness
+does: it kills workers at random, which no detector can tell from a poison request).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class Request:
     text_sent: int = 0  # characters delivered to the client (for recompute)
     trace_id: str = ""
     principal: str = "anonymous"
+    crashes: int = 0  # worker crashes it was running in without making progress since
     first_token_at: float = 0.0
     last_token_at: float = 0.0
 
@@ -71,6 +80,7 @@ class Scheduler(Actor):
         max_waiting: int = 256,
         max_waiting_per_principal: int | None = None,
         worker_wait_s: float = 30.0,
+        poison_crashes: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -79,6 +89,8 @@ class Scheduler(Actor):
         self.metrics = metrics
         self.max_waiting = max_waiting
         self.worker_wait_s = worker_wait_s
+        self.poison_crashes = poison_crashes
+        self.poisoned = 0  # requests failed for crashing the worker
         # Monotonic time since when no worker is attached (starting counts: a restarted
         # scheduler queues requests while it re-attaches, within worker_wait_s).
         self.down_since: float | None = time.monotonic()
@@ -134,7 +146,8 @@ class Scheduler(Actor):
         if self.gave_up:
             envelope.fail(NotReady(f"the model worker keeps crashing ({self.gave_up})"))
             return
-        refusal = self.waiting.refusal(submit.principal)
+        # With auth off every caller is "anonymous": one principal, nobody to share with.
+        refusal = self.waiting.refusal(submit.principal, submit.principal != "anonymous")
         if refusal is not None:
             envelope.fail(Overloaded(refusal))
             return
@@ -164,10 +177,16 @@ class Scheduler(Actor):
                 queued.aborted = True  # dropped when it reaches the head of the queue
 
     # admission -----------------------------------------------------------------------
+    def _held_back(self, request: Request) -> bool:
+        """A suspect waits while another suspect runs (see the module docstring)."""
+        return bool(request.crashes) and any(r.crashes for r in self.running.values())
+
     def _admit_waiting(self) -> None:
         while self.waiting and self.ready.is_set():
-            request = self.waiting.peek()
-            assert request is not None
+            skip = self._held_back if self.poison_crashes else None
+            request = self.waiting.peek(skip)
+            if request is None:
+                break
             if request.aborted or request.envelope.closed:
                 self.waiting.remove(request)
                 continue
@@ -176,7 +195,7 @@ class Scheduler(Actor):
             if placement is None:
                 self._maybe_preempt_for(request)
                 break
-            self.waiting.pop()
+            self.waiting.pop(skip)
             request.slot = placement.slot
             request.admitted_tokens = tokens
             request.prompt_done = placement.n_cached
@@ -258,8 +277,26 @@ class Scheduler(Actor):
         self.worker_seen = True
         self.down_since = None
         self.kv.reset()
+        self._fail_poison()
         self.ready.set()
         self._admit_waiting()
+
+    def _fail_poison(self) -> None:
+        """Fail, alone, every request that was running in `poison_crashes` worker crashes
+        in a row without making progress: it is what crashes the worker."""
+        if not self.poison_crashes:
+            return
+        for request in [r for r in self.waiting if r.crashes >= self.poison_crashes]:
+            self.waiting.remove(request)
+            self.poisoned += 1
+            error = (
+                f"this request was running in {request.crashes} model worker crashes in a "
+                "row without making progress; it was failed alone so that the others go on"
+            )
+            log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
+            request.envelope.fail(GenerationFailed(error))
+            self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
+        self._update_gauges()
 
     def _on_worker_lost(self) -> None:
         """Every running sequence goes back to the queue, to be recomputed on the new
@@ -267,6 +304,7 @@ class Scheduler(Actor):
         self.ready = trio.Event()
         self.down_since = self.down_since or time.monotonic()
         for request in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
+            request.crashes += 1  # a suspect until it makes progress
             self._enqueue(request, front=True)
         self.running.clear()
         self.kv.reset()
@@ -288,6 +326,7 @@ class Scheduler(Actor):
                     request.resident = True
                     self.kv.prompt_resident(request.slot, request.admitted_tokens)
             if out.token_ids:
+                request.crashes = 0  # progress: not what crashes the worker
                 self._record_timing(request, now, len(out.token_ids))
                 request.generated.extend(out.token_ids)
                 self.kv.grew(request.slot, out.kv_tokens)
@@ -371,4 +410,5 @@ class Scheduler(Actor):
             "kv_slots_cached": stats.cached,
             "prefix_hit_tokens": stats.prefix_hit_tokens,
             "worker_restarts": self.worker_restarts,
+            "poisoned": self.poisoned,
         }

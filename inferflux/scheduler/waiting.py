@@ -15,7 +15,7 @@ index to keep in step with aborts and requeues.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -46,10 +46,13 @@ class WaitingQueue(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         return (entry.item for entry in self._entries)
 
-    def refusal(self, principal: str) -> str | None:
-        """Why a new request of `principal` cannot wait now (None: it can)."""
+    def refusal(self, principal: str, capped: bool = True) -> str | None:
+        """Why a new request of `principal` cannot wait now (None: it can). `capped`:
+        whether its share applies (not for the one principal of a server without auth)."""
         if len(self._entries) >= self.max_waiting:
             return f"{len(self._entries)} requests already waiting"
+        if not capped:
+            return None
         mine = sum(1 for e in self._entries if e.principal == principal and not e.requeued)
         if mine >= self.max_per_principal:
             return f"{principal} already has {mine} requests waiting (its share of the queue)"
@@ -62,12 +65,13 @@ class WaitingQueue(Generic[T]):
         self._entries.append(_Entry(item, principal, priority, -order if requeued else order,
                                     requeued))  # fmt: skip
 
-    def peek(self) -> T | None:
-        entry = self._next()
+    def peek(self, skip: Callable[[T], bool] | None = None) -> T | None:
+        """The request to admit next (passing over those `skip` holds back)."""
+        entry = self._next(skip)
         return entry.item if entry is not None else None
 
-    def pop(self) -> T | None:
-        entry = self._next()
+    def pop(self, skip: Callable[[T], bool] | None = None) -> T | None:
+        entry = self._next(skip)
         if entry is None:
             return None
         self._entries.remove(entry)
@@ -85,11 +89,12 @@ class WaitingQueue(Generic[T]):
         self._entries.clear()
         return items
 
-    def _next(self) -> _Entry[T] | None:
-        if not self._entries:
+    def _next(self, skip: Callable[[T], bool] | None = None) -> _Entry[T] | None:
+        entries = [e for e in self._entries if not skip(e.item)] if skip else self._entries
+        if not entries:
             return None
         return min(
-            self._entries,
+            entries,
             key=lambda e: (
                 -e.priority,
                 not e.requeued,

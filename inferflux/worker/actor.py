@@ -5,6 +5,11 @@ whatever Admit/Cancel messages arrived, then runs the next step and streams the
 StepResult out on the stream the scheduler opened with Attach. When nothing is running it
 sleeps until a message arrives. llama_decode runs on the Trio thread: a step is tens of
 milliseconds, and messages queue in nng meanwhile, to be taken in order before the next.
+
+A sequence with a grammar that is not compiled yet waits for it in a task of its own (the
+compile runs in a thread, ~250 ms for a dozen-field schema): the message loop goes on
+taking other Admits and Cancels meanwhile. A Cancel that arrives during the compile is
+applied right after the Admit, so the scheduler still gets its "cancelled" output.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class DeviceWorker(Actor):
         step_tokens: int,
         threads: int,
         gpu_layers: int = 0,
+        crash_on_text: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -56,6 +62,12 @@ class DeviceWorker(Actor):
         self.engine: Engine | None = None
         self._results: Envelope | None = None
         self._wake = trio.Event()
+        # seq_id -> cancelled while its grammar compiles; cleared by a new Attach (epoch).
+        self._compiling: dict[int, bool] = {}
+        self._epoch = 0
+        # Fault injection (chaos mode only, server.chaos_poison_text): a prompt holding
+        # this text makes this process abort, as a request that crashes llama.cpp would.
+        self.crash_on_text = crash_on_text
 
     async def started(self) -> None:
         model = Model(self.model_path, n_gpu_layers=self.gpu_layers)
@@ -83,19 +95,41 @@ class DeviceWorker(Actor):
                 if self._results is not None:
                     self._results.fail(ActorUnavailable(self.name, "another scheduler attached"))
                 self.engine.reset()
+                self._compiling.clear()
+                self._epoch += 1
                 self._results = envelope
                 envelope.defer()
                 envelope.send(WorkerReady())
             case Admit():
-                if message.sampling.grammar:  # compile off the step loop (or hit the cache)
-                    await trio.to_thread.run_sync(
-                        compiled, self.engine.model, message.sampling.grammar
-                    )
-                self.engine.admit(message)
+                if self.crash_on_text:  # chaos mode only
+                    if self.crash_on_text in self.engine.model.detokenize(message.tokens):
+                        os.abort()
+                if message.sampling.grammar:
+                    self._compiling[message.seq_id] = False
+                    self.nursery.start_soon(self._compile_then_admit, message, self._epoch)
+                else:
+                    self.engine.admit(message)
             case Cancel(seq_id, _):
-                self.engine.cancel(seq_id)
+                if seq_id in self._compiling:
+                    self._compiling[seq_id] = True
+                else:
+                    self.engine.cancel(seq_id)
         self._wake.set()
         return None
+
+    async def _compile_then_admit(self, admit: Admit, epoch: int) -> None:
+        assert self.engine is not None
+        try:
+            await trio.to_thread.run_sync(compiled, self.engine.model, admit.sampling.grammar)
+        except Exception:
+            pass  # the engine's admit meets the same error and ends the sequence with it
+        if epoch != self._epoch:
+            return  # a new scheduler attached meanwhile: this Admit is from the old one
+        cancelled = self._compiling.pop(admit.seq_id)
+        self.engine.admit(admit)
+        if cancelled:
+            self.engine.cancel(admit.seq_id)
+        self._wake.set()
 
     def details(self) -> dict[str, float | int | str]:
         if self.engine is None:
