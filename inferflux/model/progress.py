@@ -73,7 +73,8 @@ class Progress:
         filled = width * self.done // self.total if self.total else 0
         bar = "#" * filled + "-" * (width - filled)
         size = f"{human(self.done)}/{human(self.total)}" if self.total else human(self.done)
-        line = f"\r  {self.label[:40]:40} [{bar}] {percent:3d}% {size} {human(rate)}/s"
+        # \x1b[K clears what a longer previous line left at the end.
+        line = f"\r  {self.label[:40]:40} [{bar}] {percent:3d}% {size} {human(rate)}/s\x1b[K"
         self.out.write(line)
         self.out.flush()
 

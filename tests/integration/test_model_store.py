@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from inferflux.model.store import DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHA256
-from tests.conftest import REPO, RunningServer
+from tests.conftest import REPO, RunningServer, start_server, stop_server
 from tests.hf_standin import file_sha256
 
 pytestmark = pytest.mark.model
@@ -165,3 +166,19 @@ def test_ps_asks_the_server(server: RunningServer, tmp_path: Path) -> None:
     result = inferflux(env, "models", "ps", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "no InferFlux server answers at http://127.0.0.1:9" in result.stderr
+
+
+def test_run_serves_a_model_by_its_store_name(
+    model_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERFLUX_HOME", str(tmp_path))
+    env = home_env(tmp_path)
+    assert inferflux(env, "pull", model_path, "--name", "mine").returncode == 0
+    server = start_server(str(tmp_path), "--model", "mine", "--n-parallel", "1", "--threads", "2")
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
+        assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct.Q4_1"]
+    finally:
+        stop_server(server)
+    result = inferflux(env, "run", "--model", "nope", "--port", "0")
+    assert result.returncode == 2 and "no model 'nope' in the store" in result.stderr
