@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from ._envelope import Envelope
 from ._errors import ActorCrashed, ActorUnavailable, describe, is_cancellation
 from ._info import ActorInfo, State
+from ._link import PayloadCodecs
 from ._mailbox import Mailbox
 from ._registry import Registry, registry
 
@@ -29,6 +30,7 @@ class BaseActor:
         self.state: State = "starting"
         self.registry = in_registry or registry
         self.mailbox = Mailbox(name, self.mailbox_capacity)
+        self.mailbox.protocol = PayloadCodecs.of(type(self))
         self.messages_out = 0
         self.last_error = ""
 

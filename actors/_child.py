@@ -19,7 +19,7 @@ import trio
 from transports import Channel, ChannelClosed, MessageDecodeError
 
 from ._envelope import Envelope, ReplyItem
-from ._errors import RemoteError
+from ._errors import ActorCrashed, Rejected, RemoteError
 from ._link import (
     Call,
     Cast,
@@ -61,11 +61,20 @@ async def _relay_replies(
                 await channel.send(Done(correlation_id, msgspec.Raw(encode(value))))
                 return
             else:
-                remote_kind = value.kind if isinstance(value, RemoteError) else type(value).__name__
-                message = value.remote_message if isinstance(value, RemoteError) else str(value)
-                await channel.send(Fail(correlation_id, remote_kind, message))
+                await channel.send(_fail_frame(correlation_id, value, codecs))
                 return
         await channel.send(Fail(correlation_id, "ActorUnavailable", "stream dropped"))
+
+
+def _fail_frame(correlation_id: int, error: BaseException, codecs: PayloadCodecs) -> Fail:
+    if isinstance(error, Rejected) and codecs.errors is not None:
+        refusal = msgspec.Raw(codecs.errors.encode(error.error))
+        return Fail(correlation_id, "Rejected", str(error), refusal)
+    if isinstance(error, RemoteError):
+        return Fail(correlation_id, error.kind, error.remote_message)
+    if isinstance(error, ActorCrashed):
+        return Fail(correlation_id, "ActorCrashed", error.cause)
+    return Fail(correlation_id, type(error).__name__, str(error))
 
 
 async def serve(name: str, address: str, target: str, options: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import trio
 
-from ._errors import ActorCrashed, RemoteError
+from ._errors import ActorCrashed, Rejected, RemoteError
 
 Kind = Literal["cast", "call", "stream"]
 _next_correlation = itertools.count(1)
@@ -24,7 +24,9 @@ ReplyItem = tuple[str, Any]
 class Envelope:
     """One delivery. `reply()`/`send()`/`fail()` answer the sender; casts ignore them."""
 
-    __slots__ = ("message", "kind", "correlation_id", "_port", "answered", "trace_id", "deferred")
+    __slots__ = (
+        "message", "kind", "correlation_id", "_port", "answered", "trace_id", "deferred", "wire",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -41,6 +43,9 @@ class Envelope:
         self.answered = kind == "cast"
         self.trace_id = trace_id
         self.deferred = False
+        # Wire check (Registry.wire_check): the actor's codecs, to send every reply and
+        # refusal through them as a link would.
+        self.wire: Any = None
 
     def defer(self) -> None:
         """The handler keeps this envelope and answers later (a long-lived stream)."""
@@ -55,20 +60,28 @@ class Envelope:
         """One stream item. Never blocks: stream ports are sized by the caller."""
         if self.kind != "stream" or self.answered:
             raise RuntimeError(f"send() on a {self.kind} envelope that is answered={self.answered}")
-        self._put(("item", item))
+        self._put(("item", self._over_wire(item)))
 
     def reply(self, value: Any = None) -> None:
         """Terminal answer (the reply of a call, the end of a stream)."""
         if self.answered:
             return
         self.answered = True
-        self._put(("done", value))
+        self._put(("done", self._over_wire(value)))
 
     def fail(self, error: BaseException) -> None:
         if self.answered:
             return
         self.answered = True
+        if self.wire is not None and isinstance(error, Rejected) and self.wire.errors:
+            codec = self.wire.errors
+            error = Rejected(error.actor, codec.decode(codec.encode(error.error)))
         self._put(("error", error))
+
+    def _over_wire(self, value: Any) -> Any:
+        if self.wire is None:
+            return value
+        return self.wire.replies.decode(self.wire.replies.encode(value))
 
     def _put(self, item: ReplyItem) -> None:
         if self._port is None:
@@ -88,6 +101,6 @@ class Envelope:
 
 def error_for_caller(actor: str, exc: BaseException) -> BaseException:
     """The exception a caller sees when the handler raised `exc`."""
-    if isinstance(exc, (ActorCrashed, RemoteError)):
+    if isinstance(exc, (ActorCrashed, RemoteError, Rejected)):
         return exc
     return RemoteError(actor, type(exc).__name__, str(exc))

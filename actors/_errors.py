@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ActorError(Exception):
     """Base class for runtime errors."""
@@ -51,6 +53,17 @@ class RemoteError(ActorError):
     def __init__(self, name: str, kind: str, message: str) -> None:
         self.name, self.kind, self.remote_message = name, kind, message
         super().__init__(f"actor {name!r} raised {kind}: {message}")
+
+
+class Rejected(Exception):
+    """The actor said no, in its own protocol: `error` is a msgspec Struct of the actor's
+    `error_type` (with a `message`), and callers get this same Struct wherever the actor
+    runs, in this process or across a link. Not an ActorError: the actor works fine, it
+    refused this request (overloaded, not ready...), so nothing is retried or restarted."""
+
+    def __init__(self, actor: str, error: Any) -> None:
+        self.actor, self.error = actor, error
+        super().__init__(str(getattr(error, "message", error)))
 
 
 class RestartIntensityExceeded(ActorError):

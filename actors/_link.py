@@ -42,6 +42,8 @@ class Fail(msgspec.Struct, tag=True, frozen=True, array_like=True):
     correlation_id: int
     kind: str
     message: str
+    error: msgspec.Raw | None = None
+    """A refusal (actors.Rejected): its error Struct, in the actor's `error_type`."""
 
 
 class Stop(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -69,12 +71,20 @@ def import_target(target: str) -> Any:
 
 
 class PayloadCodecs:
-    """Message and reply codecs for one actor class."""
+    """An actor class's protocol as codecs: its `message_type`, `reply_type` (stream items
+    and terminal replies) and `error_type` (what it refuses with, as actors.Rejected)."""
 
     def __init__(self, actor_class: Any) -> None:
         message_type = getattr(actor_class, "message_type", None)
         reply_type = getattr(actor_class, "reply_type", None)
+        error_type = getattr(actor_class, "error_type", None)
         if message_type is None:
             raise TypeError(f"{actor_class!r} needs a `message_type` to run in a process")
         self.messages: Codec[Any] = Codec(message_type)
         self.replies: Codec[Any] = Codec(Any if reply_type is None else reply_type | None)
+        self.errors: Codec[Any] | None = Codec(error_type) if error_type is not None else None
+
+    @classmethod
+    def of(cls, actor_class: Any) -> PayloadCodecs | None:
+        """The codecs of a class that declares a protocol; None for one that does not."""
+        return cls(actor_class) if getattr(actor_class, "message_type", None) else None

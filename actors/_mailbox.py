@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from ._envelope import Envelope
@@ -15,6 +17,7 @@ class Mailbox:
         self._send, self._receive = trio.open_memory_channel[Envelope](capacity)
         self.closed = False
         self.messages_in = 0
+        self.protocol: Any = None  # the owner's PayloadCodecs, when it declares a protocol
 
     @property
     def depth(self) -> int:

@@ -37,7 +37,7 @@ from transports import Channel, ChannelClosed, Faults, MessageDecodeError, uniqu
 
 from ._base import BaseActor
 from ._envelope import Envelope
-from ._errors import InjectedCrash, RemoteError
+from ._errors import ActorCrashed, ActorUnavailable, InjectedCrash, Rejected, RemoteError
 from ._link import (
     Call,
     Cast,
@@ -96,6 +96,7 @@ class ProcessActor(BaseActor):
         self.socket_dir = socket_dir  # a private directory (transports.SocketDir) for ipc
         self.bad_replies = 0  # replies from the child that did not decode: dropped
         self.codecs = PayloadCodecs(import_target(target))
+        self.mailbox.protocol = self.codecs  # the child actor's protocol
         self.pid = 0
         self._pending: dict[int, Envelope] = {}
         self._stop_requested = False
@@ -258,10 +259,23 @@ class ProcessActor(BaseActor):
                         self.messages_out += 1
                     else:  # its caller must not wait for an answer that will not come
                         envelope.fail(RemoteError(self.name, "BadReply", "undecodable reply"))
-                case Fail(correlation_id, kind, message):
+                case Fail(correlation_id, kind, message, error):
                     envelope = self._pending.pop(correlation_id, None)
                     if envelope is not None:
-                        envelope.fail(RemoteError(self.name, kind, message))
+                        envelope.fail(self._failure(kind, message, error))
+
+    def _failure(self, kind: str, message: str, error: msgspec.Raw | None) -> BaseException:
+        """The exception a Fail frame stands for: the same type the caller would get from
+        the actor in this process (a refusal's own Struct, the runtime's error types)."""
+        if error is not None and self.codecs.errors is not None:
+            refusal = self._decoded(self.codecs.errors.decode, error)
+            if refusal:
+                return Rejected(self.name, refusal[0])
+        if kind == "ActorCrashed":
+            return ActorCrashed(self.name, message)
+        if kind == "ActorUnavailable":
+            return ActorUnavailable(self.name, message)
+        return RemoteError(self.name, kind, message)
 
     def _decoded(self, decode: Callable[[Any], Any], payload: Any) -> tuple[Any] | None:
         """(the reply,) or None when the child sent one that does not decode: that reply

@@ -7,6 +7,7 @@ through the same ref. While an actor is down the lookup fails fast with ActorUna
 from __future__ import annotations
 
 import math
+import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -19,9 +20,18 @@ from ._mailbox import Mailbox
 DEFAULT_SEND_TIMEOUT_S = 5.0
 
 
+def _wire_check_default() -> bool:
+    return os.environ.get("ACTORS_WIRE_CHECK", "") not in ("", "0")
+
+
 class Registry:
-    def __init__(self) -> None:
+    """Names to mailboxes. `wire_check` (default: $ACTORS_WIRE_CHECK) sends every message,
+    reply and refusal to an actor that declares a protocol through its codecs, as a link
+    to another process would: a test mode that proves every protocol crosses a wire."""
+
+    def __init__(self, wire_check: bool | None = None) -> None:
         self._mailboxes: dict[str, Mailbox] = {}
+        self.wire_check = _wire_check_default() if wire_check is None else wire_check
 
     def register(self, name: str, mailbox: Mailbox) -> None:
         if name in self._mailboxes and not self._mailboxes[name].closed:
@@ -52,8 +62,17 @@ class ActorRef:
     def __repr__(self) -> str:
         return f"ActorRef({self.name!r})"
 
+    def _through_wire(self, mailbox: Mailbox, envelope: Envelope) -> Envelope:
+        protocol = mailbox.protocol
+        if self._registry.wire_check and protocol is not None:
+            codec = protocol.messages
+            envelope.message = codec.decode(codec.encode(envelope.message))
+            envelope.wire = protocol
+        return envelope
+
     async def _deliver(self, envelope: Envelope, timeout_s: float) -> None:
         mailbox = self._registry.lookup(self.name)
+        envelope = self._through_wire(mailbox, envelope)
         with trio.move_on_after(timeout_s) as scope:
             await mailbox.put(envelope)
         if scope.cancelled_caught:
@@ -62,7 +81,7 @@ class ActorRef:
     def cast_nowait(self, message: Any) -> None:
         """Deliver now or raise (MailboxFull/ActorUnavailable); for sync code and hot paths."""
         mailbox = self._registry.lookup(self.name)
-        if not mailbox.put_nowait(Envelope(message)):
+        if not mailbox.put_nowait(self._through_wire(mailbox, Envelope(message))):
             raise MailboxFull(self.name, mailbox.capacity, 0.0)
 
     async def cast(self, message: Any, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> None:

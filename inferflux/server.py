@@ -14,12 +14,14 @@ worker is restarted by `engine` and the scheduler re-admits its sequences by rec
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import trio
 
 from actors import (
+    ActorError,
     ActorRef,
     ChildSpec,
     IntrospectionServer,
@@ -45,6 +47,7 @@ from .model.store import default_model_path
 from .policy.actor import PolicyActor
 from .policy.setup import build_policy
 from .scheduler.actor import Scheduler
+from .scheduler.messages import WorkerGaveUp
 from .tracing import RequestTracer
 from .worker.llama import Model
 
@@ -124,9 +127,9 @@ def build_server(
         )
 
     def engine_gave_up(exceeded: Exception) -> None:
-        scheduler = root.child("scheduler")
-        if isinstance(scheduler, Scheduler):
-            scheduler.worker_gave_up(str(exceeded))
+        # A message, not a method call: the scheduler may run in another process.
+        with contextlib.suppress(ActorError):
+            ActorRef("scheduler", registry).cast_nowait(WorkerGaveUp(str(exceeded)))
 
     def is_ready() -> bool:
         scheduler = root.child("scheduler")  # `root` is built below; called once serving

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 import msgspec
 import trio
 
-from actors import ActorCrashed, ActorError, ActorRef
+from actors import ActorCrashed, ActorError, ActorRef, Rejected
 
 from ..scheduler.messages import Abort, Delta, GenerationFailed, NotReady, Overloaded, Submit
 from .errors import APIError
@@ -158,22 +158,24 @@ class Generation:
 
 
 def _api_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, Overloaded):
-        return APIError(
-            429,
-            str(exc),
-            type="rate_limit_error",
-            code="overloaded",
-            retry_after_s=exc.retry_after_s,
-        )
-    if isinstance(exc, GenerationFailed):
-        # Only a grammar ends a sequence this way, and only a schema beyond the constraint
-        # engine's limits gets past the ingress's check: the client can simplify it.
-        return APIError(400, str(exc), code="generation_failed")
-    if isinstance(exc, NotReady):
-        return APIError(
-            503, str(exc), type="service_unavailable", code="not_ready", retry_after_s=2
-        )
+    if isinstance(exc, Rejected):
+        match exc.error:
+            case Overloaded(message, retry_after_s):
+                return APIError(
+                    429,
+                    message,
+                    type="rate_limit_error",
+                    code="overloaded",
+                    retry_after_s=retry_after_s,
+                )
+            case GenerationFailed(message):
+                # A grammar beyond the constraint engine's limits that got past the
+                # ingress's check, or a request that crashes the worker: the client's to fix.
+                return APIError(400, message, code="generation_failed")
+            case NotReady(message):
+                return APIError(
+                    503, message, type="service_unavailable", code="not_ready", retry_after_s=2
+                )
     if isinstance(exc, ActorError):
         return APIError(
             503,

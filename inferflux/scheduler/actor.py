@@ -30,12 +30,22 @@ from typing import Any
 
 import trio
 
-from actors import Actor, ActorError, ActorRef, Envelope
+from actors import Actor, ActorError, ActorRef, Envelope, Rejected
 
 from ..kvcache.manager import KVCacheManager
 from ..messages import Admit, Attach, Cancel, SamplingParams, SeqOutput, StepResult, WorkerReady
 from ..metrics import Metrics
-from .messages import Abort, Delta, GenerationFailed, NotReady, Overloaded, Submit
+from .messages import (
+    Abort,
+    Delta,
+    GenerationFailed,
+    NotReady,
+    Overloaded,
+    SchedulerError,
+    SchedulerMessage,
+    Submit,
+    WorkerGaveUp,
+)
 from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
@@ -67,6 +77,9 @@ class Request:
 
 class Scheduler(Actor):
     mailbox_capacity = 4096
+    message_type = SchedulerMessage
+    reply_type = Delta
+    error_type = SchedulerError
 
     def __init__(
         self,
@@ -137,19 +150,25 @@ class Scheduler(Actor):
                 self._submit(message, envelope)
             case Abort(seq_id, _):
                 self._abort(seq_id)
+            case WorkerGaveUp(reason):
+                self.worker_gave_up(reason)
         return None
+
+    def _refusal(self, error: SchedulerError) -> Rejected:
+        return Rejected(self.name, error)
 
     def _submit(self, submit: Submit, envelope: Envelope) -> None:
         if self._down_too_long():
-            envelope.fail(NotReady(self._down_reason()))
+            envelope.fail(self._refusal(NotReady(self._down_reason())))
             return
         if self.gave_up:
-            envelope.fail(NotReady(f"the model worker keeps crashing ({self.gave_up})"))
+            reason = f"the model worker keeps crashing ({self.gave_up})"
+            envelope.fail(self._refusal(NotReady(reason)))
             return
         # With auth off every caller is "anonymous": one principal, nobody to share with.
         refusal = self.waiting.refusal(submit.principal, submit.principal != "anonymous")
         if refusal is not None:
-            envelope.fail(Overloaded(refusal))
+            envelope.fail(self._refusal(Overloaded(f"server overloaded: {refusal}")))
             return
         envelope.defer()
         request = Request(submit.seq_id, submit.prompt, submit.sampling, submit.priority, envelope)
@@ -265,8 +284,8 @@ class Scheduler(Actor):
     def _fail_waiting(self, error: NotReady) -> None:
         """End every waiting request (re-queued streams included) with `error`."""
         for request in self.waiting.clear():
-            log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
-            request.envelope.fail(error)
+            log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error.message)
+            request.envelope.fail(self._refusal(error))
             self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
         self._update_gauges()
 
@@ -294,7 +313,7 @@ class Scheduler(Actor):
                 "row without making progress; it was failed alone so that the others go on"
             )
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
-            request.envelope.fail(GenerationFailed(error))
+            request.envelope.fail(self._refusal(GenerationFailed(error)))
             self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
         self._update_gauges()
 
@@ -367,7 +386,7 @@ class Scheduler(Actor):
             return
         if reason == "error":
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, out.error)
-            request.envelope.fail(GenerationFailed(out.error))
+            request.envelope.fail(self._refusal(GenerationFailed(out.error)))
             self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
             return
         self._send(

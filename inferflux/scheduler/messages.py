@@ -1,13 +1,18 @@
-"""Messages between the ingress and the scheduler (same process: passed as objects)."""
+"""The scheduler's protocol: what it is sent (Submit, Abort, WorkerGaveUp), what a Submit's
+stream carries (Delta), and what it refuses with (Overloaded, NotReady, GenerationFailed,
+raised to callers as actors.Rejected). All msgspec Structs: the same wherever the scheduler
+runs, in the server's process or its own."""
 
 from __future__ import annotations
+
+from typing import Union
 
 import msgspec
 
 from ..messages import FinishReason, SamplingParams, TokenLogprob
 
 
-class Submit(msgspec.Struct, frozen=True):
+class Submit(msgspec.Struct, tag=True, frozen=True):
     """Generate for `prompt`; opened as a stream, answered with Delta items.
 
     `generated` / `text_sent` resume a stream the client already partly has (the ingress
@@ -24,7 +29,7 @@ class Submit(msgspec.Struct, frozen=True):
     """Who asked (the policy's principal): the waiting queue is shared fairly by it."""
 
 
-class Abort(msgspec.Struct, frozen=True):
+class Abort(msgspec.Struct, tag=True, frozen=True):
     """The client went away: stop the sequence and free its slot."""
 
     seq_id: int
@@ -41,18 +46,33 @@ class Delta(msgspec.Struct, frozen=True, array_like=True, gc=False):
     logprobs: list[TokenLogprob] = []
 
 
-class Overloaded(Exception):
-    """The waiting queue (or the caller's share of it) is full: answer 429 with
-    Retry-After."""
+class WorkerGaveUp(msgspec.Struct, tag=True, frozen=True):
+    """The worker's supervisor exceeded its restart intensity (sent by the server)."""
 
-    def __init__(self, why: str, retry_after_s: int = 1) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(f"server overloaded: {why}")
+    reason: str
 
 
-class GenerationFailed(Exception):
-    """The worker ended the sequence with an error (a grammar that broke mid-way)."""
+SchedulerMessage = Union[Submit, Abort, WorkerGaveUp]
 
 
-class NotReady(Exception):
-    """No worker is ready (starting, restarting, or given up): answer 503."""
+class Overloaded(msgspec.Struct, tag=True, frozen=True):
+    """The waiting queue (or the caller's share of it) is full: 429 with Retry-After."""
+
+    message: str
+    retry_after_s: int = 1
+
+
+class NotReady(msgspec.Struct, tag=True, frozen=True):
+    """No worker is ready (starting, restarting, or given up): 503."""
+
+    message: str
+
+
+class GenerationFailed(msgspec.Struct, tag=True, frozen=True):
+    """The worker ended the sequence with an error (a grammar that broke mid-way), or the
+    request crashed the worker (a poison request): 400."""
+
+    message: str
+
+
+SchedulerError = Union[Overloaded, NotReady, GenerationFailed]

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 import trio
 
-from actors import Actor, ActorRef, ChildSpec, Envelope, Registry, Supervisor
+from actors import Actor, ActorRef, ChildSpec, Envelope, Registry, Rejected, Supervisor
 from inferflux.messages import (
     Admit,
     Attach,
@@ -254,8 +254,9 @@ async def test_full_queue_answers_overloaded() -> None:
         await wait_for(lambda: bool(h.scheduler.running))
         nursery.start_soon(h.generate, 2, [2], 5)
         await wait_for(lambda: len(h.scheduler.waiting) == 1)
-        with pytest.raises(Overloaded):
+        with pytest.raises(Rejected) as refused:
             await h.generate(3, [3], 5)
+        assert isinstance(refused.value.error, Overloaded)
 
 
 async def test_principals_take_turns_in_the_waiting_queue() -> None:
@@ -282,8 +283,9 @@ async def test_a_principal_gets_its_share_of_the_queue_not_all_of_it() -> None:
         for i in (2, 3):
             nursery.start_soon(h.generate, i, [i], 3, 0, "key:a")
         await wait_for(lambda: len(h.scheduler.waiting) == 2)
-        with pytest.raises(Overloaded, match="key:a already has 2"):
+        with pytest.raises(Rejected, match="key:a already has 2") as refused:
             await h.generate(4, [4], 3, 0, "key:a")
+        assert isinstance(refused.value.error, Overloaded)
         tokens, _ = await h.generate(5, [5], 3, 0, "key:b")  # b still gets in
         assert tokens == expected_tokens([5], 3)
 
@@ -324,7 +326,8 @@ async def test_requests_get_503_when_the_worker_stays_down() -> None:
             async with ref.stream(Submit(1, [1, 2], SamplingParams(max_tokens=10_000))) as deltas:
                 async for _ in deltas:
                     pass
-        except NotReady as exc:
+        except Rejected as exc:
+            assert isinstance(exc.error, NotReady)
             outcome.append(exc)
 
     async with trio.open_nursery() as nursery:
@@ -339,7 +342,7 @@ async def test_requests_get_503_when_the_worker_stays_down() -> None:
         await ActorRef("worker", registry).cast(CrashNow())
         await wait_for(lambda: bool(outcome), timeout_s=5)  # the stream ends with a 503
         assert "down for" in str(outcome[0])
-        with pytest.raises(NotReady, match="down for"):  # new requests are refused at once
+        with pytest.raises(Rejected, match="down for"):  # new requests are refused at once
             async with ref.stream(Submit(2, [3], SamplingParams(max_tokens=5))) as deltas:
                 async for _ in deltas:
                     pass
