@@ -72,7 +72,7 @@ class Context:
 def fetch_local(path: Path, ctx: Context) -> Fetched:
     """A file already on this machine: hash it once (to skip a model already stored);
     `pull` then hard-links it into the store (no copy), or copies it across filesystems."""
-    ctx.progress.start(f"hashing {path.name}", path.stat().st_size)
+    ctx.progress.start(f"hashing {path.name}", path.stat().st_size, steps=False)
     digest = sha256_file(path, ctx.progress)
     ctx.progress.finish()
     if present := ctx.known(digest):

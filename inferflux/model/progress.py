@@ -30,15 +30,19 @@ class Progress:
         self.label, self.total, self.done, self.initial = "", 0, 0, 0
         self._started = self._drawn_at = 0.0
         self._next_step = 0
+        self._steps = True
 
     def note(self, text: str) -> None:
         if not self.quiet:
             print(text, file=self.out, flush=True)
 
-    def start(self, label: str, total: int | None, initial: int = 0) -> None:
+    def start(self, label: str, total: int | None, initial: int = 0, steps: bool = True) -> None:
+        """A new bar. steps=False: in plain output, one line at the end instead of one per
+        10% (for local work that takes a second: hashing, not transfers)."""
         self.label, self.total, self.done, self.initial = label, total or 0, initial, initial
         self._started = time.monotonic()
-        self._next_step = 10 * (initial * 10 // self.total) + 10 if self.total else 101
+        self._steps = steps
+        self._next_step = 10 * (initial * 10 // self.total) + 10 if self.total and steps else 101
         if initial and not self.quiet:
             self.note(f"  {label}: resuming at {human(initial)} of {human(self.total)}")
         self._draw(force=True)
@@ -52,7 +56,7 @@ class Progress:
         if self.tty and not self.quiet:
             self.out.write("\n")
             self.out.flush()
-        elif not self.quiet and self._next_step <= 100:
+        elif not self.quiet and (not self._steps or self._next_step <= 100):
             self.note(f"  {self.label}: {human(self.done)} done")
 
     def _draw(self, force: bool = False) -> None:

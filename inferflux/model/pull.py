@@ -104,7 +104,9 @@ def _verify_and_describe(
 ) -> Manifest:
     digest = fetched.sha256
     if not digest:
-        ctx.progress.start(f"verifying {fetched.gguf.name}", fetched.gguf.stat().st_size)
+        ctx.progress.start(
+            f"verifying {fetched.gguf.name}", fetched.gguf.stat().st_size, steps=False
+        )
         digest = sha256_file(fetched.gguf, ctx.progress)
         ctx.progress.finish()
     for expected, by in ((fetched.expected_sha256, str(source)), (expect_sha256, "inferflux")):
