@@ -72,6 +72,12 @@ def run_command(args: argparse.Namespace) -> int:
     except ModelStoreError as exc:
         print(f"inferflux: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the store's disk: full, read-only, permissions
+        print(
+            f"inferflux: {exc.strerror or exc} ({exc.filename or 'the model store'})",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("\ninferflux: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from inferflux.model import manifest as mf
 from inferflux.model.gguf import GGUFError, read_metadata
 from inferflux.model.library import Library, ModelStoreError
+from inferflux.model.progress import Progress
 from inferflux.model.pull_hf import choose_quant
 from inferflux.model.sources import HfSource, PathSource, PypiSource, SourceError, parse_source
 from tests.hf_standin import write_gguf
@@ -100,3 +102,37 @@ def test_find_by_name_base_or_alias(tmp_path: Path) -> None:
     with pytest.raises(ModelStoreError, match="no model 'b' in the store"):
         library.find("b")
     assert [m.name for m in library.manifests()] == ["a-model:q4_0", "a-model:q8_0"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    plain = io.StringIO()
+    progress = Progress(plain)
+    progress.start("model.gguf", 1000, initial=250)
+    for _ in range(75):
+        progress.advance(10)
+    progress.finish()
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "  model.gguf: resuming at 250 B of 1.0 KB"
+    assert [line.split(": ")[1].split("%")[0] for line in lines[1:]] == [
+        "30", "40", "50", "60", "70", "80", "90", "100",
+    ]  # fmt: skip
+    terminal = _Terminal()
+    progress = Progress(terminal)
+    progress.start("model.gguf", 2000)
+    progress.advance(1000)
+    progress.advance(1000)
+    progress.finish()
+    out = terminal.getvalue()
+    assert out.count("\r") >= 2 and out.endswith("\n") and "100% 2.0 KB/2.0 KB" in out
+    assert "[" + "#" * 30 + "]" in out
+    quiet = io.StringIO()
+    progress = Progress(quiet, quiet=True)
+    progress.start("x", 10)
+    progress.advance(10)
+    progress.finish()
+    assert quiet.getvalue() == ""
