@@ -135,6 +135,12 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Append one JSON line per request here. Empty: no audit log."""
     audit_debug: bool = False
     """Write prompts and completions in clear in the audit log (else SHA-256 only)."""
+    audit_fail_closed: bool = False
+    """While the audit log cannot be written (a full disk), answer 503 to every protected
+    request instead of serving it unrecorded. false: serve, and log that lines are lost."""
+    auth_failures_per_minute: int = 30
+    """Failed authentications allowed per client address (IPv6: per /64) and minute; past
+    it 429 with Retry-After, and only the first of those is audited. 0: no limit."""
     requests_per_minute: int = 0
     """Default request rate per principal (store limits override it). 0: unlimited."""
     tokens_per_minute: int = 0

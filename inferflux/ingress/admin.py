@@ -62,6 +62,7 @@ def admin_blueprint(policy: ActorRef) -> Blueprint:
                 name=name,
                 body=body,
                 trace_id=context.trace_id,
+                client=context.client,
             ),
         )
         if not decision.allowed:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import trio
-from quart import g
+from quart import g, has_request_context, request
 
 from ..policy.messages import Decision
 from .tickets import Ticket
@@ -23,6 +23,12 @@ def trace_from(header: str) -> tuple[str, str]:
     if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
         return match.group(1), match.group(2)
     return secrets.token_hex(16), ""
+
+
+def client_address() -> str:
+    """The HTTP peer's address (the connection's, so a proxy's when behind one; headers
+    such as X-Forwarded-For are not trusted); "" outside a request or over a unix socket."""
+    return (request.remote_addr or "") if has_request_context() else ""
 
 
 @dataclass
@@ -47,6 +53,8 @@ class RequestContext:
     """An admitted generation's audit ticket."""
     prompt_text: str | None = None
     """The prompt as the model sees it, when a guardrail or the audit needs the text."""
+    client: str = field(default_factory=client_address)
+    """The HTTP peer's address (failed authentications are limited per address)."""
 
 
 def credential(headers: Mapping[str, str]) -> str:

@@ -18,7 +18,7 @@ from actors import ActorRef
 
 from ..policy.audit import AuditLog
 from ..policy.guardrails import Blocklist
-from ..policy.messages import Access, Authorize
+from ..policy.messages import Access, Authorize, Decision
 from ..scheduler.messages import Delta
 from .admin import admin_blueprint
 from .context import RequestContext
@@ -32,6 +32,15 @@ from .tickets import Ticket, TicketBook, outcome
 # How far back an output pattern may reach from the delta that completes it: longer
 # matches than this are not seen (docs/security.md). Keeps the check per delta bounded.
 OUTPUT_LOOKBACK_CHARS = 2048
+
+AUDIT_UNAVAILABLE = Decision(
+    allowed=False,
+    status=503,
+    code="audit_unavailable",
+    reason="the audit log cannot be written, and this server records every request before "
+    "serving it (policy.audit_fail_closed); retry later",
+    retry_after_s=5,
+)
 
 
 class PolicyGate:
@@ -54,6 +63,16 @@ class PolicyGate:
         if permission is None or ctx.method == "OPTIONS":
             return
         ctx.audited = True
+        audit = self.book.audit
+        if audit is not None and audit.refusing:
+            # policy.audit_fail_closed: nothing protected runs unrecorded. This refusal's
+            # own line is the probe that notices when the log can be written again.
+            ctx.denial = AUDIT_UNAVAILABLE
+            # Not without a checkpoint: a response completed before hypercorn took in the
+            # request's body leaves the keep-alive connection hanging on its next request
+            # (measured: the openai client's retry then times out).
+            await trio.lowlevel.checkpoint()
+            raise api_error(AUDIT_UNAVAILABLE)
         decision = await ask_policy(
             self.policy,
             Access(
@@ -62,6 +81,7 @@ class PolicyGate:
                 path=ctx.path,
                 trace_id=ctx.trace_id,
                 always_authenticate=permission == "admin",
+                client=ctx.client,
             ),
         )
         ctx.principal = decision.principal
@@ -95,6 +115,7 @@ class PolicyGate:
             choices=prepared.n,
             prompt=text,
             path=ctx.path,
+            client=ctx.client,
         )
         decision = await ask_policy(self.policy, ask)
         ctx.principal = decision.principal
@@ -112,6 +133,7 @@ class PolicyGate:
             prompt=text,
             reserved_tokens=decision.reserved_tokens,
             started=ctx.started,
+            client=ctx.client,
         )
         self.book.open_ticket(ctx.ticket)
         return decision.max_tokens
@@ -192,6 +214,8 @@ class PolicyGate:
                 self.book.close_ticket(ctx.ticket, status=status, reason="backend_error")
             return
         denial = ctx.denial
+        if denial is not None and not denial.audit:
+            return  # one of a burst of refused bad credentials: counted, not written
         self.book.record(
             trace_id=ctx.trace_id,
             principal=ctx.principal,
@@ -202,4 +226,6 @@ class PolicyGate:
             reason=denial.code if denial is not None else "",
             latency_ms=round((trio.current_time() - ctx.started) * 1000, 3),
             prompt=ctx.prompt_text,
+            client=ctx.client,
+            suppressed=denial.suppressed if denial is not None else 0,
         )

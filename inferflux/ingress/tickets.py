@@ -49,6 +49,7 @@ class Ticket:
     started: float
     watched: bool = False
     """The gate's `watch` has begun: its `finally` writes the line (with the completion)."""
+    client: str = ""
 
 
 @dataclass
@@ -141,4 +142,5 @@ class TicketBook:
             latency_ms=round((trio.current_time() - ticket.started) * 1000, 3),
             prompt=ticket.prompt if self.needs_prompt_text else None,
             completion=completion,
+            client=ticket.client,
         )

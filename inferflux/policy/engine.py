@@ -12,10 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from .admin_ops import run_admin
 from .audit import sha256
+from .failures import AuthFailures
 from .guardrails import Blocklist, OPAClient
 from .keys import CredentialError, key_id, matches, parse_authorization
 from .limits import RateLimiter, Refusal, resolve
@@ -66,6 +68,8 @@ class Policy:
     opa_include_prompt: bool = False
     anonymous_max_priority: int = 0
     """The priority ceiling of `anonymous` (every caller while auth is off)."""
+    failures: AuthFailures | None = None
+    """Failed authentications per client address (None: not limited)."""
     store_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -105,6 +109,28 @@ class Policy:
         grant = merge([self.data.roles[r] for r in roles])
         return Principal(f"oidc:{identity.subject}", grant, roles)
 
+    async def identify(
+        self, credential: str, client: str, force: bool = False
+    ) -> Principal | Decision:
+        """`authenticate`, with failures counted per client address: past the limit a
+        failure is a 429 (policy/failures.py), so bad credentials cannot fill the audit
+        log. Valid credentials are never throttled."""
+        who = await self.authenticate(credential, force)
+        if not isinstance(who, Decision) or who.status != 401 or self.failures is None:
+            return who
+        verdict = self.failures.failed(client)
+        if not verdict.throttled:
+            return msgspec.structs.replace(who, suppressed=verdict.suppressed)
+        return deny(
+            429,
+            "too many failed authentications from this address; retry after "
+            f"{verdict.retry_after_s} s with valid credentials",
+            "too_many_auth_failures",
+            retry_after_s=verdict.retry_after_s,
+            audit=verdict.audit,
+            suppressed=verdict.suppressed,
+        )
+
     def _limit(self, principal: Principal) -> Limit:
         return resolve(self.data.limits, principal.id, principal.roles, self.default_limit)
 
@@ -132,7 +158,7 @@ class Policy:
     async def access(self, message: Access) -> Decision:
         """A protected HTTP request: authenticated, holds `permission`, within its request
         rate (every protected request counts one)."""
-        who = await self.authenticate(message.credential, message.always_authenticate)
+        who = await self.identify(message.credential, message.client, message.always_authenticate)
         if isinstance(who, Decision):
             return who
         if message.permission not in who.grant.permissions:
@@ -143,7 +169,7 @@ class Policy:
         return Decision(allowed=True, principal=who.id)
 
     async def authorize(self, message: Authorize) -> Decision:
-        who = await self.authenticate(message.credential)
+        who = await self.identify(message.credential, message.client)
         if isinstance(who, Decision):
             return who
         grant, pid = who.grant, who.id
@@ -252,7 +278,7 @@ class Policy:
         log.info("policy store reloaded from %s", store.path)
 
     async def admin(self, message: Admin) -> Decision:
-        who = await self.authenticate(message.credential, force=True)
+        who = await self.identify(message.credential, message.client, force=True)
         if isinstance(who, Decision):
             return who
         if "admin" not in who.grant.permissions:

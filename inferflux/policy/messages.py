@@ -33,6 +33,8 @@ class Authorize(msgspec.Struct, frozen=True):
     """The prompt as the model sees it, for the blocklist, OPA and the audit hash; empty
     when no guardrail needs it."""
     path: str = ""
+    client: str = ""
+    """The HTTP peer's address: failed authentications are limited per address."""
 
 
 class Access(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +44,8 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str = ""
     always_authenticate: bool = False
     """Check the credential even with auth off (the admin API is never open)."""
+    client: str = ""
+    """The HTTP peer's address: failed authentications are limited per address."""
 
 
 class Settle(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +75,8 @@ class Admin(msgspec.Struct, frozen=True, kw_only=True):
     body: Any = None
     """The decoded JSON body of create/put operations (validated by the actor)."""
     trace_id: str = ""
+    client: str = ""
+    """The HTTP peer's address: failed authentications are limited per address."""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,3 +95,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     """Reserved against the principal's tokens-per-minute bucket (given back by Settle)."""
     result: Any = None
     """The answer of an admin operation."""
+    audit: bool = True
+    """False: one of a burst of refused failed authentications already on record (only
+    the first of a lockout is written; policy/failures.py)."""
+    suppressed: int = 0
+    """Refusals from the same address not written since its last audit line."""

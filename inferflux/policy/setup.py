@@ -18,6 +18,7 @@ import trio
 from ..config import ConfigError, PolicyConfig
 from .audit import AuditLog
 from .engine import Policy
+from .failures import AuthFailures
 from .guardrails import Blocklist, OPAClient
 from .limits import RateLimiter
 from .oidc import OIDCSettings, OIDCVerifier
@@ -89,6 +90,11 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     oidc_settings = _oidc_settings(config)
+    if config.auth_failures_per_minute < 0:
+        raise ConfigError(
+            f"policy.auth_failures_per_minute must be >= 0 (0: no limit), got "
+            f"{config.auth_failures_per_minute}"
+        )
     if config.opa_url and not config.opa_url.startswith(("http://", "https://")):
         raise ConfigError(f"policy.opa_url must be an http(s) URL, got {config.opa_url!r}")
     default_limit = Limit(
@@ -110,9 +116,18 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
             ),
             opa_include_prompt=config.opa_include_prompt,
             anonymous_max_priority=config.anonymous_max_priority,
+            failures=(
+                AuthFailures(config.auth_failures_per_minute, trio.current_time)
+                if config.auth_failures_per_minute
+                else None
+            ),
         )
 
-    audit = AuditLog(config.audit_log, debug=config.audit_debug) if config.audit_log else None
+    audit = (
+        AuditLog(config.audit_log, debug=config.audit_debug, fail_closed=config.audit_fail_closed)
+        if config.audit_log
+        else None
+    )
     if audit is not None:
         try:
             audit.open()

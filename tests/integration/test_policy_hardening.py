@@ -1,9 +1,11 @@
 """The policy's hardening on a real server: the store passphrase kept from the worker's
-environment, a store file that turns unreadable while serving, priority as a privilege.
+environment, a store file that turns unreadable while serving, priority as a privilege,
+failed authentications limited per address, the audit log bounded and failing closed.
 Clients: the official `openai` client and httpx."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ def hardened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hardened]:
     keys = make_store(directory / "policy.store")
     audit = directory / "audit.jsonl"
     config = directory / "inferflux.toml"
-    config.write_text("[policy]\nstore_poll_s = 0.2\n")
+    config.write_text("[policy]\nstore_poll_s = 0.2\nauth_failures_per_minute = 5\n")
     # The passphrase comes from the environment here (not a key file), with other secrets.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("INFERFLUX_POLICY_KEY", SECRET)
@@ -126,3 +128,93 @@ def test_priority_above_the_default_needs_a_grant(hardened: Hardened) -> None:
     assert chat(hardened, hardened.keys["boss"], extra_body={"priority": 5}).choices
     with pytest.raises(openai.PermissionDeniedError):
         chat(hardened, hardened.keys["boss"], extra_body={"priority": 6})
+
+
+def trace(n: int) -> dict[str, str]:
+    return {"traceparent": f"00-{n:032x}-00f067aa0ba902b7-01"}
+
+
+def audit_lines(hardened: Hardened, traces: set[str]) -> list[dict]:
+    lines = [json.loads(x) for x in hardened.audit.read_text().splitlines()]
+    return [line for line in lines if line["trace_id"] in traces]
+
+
+def test_failed_authentications_are_limited_per_address(hardened: Hardened) -> None:
+    """5 failures a minute per address (this server's setting): then 429 + Retry-After,
+    written once, the rest counted; the same address with a valid key is served."""
+    url = f"{hardened.server.url}/v1/chat/completions"
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}
+    bad = {"authorization": "Bearer ifx_000000000000_" + "A" * 43}
+    statuses = [
+        httpx.post(url, json=body, headers={**bad, **trace(0xA000 + i)}).status_code
+        for i in range(5)
+    ]
+    assert statuses == [401] * 5
+    with pytest.raises(openai.RateLimitError) as throttled:
+        chat(hardened, "ifx_000000000000_" + "B" * 43, extra_headers=trace(0xA005))
+    assert throttled.value.body["code"] == "too_many_auth_failures"
+    assert 1 <= int(throttled.value.response.headers["retry-after"]) <= 12
+    for i in range(20):  # a client that keeps going: 429s, not written one by one
+        refused = httpx.post(url, json=body, headers=trace(0xA006 + i))  # no key at all
+        assert refused.status_code == 429
+    assert chat(hardened, hardened.keys["user"], extra_headers=trace(0xA100)).choices
+    traces = {f"{0xA000 + i:032x}" for i in range(26)} | {f"{0xA100:032x}"}
+    assert wait_for(lambda: len(audit_lines(hardened, traces)) == 7)
+    lines = audit_lines(hardened, traces)
+    assert [line["status"] for line in lines] == [401] * 5 + [429, 200]
+    assert lines[5]["reason"] == "too_many_auth_failures"
+    assert all(line["client"] == "127.0.0.1" for line in lines)
+
+
+def test_what_the_request_line_brings_is_clipped_in_the_audit_log(hardened: Hardened) -> None:
+    user = {"authorization": f"Bearer {hardened.keys['user']}"}
+    url = hardened.server.url
+    long_path = httpx.get(f"{url}/v1/{'a' * 8000}", headers={**user, **trace(0xB001)})
+    assert long_path.status_code == 404
+    long_method = httpx.request("X" * 300, f"{url}/v1/models", headers={**user, **trace(0xB002)})
+    assert long_method.status_code == 405
+    traces = {f"{0xB001:032x}", f"{0xB002:032x}"}
+    assert wait_for(lambda: len(audit_lines(hardened, traces)) == 2)
+    path_line, method_line = audit_lines(hardened, traces)
+    assert path_line["path"].endswith("...[+7492]") and len(path_line["path"]) < 600
+    assert method_line["method"] == "X" * 16 + "...[+284]"
+
+
+def test_a_full_audit_disk_fails_closed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """policy.audit_fail_closed with the audit log on a full device (/dev/full: every
+    write fails with ENOSPC): once a line could not be written, protected requests get
+    503 + Retry-After; open endpoints still answer."""
+    directory = tmp_path_factory.mktemp("full-disk")
+    keys = make_store(directory / "policy.store")
+    (directory / "key").write_text(SECRET)
+    config = directory / "inferflux.toml"
+    config.write_text('[policy]\naudit_log = "/dev/full"\naudit_fail_closed = true\n')
+    servers = serving(
+        tmp_path_factory, "full-disk-server", 1, "--config", str(config),
+        "--policy-store", str(directory / "policy.store"),
+        "--policy-key-file", str(directory / "key"),
+    )  # fmt: skip
+    server = next(servers)
+    try:
+
+        def user() -> openai.OpenAI:
+            # A connection each: one whose request body was never read (refused before
+            # it) is not reused.
+            return openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["user"], max_retries=0)
+
+        assert [m.id for m in user().models.list()] == [MODEL_ID]  # its line: ENOSPC
+        for stream in (False, True):
+            with pytest.raises(openai.InternalServerError) as refused:
+                user().chat.completions.create(
+                    model=MODEL_ID,
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=2,
+                    stream=stream,
+                )
+            assert refused.value.status_code == 503
+            assert refused.value.body["code"] == "audit_unavailable"
+            assert refused.value.response.headers["retry-after"] == "5"
+        assert httpx.get(f"{server.url}/livez").status_code == 200
+        assert server.log().count("cannot write the audit log /dev/full") == 1
+    finally:
+        servers.close()
