@@ -4,6 +4,7 @@ Knows the transports layer and nothing of inference.
 """
 
 from ._actor import Actor
+from ._cluster import Node
 from ._envelope import Envelope
 from ._errors import (
     ActorCrashed,
@@ -20,6 +21,7 @@ from ._errors import (
 )
 from ._info import ActorInfo
 from ._introspection import IntrospectionServer, chaos_control, fetch_snapshot, send_command
+from ._node import NodeDown, NodeLink
 from ._process import ProcessActor, ProcessExited
 from ._registry import ActorRef, Registry, registry
 from ._supervisor import ChildSpec, RestartType, Strategy, Supervisor
@@ -37,6 +39,9 @@ __all__ = [
     "InjectedCrash",
     "IntrospectionServer",
     "MailboxFull",
+    "Node",
+    "NodeDown",
+    "NodeLink",
     "ProcessActor",
     "ProcessExited",
     "Registry",

@@ -16,7 +16,7 @@ import trio
 
 from ._base import BaseActor
 from ._envelope import Envelope, error_for_caller
-from ._errors import ActorCrashed, InjectedCrash
+from ._errors import ActorCrashed, InjectedCrash, Rejected
 from ._registry import Registry
 
 
@@ -89,6 +89,9 @@ class Actor(BaseActor):
             except trio.Cancelled:
                 envelope.fail(ActorCrashed(self.name, "stopped while handling"))
                 raise
+            except Rejected as refusal:  # an answer, not a crash
+                envelope.fail(refusal)
+                continue
             except Exception as exc:
                 envelope.fail(error_for_caller(self.name, exc))
                 raise

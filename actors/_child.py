@@ -19,7 +19,6 @@ import trio
 from transports import Channel, ChannelClosed, MessageDecodeError
 
 from ._envelope import Envelope, ReplyItem
-from ._errors import ActorCrashed, Rejected, RemoteError
 from ._link import (
     Call,
     Cast,
@@ -33,6 +32,7 @@ from ._link import (
     frame_codec,
     import_target,
 )
+from ._node import fail_frame
 from ._registry import Registry
 
 PARENT_GONE_EXIT_CODE = 70
@@ -61,20 +61,9 @@ async def _relay_replies(
                 await channel.send(Done(correlation_id, msgspec.Raw(encode(value))))
                 return
             else:
-                await channel.send(_fail_frame(correlation_id, value, codecs))
+                await channel.send(fail_frame(correlation_id, value, codecs))
                 return
         await channel.send(Fail(correlation_id, "ActorUnavailable", "stream dropped"))
-
-
-def _fail_frame(correlation_id: int, error: BaseException, codecs: PayloadCodecs) -> Fail:
-    if isinstance(error, Rejected) and codecs.errors is not None:
-        refusal = msgspec.Raw(codecs.errors.encode(error.error))
-        return Fail(correlation_id, "Rejected", str(error), refusal)
-    if isinstance(error, RemoteError):
-        return Fail(correlation_id, error.kind, error.remote_message)
-    if isinstance(error, ActorCrashed):
-        return Fail(correlation_id, "ActorCrashed", error.cause)
-    return Fail(correlation_id, type(error).__name__, str(error))
 
 
 async def serve(name: str, address: str, target: str, options: dict[str, Any]) -> None:

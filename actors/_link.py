@@ -42,8 +42,13 @@ class Fail(msgspec.Struct, tag=True, frozen=True, array_like=True):
     correlation_id: int
     kind: str
     message: str
-    error: msgspec.Raw | None = None
+
+
+class Refused(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """A refusal (actors.Rejected): its error Struct, in the actor's `error_type`."""
+
+    correlation_id: int
+    payload: msgspec.Raw
 
 
 class Stop(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -54,7 +59,7 @@ class InjectCrash(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Chaos: raise InjectedCrash inside the child's actor, as a bug there would."""
 
 
-Frame = Union[Hello, Cast, Call, Item, Done, Fail, Stop, InjectCrash]
+Frame = Union[Hello, Cast, Call, Item, Done, Fail, Refused, Stop, InjectCrash]
 frame_codec: Codec[Frame] = Codec(Frame)
 
 

@@ -37,7 +37,7 @@ from transports import Channel, ChannelClosed, Faults, MessageDecodeError, uniqu
 
 from ._base import BaseActor
 from ._envelope import Envelope
-from ._errors import ActorCrashed, ActorUnavailable, InjectedCrash, Rejected, RemoteError
+from ._errors import InjectedCrash, RemoteError
 from ._link import (
     Call,
     Cast,
@@ -47,10 +47,12 @@ from ._link import (
     InjectCrash,
     Item,
     PayloadCodecs,
+    Refused,
     Stop,
     frame_codec,
     import_target,
 )
+from ._node import failure, refusal
 from ._registry import Registry
 
 log = logging.getLogger("actors.process")
@@ -259,23 +261,14 @@ class ProcessActor(BaseActor):
                         self.messages_out += 1
                     else:  # its caller must not wait for an answer that will not come
                         envelope.fail(RemoteError(self.name, "BadReply", "undecodable reply"))
-                case Fail(correlation_id, kind, message, error):
+                case Fail(correlation_id, kind, message):
                     envelope = self._pending.pop(correlation_id, None)
                     if envelope is not None:
-                        envelope.fail(self._failure(kind, message, error))
-
-    def _failure(self, kind: str, message: str, error: msgspec.Raw | None) -> BaseException:
-        """The exception a Fail frame stands for: the same type the caller would get from
-        the actor in this process (a refusal's own Struct, the runtime's error types)."""
-        if error is not None and self.codecs.errors is not None:
-            refusal = self._decoded(self.codecs.errors.decode, error)
-            if refusal:
-                return Rejected(self.name, refusal[0])
-        if kind == "ActorCrashed":
-            return ActorCrashed(self.name, message)
-        if kind == "ActorUnavailable":
-            return ActorUnavailable(self.name, message)
-        return RemoteError(self.name, kind, message)
+                        envelope.fail(failure(self.name, kind, message))
+                case Refused(correlation_id, payload):
+                    envelope = self._pending.pop(correlation_id, None)
+                    if envelope is not None:
+                        envelope.fail(refusal(self.codecs, self.name, payload))
 
     def _decoded(self, decode: Callable[[Any], Any], payload: Any) -> tuple[Any] | None:
         """(the reply,) or None when the child sent one that does not decode: that reply

@@ -9,7 +9,7 @@ from typing import Any, Union
 import msgspec
 import trio
 
-from actors import Actor, Envelope
+from actors import Actor, Envelope, Rejected
 
 
 class Echo(msgspec.Struct, tag=True):
@@ -41,7 +41,17 @@ class Garbage(msgspec.Struct, tag=True):
     bad_end: bool = False
 
 
-TestMessage = Union[Echo, Count, Crash, Sleep, Pid, Garbage]
+class Refuse(msgspec.Struct, tag=True):
+    """Answer with a refusal in the protocol (actors.Rejected)."""
+
+    why: str
+
+
+class Nope(msgspec.Struct, tag=True, frozen=True):
+    message: str
+
+
+TestMessage = Union[Echo, Count, Crash, Sleep, Pid, Garbage, Refuse]
 
 
 class EchoActor(Actor):
@@ -49,6 +59,7 @@ class EchoActor(Actor):
 
     message_type = TestMessage
     reply_type = Union[str, int]
+    error_type = Nope
 
     def __init__(
         self,
@@ -88,6 +99,8 @@ class EchoActor(Actor):
                 return "slept"
             case Pid():
                 return os.getpid()
+            case Refuse(why):
+                raise Rejected(self.name, Nope(why))
             case Garbage(bad_end):
                 if envelope.kind == "stream":
                     for item in (1, 1.5, 2):

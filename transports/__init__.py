@@ -3,6 +3,7 @@
 from ._address import Address, AddressError, parse_address, unique_address
 from ._channel import (
     DEFAULT_RECV_MAX_SIZE,
+    TLS,
     Channel,
     ChannelClosed,
     LinkBroken,
@@ -26,6 +27,7 @@ __all__ = [
     "PeerEvent",
     "SendTimeout",
     "SocketDir",
+    "TLS",
     "parse_address",
     "unique_address",
 ]

@@ -1,4 +1,4 @@
-"""Transport addresses: the three schemes nng speaks that InferFlux uses.
+"""Transport addresses: the schemes nng speaks that InferFlux uses.
 
 An address is parsed once, up front, so a typo in a config file fails at start-up with a
 message that names the bad value, not deep inside nng with "invalid argument".
@@ -14,11 +14,12 @@ from typing import Literal
 
 import msgspec
 
-Scheme = Literal["inproc", "ipc", "tcp"]
+Scheme = Literal["inproc", "ipc", "tcp", "tls+tcp"]
 
 
 class AddressError(ValueError):
-    """An address string that is not one of inproc://NAME, ipc:///PATH, tcp://HOST:PORT."""
+    """An address string that is not one of inproc://NAME, ipc:///PATH, tcp://HOST:PORT,
+    tls+tcp://HOST:PORT."""
 
 
 class Address(msgspec.Struct, frozen=True):
@@ -36,10 +37,10 @@ class Address(msgspec.Struct, frozen=True):
         if self.scheme == "ipc":
             return f"ipc://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
-_HINT = "expected inproc://NAME, ipc:///ABSOLUTE/PATH or tcp://HOST:PORT"
+_HINT = "expected inproc://NAME, ipc:///ABSOLUTE/PATH, tcp://HOST:PORT or tls+tcp://HOST:PORT"
 # Linux limits a unix socket path (sun_path) to 108 bytes including the NUL.
 _MAX_IPC_PATH = 107
 
@@ -63,8 +64,9 @@ def parse_address(text: str) -> Address:
                 f"{text!r}: ipc path is {len(rest.encode())} bytes, the OS limit is {_MAX_IPC_PATH}"
             )
         return Address("ipc", path=rest)
-    if scheme == "tcp":
-        return _parse_tcp(text, rest)
+    if scheme in ("tcp", "tls+tcp"):
+        parsed = _parse_tcp(text, rest)
+        return Address(scheme, host=parsed.host, port=parsed.port)
     raise AddressError(f"{text!r}: unknown scheme {scheme!r}; {_HINT}")
 
 

@@ -56,6 +56,33 @@ class LinkBroken(Exception):
 _HEADER = struct.Struct("<QQ")
 
 
+class TLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Mutual TLS for tls+tcp:// links: both ends present a certificate signed by the
+    cluster CA, and refuse a peer that does not."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    server_name: str = ""
+    """The name the dialing side expects in the listener's certificate (default: the
+    address's host)."""
+
+    def config(self, server: bool, host: str) -> pynng.TLSConfig:
+        def read(path: str) -> str:
+            with open(path) as f:
+                return f.read()
+
+        mode = pynng.TLSConfig.MODE_SERVER if server else pynng.TLSConfig.MODE_CLIENT
+        return pynng.TLSConfig(
+            mode,
+            server_name=None if server else (self.server_name or host),
+            ca_string=read(self.ca_file),
+            own_cert_string=read(self.cert_file),
+            own_key_string=read(self.key_file),
+            auth_mode=pynng.TLSConfig.AUTH_MODE_REQUIRED,
+        )
+
+
 class PeerEvent(msgspec.Struct, frozen=True):
     kind: Literal["connected", "disconnected"]
     pipe_id: int
@@ -117,30 +144,45 @@ class Channel(Generic[M]):
 
     # construction ------------------------------------------------------------------
     @classmethod
-    def listen(cls, address: Address | str, codec: Codec[M], **kwargs: object) -> Channel[M]:
+    def listen(
+        cls, address: Address | str, codec: Codec[M], tls: TLS | None = None, **kwargs: object
+    ) -> Channel[M]:
         addr = parse_address(address) if isinstance(address, str) else address
         channel = cls(addr, codec, **kwargs)  # type: ignore[arg-type]
         try:
+            channel._secure(tls, server=True)
             listener = channel._socket.listen(str(addr))
-            if addr.scheme == "tcp" and addr.port == 0:
+            if addr.scheme in ("tcp", "tls+tcp") and addr.port == 0:
                 port = socket.ntohs(listener.local_address.port)
-                channel.address = Address("tcp", host=addr.host, port=port)
+                channel.address = Address(addr.scheme, host=addr.host, port=port)
         except BaseException:
             channel.close()
             raise
         return channel
 
     @classmethod
-    def dial(cls, address: Address | str, codec: Codec[M], **kwargs: object) -> Channel[M]:
+    def dial(
+        cls, address: Address | str, codec: Codec[M], tls: TLS | None = None, **kwargs: object
+    ) -> Channel[M]:
         """Dial in the background: nng connects (and reconnects) with back-off by itself."""
         addr = parse_address(address) if isinstance(address, str) else address
         channel = cls(addr, codec, **kwargs)  # type: ignore[arg-type]
         try:
+            channel._secure(tls, server=False)
             channel._socket.dial(str(addr), block=False)
         except BaseException:
             channel.close()
             raise
         return channel
+
+    def _secure(self, tls: TLS | None, server: bool) -> None:
+        if self.address.scheme != "tls+tcp":
+            if tls is not None:
+                raise ValueError(f"TLS settings given for {self.address}, which is not tls+tcp")
+            return
+        if tls is None:
+            raise ValueError(f"{self.address} needs TLS settings (ca, cert, key)")
+        self._socket.tls_config = tls.config(server, self.address.host)
 
     # who may connect -----------------------------------------------------------------
     def accept_only(self, pid: int) -> None:
@@ -266,7 +308,8 @@ class Channel(Generic[M]):
             self.duplicates_dropped += 1
             return None
         if number > self._expected:
-            raise LinkBroken(self.peer_label, self._expected, number)
+            expected, self._expected = self._expected, number + 1  # go on from here
+            raise LinkBroken(self.peer_label, expected, number)
         self._expected += 1
         return memoryview(framed)[_HEADER.size :]
 
