@@ -96,15 +96,41 @@ class Supervisor:
         self.last_error = ""
         self._slots = [_Slot(spec) for spec in children]
         self._restart_times: deque[float] = deque()
-        self._exits_in, self._exits_out = trio.open_memory_channel[tuple[_Slot, int, str]](
-            len(children) * 4 + 16
-        )
+        # Exits are rare and each is handled at once; children may be added later.
+        self._exits_in, self._exits_out = trio.open_memory_channel[tuple[_Slot, int, str]](1024)
         self._stop_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     # public ------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop_requested.set()
+
+    async def start_child(self, spec: ChildSpec) -> Child:
+        """Add a child to a running supervisor and start it (OTP's start_child): it is
+        supervised like the others from then on. A child that fails to start is not
+        added, and its error is raised."""
+        if self._nursery is None or self.state != "running":
+            raise RuntimeError(f"supervisor {self.name!r} is not running")
+        if any(slot.spec.name == spec.name for slot in self._slots):
+            raise ValueError(f"supervisor {self.name!r} already has a child {spec.name!r}")
+        slot = _Slot(spec)
+        self._slots.append(slot)
+        try:
+            await self._start(slot)
+        except BaseException:
+            self._slots.remove(slot)
+            raise
+        assert slot.instance is not None
+        return slot.instance
+
+    async def stop_child(self, name: str) -> None:
+        """Stop a child and forget it (OTP's terminate_child then delete_child); a stop,
+        not a crash: nothing is restarted and nothing counts against the intensity."""
+        slot = next((s for s in self._slots if s.spec.name == name), None)
+        if slot is None:
+            raise KeyError(name)
+        await self._stop_slots([slot])
+        self._slots.remove(slot)
 
     def child(self, name: str) -> Child | None:
         """The running instance of a child, for tests and introspection."""

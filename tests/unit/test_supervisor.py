@@ -170,3 +170,30 @@ async def test_stop_in_reverse_order_with_shutdown_timeout() -> None:
     # the stubborn child was cancelled at its 0.3 s shutdown timeout
     assert 0.3 <= elapsed < 2
     assert sup.state == "stopped"
+
+
+async def test_children_added_and_removed_while_running() -> None:
+    """OTP's start_child / terminate_child: a dynamic child is supervised like any other
+    (restarted after a crash), and a stopped one is gone for good."""
+    registry = Registry()
+    log: list[str] = []
+    root = Supervisor("root", [], max_restarts=5, max_seconds=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(root.run)
+        spec = ChildSpec("late", lambda: EchoActor("late", log=log, in_registry=registry))
+        await root.start_child(spec)
+        ref = ActorRef("late", registry)
+        assert await ref.call(Echo("hi")) == "hi"
+        with pytest.raises(ValueError, match="already has"):
+            await root.start_child(spec)
+        with pytest.raises(RemoteError):
+            await ref.call(Crash())
+        with trio.fail_after(5):
+            while log.count("start late") < 2:
+                await trio.sleep(0.01)
+        assert await ref.call(Echo("again")) == "again"  # restarted by its supervisor
+        await root.stop_child("late")
+        assert log[-1] == "stop late" and [c.name for c in root.info().children] == []
+        with pytest.raises(ActorUnavailable):
+            await ref.call(Echo("gone"))
+        root.request_stop()
