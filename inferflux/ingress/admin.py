@@ -5,12 +5,14 @@ the `admin` permission (again: the before_request gate already did) and changes 
 the change is in force for the next request, on this server, without a restart.
 
     POST   /v1/admin/keys                {name, scopes, models?, max_tokens?, max_priority?,
-                                          requests_per_minute?, tokens_per_minute?}
+                                          max_concurrent?, requests_per_minute?,
+                                          tokens_per_minute?}
                                          -> 201, the key (shown once) and its record
     GET    /v1/admin/keys                -> {"object": "list", "data": [records]}
     DELETE /v1/admin/keys/<id or name>   -> the revoked record
     GET    /v1/admin/roles               -> {name: grant}
-    PUT    /v1/admin/roles/<name>        {permissions, models?, max_tokens?, max_priority?}
+    PUT    /v1/admin/roles/<name>        {permissions, models?, max_tokens?, max_priority?,
+                                          max_concurrent?}
     DELETE /v1/admin/roles/<name>
     GET    /v1/admin/limits              -> {principal: limit}
     PUT    /v1/admin/limits/<principal>  {requests_per_minute, tokens_per_minute}

@@ -14,11 +14,11 @@ import msgspec
 import trio
 from quart import Blueprint
 
-from actors import ActorRef
+from actors import ActorError, ActorRef
 
 from ..policy.audit import AuditLog
 from ..policy.guardrails import Blocklist
-from ..policy.messages import Access, Authorize, Decision
+from ..policy.messages import Access, Authorize, Decision, Settle
 from ..scheduler.messages import Delta
 from .admin import admin_blueprint
 from .context import RequestContext
@@ -117,7 +117,13 @@ class PolicyGate:
             path=ctx.path,
             client=ctx.client,
         )
-        decision = await ask_policy(self.policy, ask)
+        try:
+            decision = await ask_policy(self.policy, ask)
+        except BaseException:
+            # Timed out or cancelled (the client left) while the policy decided: it may
+            # admit, and count, a generation nobody will run or settle. Give it up.
+            self._abandon(seq_id)
+            raise
         ctx.principal = decision.principal
         if not decision.allowed:
             ctx.denial = decision
@@ -187,6 +193,15 @@ class PolicyGate:
                     completion="\x00".join(texts),  # n > 1: the choices, NUL-separated
                     finish_reason=",".join(r or "aborted" for r in reasons),
                 )
+
+    def _abandon(self, seq_id: int) -> None:
+        settle = Settle(
+            principal="", reserved_tokens=0, used_tokens=0, seq_id=seq_id, abandoned=True
+        )
+        try:
+            self.policy.cast_nowait(settle)
+        except ActorError:
+            pass  # a policy actor that is down admitted nothing this one counts
 
     @staticmethod
     def _filtered(delta: Delta, group: GenerationGroup, index: int) -> Delta:

@@ -3,7 +3,8 @@
 A `Ticket` is opened when the policy admits a generation and closed exactly once: by the
 gate's `watch` when its last delta is out (with the completion), or, for a generation
 that never got that far, when it failed or was abandoned. Closing writes the audit line
-and gives the unused part of the reserved tokens back to the policy actor (`Settle`).
+and gives the unused part of the reserved tokens, and the generation's place among its
+principal's running ones, back to the policy actor (`Settle`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class TicketBook:
         if len(self.tickets) >= MAX_OPEN_TICKETS:
             # Every path closes its ticket, so this is a last resort against a leak. The
             # oldest may still be generating: its reservation stays spent (a refund could
-            # let the principal overspend while it runs).
+            # let the principal overspend while it runs), but its max_concurrent place is
+            # given back (kept, a leaked ticket would lock its principal out for good).
             oldest = next(iter(self.tickets.values()))
             self.close_ticket(
                 oldest, status=499, finish_reason="abandoned", reason="evicted", refund=False
@@ -116,17 +118,21 @@ class TicketBook:
         used = ticket.prompt_tokens + completion_tokens
         if status != 200 and completion_tokens == 0:
             used = 0
+        if not refund:
+            used = ticket.reserved_tokens
         try:
-            if refund:
-                self.policy.cast_nowait(
-                    Settle(
-                        principal=ticket.principal,
-                        reserved_tokens=ticket.reserved_tokens,
-                        used_tokens=min(used, ticket.reserved_tokens),
-                    )
+            # Always settled, also without a refund: the generation's place among its
+            # principal's running ones (max_concurrent) is given back either way.
+            self.policy.cast_nowait(
+                Settle(
+                    principal=ticket.principal,
+                    reserved_tokens=ticket.reserved_tokens,
+                    used_tokens=min(used, ticket.reserved_tokens),
+                    seq_id=ticket.seq_id,
                 )
+            )
         except ActorError:
-            pass  # a restarting policy actor has fresh buckets anyway
+            pass  # a restarting policy actor has fresh buckets and counts anyway
         self.record(
             trace_id=ticket.trace_id,
             principal=ticket.principal,

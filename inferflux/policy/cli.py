@@ -1,9 +1,10 @@
 """`inferflux keys | roles | limits`: manage the policy store from the command line.
 
     inferflux keys create --name N --scopes generate[,models:read,admin] --store PATH
+          [--models a,b] [--max-tokens N] [--max-priority N] [--max-concurrent N]
     inferflux keys list --store PATH [--json]
     inferflux keys revoke ID_OR_NAME --store PATH
-    inferflux roles set NAME --permissions generate[,...] [--models a,b] --store PATH
+    inferflux roles set NAME --permissions generate[,...] [--models a,b] [--max-...] --store PATH
     inferflux roles list | delete NAME --store PATH
     inferflux limits set PRINCIPAL --rpm N --tpm N --store PATH   (key:<id>, role:<name>, *)
     inferflux limits list | delete PRINCIPAL --store PATH
@@ -45,6 +46,9 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("--max-tokens", type=int, help="ceiling on max_tokens")
         parser.add_argument(
             "--max-priority", type=int, help="highest priority allowed (default: 0)"
+        )
+        parser.add_argument(
+            "--max-concurrent", type=int, help="generations running at once (default: no limit)"
         )
 
     keys = commands.add_parser("keys", help="create, list, revoke API keys").add_subparsers(
@@ -118,6 +122,8 @@ def _grant_body(args: argparse.Namespace, permissions: list[str]) -> dict[str, A
         body["max_tokens"] = args.max_tokens
     if args.max_priority is not None:
         body["max_priority"] = args.max_priority
+    if args.max_concurrent is not None:
+        body["max_concurrent"] = args.max_concurrent
     return body | {"permissions": permissions}
 
 

@@ -1,9 +1,12 @@
 """The policy decisions, as plain async methods (the actor only routes messages here).
 
-Order of checks for a generation, cheapest and most certain first: who is it (401), may it
-generate, this model, these max_tokens and this priority (403), is the prompt blocked (403),
-is it over its token rate (429, nothing reserved), does OPA agree (403, or 503/allow when
-OPA is unreachable, as configured; the reservation is given back on a denial).
+Order of checks for a generation, cheapest and most certain first: who is it (401; 429
+past the failures allowed per client address), may it generate, this model, these
+max_tokens and this priority (403), is the prompt blocked (403), is it over its
+concurrent generations (429) or its token rate (429, nothing reserved), does OPA agree
+(403, or 503/allow when OPA is unreachable, as configured; the reservation is given back
+on a denial). Only then is the generation counted as running (policy/concurrency.py),
+with no checkpoint between that last check and the count.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import trio
 
 from .admin_ops import run_admin
 from .audit import sha256
+from .concurrency import Concurrency
 from .failures import AuthFailures
 from .guardrails import Blocklist, OPAClient
 from .keys import CredentialError, key_id, matches, parse_authorization
@@ -70,6 +74,7 @@ class Policy:
     """The priority ceiling of `anonymous` (every caller while auth is off)."""
     failures: AuthFailures | None = None
     """Failed authentications per client address (None: not limited)."""
+    concurrency: Concurrency = field(default_factory=Concurrency)
     store_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -200,6 +205,9 @@ class Policy:
                 403, "the prompt contains blocked content", "content_blocked", principal=pid
             )
         limit, choices = self._limit(who), max(1, message.choices)
+        refused = self._over_concurrency(grant, pid, choices)
+        if refused is not None:
+            return refused
         completion = message.max_tokens
         if completion is None:
             completion = message.room if ceiling is None else min(message.room, ceiling)
@@ -231,7 +239,41 @@ class Policy:
                     )
                 reason = verdict.reason or "denied by policy"
                 return deny(403, f"denied by policy: {reason}", "policy_denied", principal=pid)
+            # OPA was a checkpoint: others may have started generations meanwhile.
+            refused = self._over_concurrency(grant, pid, choices)
+            if refused is not None:
+                self.limiter.give_back_tokens(pid, reserved)
+                return refused
+        if not self.concurrency.take(message.seq_id, pid, choices):
+            self.limiter.give_back_tokens(pid, reserved)  # nobody waits for this answer
+            return deny(503, "the request was abandoned", "abandoned", principal=pid)
         return Decision(allowed=True, principal=pid, max_tokens=ceiling, reserved_tokens=reserved)
+
+    def _over_concurrency(self, grant: Grant, pid: str, choices: int) -> Decision | None:
+        """429 while `pid` runs max_concurrent generations (400 for an n that never fits)."""
+        most = grant.max_concurrent
+        if most is None:
+            return None
+        if choices > most:
+            return deny(
+                400,
+                f"n={choices} generations at once is more than the {most} allowed for {pid}; "
+                "lower n",
+                "concurrency_exceeds_limit",
+                param="n",
+                principal=pid,
+            )
+        running = self.concurrency.running(pid)
+        if running + choices <= most:
+            return None
+        return deny(
+            429,
+            f"{pid} runs {running} generations, its limit of {most} at once; retry when one ends",
+            "concurrency_limit_exceeded",
+            param="max_concurrent",
+            retry_after_s=1,
+            principal=pid,
+        )
 
     def _opa_input(self, message: Authorize, who: Principal) -> dict[str, Any]:
         facts: dict[str, Any] = {
@@ -250,9 +292,13 @@ class Policy:
         return facts
 
     def settle(self, message: Settle) -> None:
+        if message.abandoned:
+            self.concurrency.abandon(message.seq_id)
+            return
         self.limiter.give_back_tokens(
             message.principal, message.reserved_tokens - message.used_tokens
         )
+        self.concurrency.release(message.seq_id)
 
     # -- the store -------------------------------------------------------------------
     async def reload_if_changed(self) -> None:

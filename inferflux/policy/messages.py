@@ -1,8 +1,9 @@
 """Messages the ingress sends the policy actor (same process: passed as objects).
 
 `Access` gates every protected HTTP request (authentication, one permission, the request
-rate); `Authorize` gates a generation (models, ceilings, guardrails, token rate, OPA);
-`Settle` gives back the tokens a finished generation reserved but did not use. `Admin`
+rate); `Authorize` gates a generation (models, ceilings, guardrails, concurrent
+generations, token rate, OPA); `Settle` gives back the tokens a finished generation
+reserved but did not use, and its place among the principal's running generations. `Admin`
 carries one admin operation. Every answer to Access/Authorize/Admin is a `Decision`.
 """
 
@@ -52,6 +53,11 @@ class Settle(msgspec.Struct, frozen=True, kw_only=True):
     principal: str
     reserved_tokens: int
     used_tokens: int
+    seq_id: int = 0
+    """The generation that ended: its count against max_concurrent is given back."""
+    abandoned: bool = False
+    """The ingress never heard the Authorize answer for seq_id (it timed out or was
+    cancelled): whatever it admitted is given back (policy/concurrency.py)."""
 
 
 AdminOp = Literal[

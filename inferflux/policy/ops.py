@@ -40,6 +40,7 @@ class KeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     models: list[str] = []
     max_tokens: PositiveInt | None = None
     max_priority: int | None = None
+    max_concurrent: PositiveInt | None = None
     requests_per_minute: NonNegativeInt | None = None
     tokens_per_minute: NonNegativeInt | None = None
 
@@ -49,6 +50,7 @@ class RoleRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     models: list[str] = []
     max_tokens: PositiveInt | None = None
     max_priority: int | None = None
+    max_concurrent: PositiveInt | None = None
 
 
 class LimitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +78,7 @@ def create_key(data: StoreData, request: KeyRequest) -> tuple[str, ApiKey, Store
         models=request.models,
         max_tokens=request.max_tokens,
         max_priority=request.max_priority,
+        max_concurrent=request.max_concurrent,
     )
     key, record = new_key(request.name, grant)
     new = copy(data)
@@ -119,6 +122,7 @@ def put_role(data: StoreData, name: str, request: RoleRequest) -> StoreData:
         models=request.models,
         max_tokens=request.max_tokens,
         max_priority=request.max_priority,
+        max_concurrent=request.max_concurrent,
     )
     return new
 

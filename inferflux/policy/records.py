@@ -1,11 +1,12 @@
 """What the policy store holds: API keys (hashes only), roles, rate limits.
 
 A `Grant` is what a principal may do: permissions plus ceilings (models, max_tokens,
-priority). API keys carry their own grant; OIDC principals get the
-union of the grants of the roles their token names. Empty `models` and a `None` max_tokens
-mean "no restriction". A `None` max_priority does not: priority preempts other callers'
-work, so it is a privilege granted explicitly, and a grant without one has the ceiling 0
-(the default priority). Stores written before this rule read their `None` the new way.
+priority, generations at once). API keys carry their own grant; OIDC principals get the
+union of the grants of the roles their token names. Empty `models`, a `None` max_tokens
+and a `None` max_concurrent mean "no restriction". A `None` max_priority does not:
+priority preempts other callers' work, so it is a privilege granted explicitly, and a
+grant without one has the ceiling 0 (the default priority). Stores written before this
+rule read their `None` the new way.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class Grant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_priority: int | None = None
     """Highest `priority` a request may ask for; None: 0 (DEFAULT_MAX_PRIORITY), so only
     a grant that says so lets a request jump the queue."""
+
+    max_concurrent: int | None = None
+    """Generations (choices: n=4 is 4) this principal may run at once; beyond it 429 with
+    Retry-After. None: no limit."""
 
     def allows_model(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -60,8 +65,15 @@ def merge(grants: list[Grant]) -> Grant:
     max_priority = None  # not "unlimited": see Grant.max_priority
     if any(g.max_priority is not None for g in generating):
         max_priority = max(g.priority_ceiling for g in generating)
+    max_concurrent = None
+    if all(g.max_concurrent is not None for g in generating):
+        max_concurrent = max(g.max_concurrent for g in generating if g.max_concurrent is not None)
     return Grant(
-        permissions=permissions, models=models, max_tokens=max_tokens, max_priority=max_priority
+        permissions=permissions,
+        models=models,
+        max_tokens=max_tokens,
+        max_priority=max_priority,
+        max_concurrent=max_concurrent,
     )
 
 
@@ -90,6 +102,7 @@ class ApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "models": list(self.grant.models),
             "max_tokens": self.grant.max_tokens,
             "max_priority": self.grant.max_priority,
+            "max_concurrent": self.grant.max_concurrent,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }

@@ -1,6 +1,7 @@
 """The policy's hardening on a real server: the store passphrase kept from the worker's
 environment, a store file that turns unreadable while serving, priority as a privilege,
-failed authentications limited per address, the audit log bounded and failing closed.
+failed authentications limited per address, the audit log bounded and failing closed, a
+key's generations at once bounded by max_concurrent.
 Clients: the official `openai` client and httpx."""
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def make_store(path: Path) -> dict[str, str]:
     requests = {
         "user": ops.KeyRequest(name="user", scopes=["generate", "models:read"]),
         "boss": ops.KeyRequest(name="boss", scopes=["generate"], max_priority=5),
+        "solo": ops.KeyRequest(name="solo", scopes=["generate"], max_concurrent=1),
+        "admin": ops.KeyRequest(name="admin", scopes=["admin"]),
     }
     keys: dict[str, str] = {}
 
@@ -218,3 +221,50 @@ def test_a_full_audit_disk_fails_closed(tmp_path_factory: pytest.TempPathFactory
         assert server.log().count("cannot write the audit log /dev/full") == 1
     finally:
         servers.close()
+
+
+def test_max_concurrent_bounds_the_generations_a_key_runs_at_once(hardened: Hardened) -> None:
+    url, solo = hardened.server.url, hardened.keys["solo"]  # max_concurrent 1
+    body = {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {solo}"}
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", headers=headers, json=body, timeout=60
+    ) as running:
+        assert running.status_code == 200
+        lines = running.iter_lines()  # held: a dropped iterator closes the stream
+        next(lines)
+        with pytest.raises(openai.RateLimitError) as over:
+            chat(hardened, solo)
+        assert over.value.body["code"] == "concurrency_limit_exceeded"
+        assert over.value.response.headers["retry-after"] == "1"
+        assert chat(hardened, hardened.keys["user"]).choices  # other keys: not affected
+    with pytest.raises(openai.BadRequestError) as never:
+        chat(hardened, solo, n=2)  # two generations at once can never fit
+    assert never.value.body["code"] == "concurrency_exceeds_limit"
+
+    def served() -> bool:
+        try:
+            return bool(chat(hardened, solo).choices)
+        except openai.RateLimitError:
+            return False
+
+    assert wait_for(served)  # the stream the client left ended: its place is back
+    admin = {"authorization": f"Bearer {hardened.keys['admin']}"}
+    made = httpx.post(
+        f"{url}/v1/admin/keys",
+        headers=admin,
+        json={"name": "pair", "scopes": ["generate"], "max_concurrent": 2},
+    )
+    assert made.status_code == 201 and made.json()["max_concurrent"] == 2
+    role = httpx.put(
+        f"{url}/v1/admin/roles/crawler",
+        headers=admin,
+        json={"permissions": ["generate"], "max_concurrent": 3},
+    )
+    assert role.status_code == 200 and role.json()["max_concurrent"] == 3

@@ -114,3 +114,22 @@ def test_run_with_a_store_asking_for_absurd_scrypt_parameters_exits_2(tmp_path: 
     assert result.returncode == 2, result.stderr
     assert "scrypt log2_n = 56, outside the accepted" in result.stderr
     assert "Traceback" not in result.stderr and "panicked" not in result.stderr
+
+
+def test_max_concurrent_on_keys_and_roles(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    code, out, _ = run(
+        capsys, "keys", "create", "--name", "batch", "--scopes", "generate",
+        "--max-concurrent", "3", "--store", store,
+    )  # fmt: skip
+    assert code == 0
+    listed = json.loads(run(capsys, "keys", "list", "--json", "--store", store)[1])
+    assert listed[0]["max_concurrent"] == 3
+    assert run(capsys, "roles", "set", "crawler", "--permissions", "generate",
+               "--max-concurrent", "2", "--store", store)[0] == 0  # fmt: skip
+    roles = json.loads(run(capsys, "roles", "list", "--store", store)[1])
+    assert roles["crawler"]["max_concurrent"] == 2
+    code, _, err = run(
+        capsys, "keys", "create", "--name", "zero", "--scopes", "generate",
+        "--max-concurrent", "0", "--store", store,
+    )  # fmt: skip
+    assert code == 2 and "max_concurrent" in err  # at least 1 (none: leave the flag out)

@@ -60,7 +60,8 @@ def policy(store: PolicyStore | None, **kw: object) -> Policy:
 
 def ask(key: str, **kw: object) -> Authorize:
     fields: dict[str, object] = {"credential": f"Bearer {key}", "room": 100, **kw}
-    return Authorize(1, fields.pop("model", MODEL), fields.pop("prompt_tokens", 10), **fields)  # type: ignore[arg-type]
+    seq_id, model = fields.pop("seq_id", 1), fields.pop("model", MODEL)
+    return Authorize(seq_id, model, fields.pop("prompt_tokens", 10), **fields)  # type: ignore[arg-type]
 
 
 async def test_rbac_ceilings_and_models(tmp_path: Path) -> None:
