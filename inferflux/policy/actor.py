@@ -9,8 +9,9 @@ Access/Authorize are answered from tasks in the actor's nursery (the envelope is
 not in the handle loop: a JWKS fetch or an OPA round trip for one request must not hold up
 every other request. Rate-limit buckets are checked and charged without a checkpoint in
 between, so concurrent decisions cannot overspend. Admin operations run in the handle loop,
-one at a time. A restart (supervised like any actor) starts from fresh buckets and JWKS
-cache; the store object, already decrypted at startup, is kept.
+one at a time. Not stateless: a restart (supervised like any actor) starts from fresh rate
+and failed-authentication buckets, no running generations (max_concurrent) and an empty
+JWKS cache; the store object, already decrypted at startup, is kept.
 """
 
 from __future__ import annotations
