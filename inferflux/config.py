@@ -80,8 +80,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Context window per sequence (prompt + completion tokens), in tokens."""
     threads: int = 0
     """CPU threads for llama.cpp. 0: all cores."""
-    gpu_layers: int = 0
-    """Layers offloaded to the GPU (CUDA builds). 0: CPU only; 999: all."""
+    gpu_layers: int = -1
+    """Layers offloaded to the GPU (CUDA builds of llama-cpp-python). -1: all of them when
+    llama.cpp finds a GPU, none otherwise; 0: CPU only; n: the last n layers."""
 
 
 class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,6 +102,27 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     (streams already under way get a 503 error event)."""
     prefix_cache: bool = True
     """Reuse the KV cells of a shared prompt prefix instead of recomputing them."""
+
+
+class SpeculativeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Speculative decoding inside the batched step (docs/architecture.md)."""
+
+    enabled: bool = False
+    """Draft tokens and verify them in the shared batch. Output is unchanged: identical
+    text at temperature 0 (and for seeded requests), the model's distribution otherwise."""
+    method: Literal["ngram"] = "ngram"
+    """Where drafts come from. ngram: prompt lookup, a copy of what followed the
+    sequence's last tokens earlier in its prompt or output."""
+    max_draft_tokens: int = 8
+    """Most draft tokens one sequence verifies per step (1-62)."""
+    ngram_min: int = 2
+    """Shortest run of last tokens looked up for a draft."""
+    ngram_max: int = 6
+    """Longest run of last tokens looked up (tried first)."""
+    adaptive: bool = True
+    """Draft only where the measured step cost and the sequence's acceptance rate predict
+    a gain, which turns drafting off as the batch fills. false: every sequence with a
+    match drafts max_draft_tokens (for measurements)."""
 
 
 class SupervisionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -189,6 +211,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig = msgspec.field(default_factory=SpeculativeConfig)
     supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
 
@@ -284,6 +307,16 @@ def _check(config: Config) -> None:
         problems.append(
             "scheduler.step_tokens must be >= scheduler.n_parallel "
             "(every running sequence decodes one token per step)"
+        )
+    spec = config.speculative
+    if not 1 <= spec.max_draft_tokens <= 62:
+        # A sequence's draft rows and its pending token stay under 64 rows, the size where
+        # ggml's CPU attention changes kernel (and rounding): see worker/engine.py.
+        problems.append(f"speculative.max_draft_tokens must be 1-62, got {spec.max_draft_tokens}")
+    if not 1 <= spec.ngram_min <= spec.ngram_max <= 32:
+        problems.append(
+            "speculative.ngram_min and ngram_max must satisfy 1 <= ngram_min <= ngram_max "
+            f"<= 32, got {spec.ngram_min} and {spec.ngram_max}"
         )
     server = config.server
     if server.chaos_poison_text and not server.chaos:

@@ -97,6 +97,8 @@ class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=Fals
     n_tokens: int  # tokens in this step's batch (decode + prefill)
     duration_s: float
     outputs: list[SeqOutput]
+    n_drafted: int = 0  # speculative decoding: draft tokens verified in this step
+    n_accepted: int = 0  # ... and how many of them were accepted
 
 
 WorkerReply = Union[WorkerReady, StepResult]

@@ -59,6 +59,16 @@ class Metrics:
         self.step_duration = histogram(
             "step_duration_seconds", "Engine step time.", LATENCY_BUCKETS
         )
+        # Speculative decoding (vLLM's spec_decode_* names).
+        self.spec_drafted = counter(
+            "spec_decode_num_draft_tokens", "Draft tokens verified (speculative decoding)."
+        )
+        self.spec_accepted = counter(
+            "spec_decode_num_accepted_tokens", "Draft tokens accepted (speculative decoding)."
+        )
+        self.spec_acceptance = gauge(
+            "spec_decode_acceptance_rate", "Accepted / drafted tokens since the server started."
+        )
         self.labels = {"model": model, "role": role}
 
     def watch_tree(self, snapshot: Callable[[], ActorInfo]) -> None:

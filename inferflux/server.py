@@ -18,6 +18,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import msgspec
 import trio
 
 from actors import (
@@ -103,6 +104,7 @@ def build_server(
                 "step_tokens": sched.step_tokens,
                 "threads": config.model.threads,
                 "gpu_layers": config.model.gpu_layers,
+                "speculative": msgspec.structs.asdict(config.speculative),
                 "crash_on_text": config.server.chaos_poison_text if config.server.chaos else "",
             },
             role="worker",

@@ -117,6 +117,8 @@ class Scheduler(Actor):
         self.worker_seen = False  # a WorkerReady after the first one is a restarted worker
         self.steps = 0
         self.max_batch_seen = 0
+        self.drafted = 0  # speculative decoding: draft tokens the worker verified
+        self.accepted = 0
         self.worker_restarts = 0
 
     # requests ------------------------------------------------------------------------
@@ -333,6 +335,8 @@ class Scheduler(Actor):
         self.max_batch_seen = max(self.max_batch_seen, result.n_seqs)
         self.metrics.of(self.metrics.batch_size).observe(result.n_seqs)
         self.metrics.of(self.metrics.step_duration).observe(result.duration_s)
+        if result.n_drafted:
+            self._count_drafts(result.n_drafted, result.n_accepted)
         now = time.monotonic()
         for out in result.outputs:
             request = self.running.get(out.seq_id)
@@ -355,6 +359,13 @@ class Scheduler(Actor):
                 continue
             self._finish(request, out)
         self._admit_waiting()
+
+    def _count_drafts(self, drafted: int, accepted: int) -> None:
+        self.drafted += drafted
+        self.accepted += accepted
+        self.metrics.of(self.metrics.spec_drafted).inc(drafted)
+        self.metrics.of(self.metrics.spec_accepted).inc(accepted)
+        self.metrics.of(self.metrics.spec_acceptance).set(self.accepted / self.drafted)
 
     def _record_timing(self, request: Request, now: float, n: int) -> None:
         if not request.first_token_at:

@@ -17,10 +17,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# llama_cpp before anything imports numpy (constraint.py does): on the CUDA image
+# numpy first makes model loading segfault (shared/notes/ENVIRONMENT.md).
+import llama_cpp  # noqa: F401
 import trio
 
 from actors import Actor, ActorUnavailable, Envelope
 
+from ..config import SpeculativeConfig
 from ..messages import (
     Admit,
     Attach,
@@ -49,6 +53,7 @@ class DeviceWorker(Actor):
         step_tokens: int,
         threads: int,
         gpu_layers: int = 0,
+        speculative: dict | None = None,
         crash_on_text: str = "",
         **kwargs: Any,
     ) -> None:
@@ -59,6 +64,8 @@ class DeviceWorker(Actor):
         self.step_tokens = step_tokens
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.gpu_layers = gpu_layers
+        # [speculative] of the server's config, as a dict (it crosses the process line)
+        self.speculative = SpeculativeConfig(**speculative) if speculative else None
         self.engine: Engine | None = None
         self._results: Envelope | None = None
         self._wake = trio.Event()
@@ -78,7 +85,7 @@ class DeviceWorker(Actor):
             n_batch=self.step_tokens,
             n_threads=self.threads,
         )
-        self.engine = Engine(model, context)
+        self.engine = Engine(model, context, self.speculative)
         self.nursery.start_soon(self._step_loop)
 
     async def stopping(self) -> None:

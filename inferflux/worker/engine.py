@@ -6,72 +6,61 @@ Each step packs, in this order and within `step_tokens`:
      takes several steps and never stalls the decodes of others).
 Logits are requested only where a token must be sampled (a decode, or the last chunk of a
 prompt). Sampling, detokenization and stop strings then run per sequence, and the step's
-outcome is one StepResult for all of them.
+outcome is one StepResult for all of them. With speculative decoding on, a decoding
+sequence may add draft tokens after its pending one, with logits at each, in the room the
+prompt chunks left (worker/speculative.py: which, how many, and why that changes no
+output).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import llama_cpp as L
-import numpy as np
 
-from ..messages import Admit, SeqOutput, StepResult, TokenLogprob
+from ..config import SpeculativeConfig
+from ..messages import Admit, SeqOutput, StepResult
 from .constraint import Constraint, GrammarError
 from .llama import Context, Model
+from .logprobs import log_softmax, token_logprob
 from .output import TextOutput
 from .sampling import Sampler
+from .sequence import Sequence
+from .speculation import Speculation
 
 # ggml's CPU flash attention rounds the rows of any chunk below 64 rows of one stream the
-# way it rounds a lone decode, and switches to a tiled kernel that rounds differently at 64
-# (GGML_FA_TILE_Q). So:
+# way it rounds a decode in company, and switches to a tiled kernel that rounds differently
+# at 64 (GGML_FA_TILE_Q). A single row of a single stream (a sequence alone in its
+# ubatch) with 512 or more KV cells in view takes a third, split-KV kernel. So:
 # - recompute replays the tokens a client already has (decodes the first time) in chunks
 #   of at most this many;
-# - a prompt's last rows get a chunk of their own of at most this many, so the logits of
-#   its first token are the same whether the prompt was prefilled cold or all but its last
-#   token came from the prefix cache (same seed, same request, same output). That costs
-#   one extra step for prompts over 63 tokens; earlier chunks keep full size (capping
-#   them too costs 3x on long-prompt prefill).
+# - a prompt of more than this many tokens ends with its last token alone, a chunk of
+#   one row: a prefix-cache hit on the same prompt reuses all but that token and decodes
+#   it alone too, so its logits (the first token) come from the same kernel either way
+#   (same seed, same request, same output), alone or in company, short or long. Until
+#   now the last 63 rows went alone: that broke the equality past 256 cells (the cached
+#   row took the split-KV kernel; measured, 716-token prompt: max logit difference 0.49)
+#   and made a 716-token prompt's prefill 3% slower (one-row kernel for 63 rows: 6.8 ms
+#   a row against 4.9 in a tiled chunk). Earlier chunks keep full size (capping them too
+#   costs 3x on long-prompt prefill).
 SMALL_CHUNK = 63
 
 log = logging.getLogger("inferflux.worker")
 
 
-@dataclass(eq=False)
-class Sequence:
-    seq_id: int
-    slot: int
-    tokens: list[int]  # prefilled in chunks: the prompt (+ on recompute what was generated)
-    n_past: int  # tokens of this sequence already in the KV cache
-    sampler: Sampler
-    output: TextOutput
-    max_tokens: int
-    n_generated: int
-    ignore_eos: bool
-    n_prompt: int  # tokens[:n_prompt] is the prompt, the rest was generated (recompute)
-    constraint: Constraint | None = None  # structured output: masks logits each step
-    logprobs: int = -1  # SamplingParams.logprobs
-    next_token: int = -1  # sampled, not yet decoded
-    logit_index: int = -1
-    prompt_done_this_step: int = 0
-    new_tokens: list[int] = field(default_factory=list)
-    new_text: list[str] = field(default_factory=list)
-    new_logprobs: list[TokenLogprob] = field(default_factory=list)
-
-    @property
-    def prefilling(self) -> bool:
-        return self.n_past < len(self.tokens)
-
-
 class Engine:
-    def __init__(self, model: Model, context: Context) -> None:
+    def __init__(
+        self, model: Model, context: Context, speculative: SpeculativeConfig | None = None
+    ) -> None:
         self.model = model
         self.context = context
         self.sequences: dict[int, Sequence] = {}
         self._finished: list[SeqOutput] = []
         self.steps = 0
+        self.spec: Speculation | None = None
+        if speculative is not None and speculative.enabled:
+            self.spec = Speculation(speculative, context)
 
     @property
     def idle(self) -> bool:
@@ -123,8 +112,11 @@ class Engine:
             n_prompt=len(admit.tokens) - admit.n_generated,
             constraint=constraint,
             logprobs=admit.sampling.logprobs,
+            fast_greedy=sampler.plain_greedy and constraint is None and admit.sampling.logprobs < 0,
         )
         self.sequences[admit.seq_id] = seq
+        if self.spec is not None:
+            self.spec.add(admit.seq_id, admit.tokens)
         if replayed[admit.text_sent :]:
             seq.new_text.append(replayed[admit.text_sent :])
 
@@ -137,15 +129,29 @@ class Engine:
     def step(self) -> StepResult:
         start = time.perf_counter()
         n_tokens, batch_seqs = self._fill_batch()
+        n_drafted = n_accepted = 0
         if n_tokens:
             code = self.context.decode(n_tokens)
             if code != 0:
                 self._on_decode_failure(code, batch_seqs)
             else:
+                self._pick_greedy(batch_seqs)
                 for seq in batch_seqs:
-                    seq.n_past += seq.prompt_done_this_step or 1
-                    if seq.logit_index >= 0:
-                        self._sample(seq)
+                    if seq.prompt_done_this_step:
+                        seq.n_past += seq.prompt_done_this_step
+                        if seq.logit_index >= 0:
+                            self._emit(seq, self._sample_row(seq, seq.logit_index))
+                    elif seq.draft:
+                        n_drafted += len(seq.draft)
+                        n_accepted += self._verify(seq)
+                    else:
+                        seq.n_past += 1
+                        token = self._sample_row(seq, seq.logit_index)
+                        if self.spec is not None:
+                            self.spec.score_shadow(seq.seq_id, token)
+                        self._emit(seq, token)
+                    seq.logit_index = -1
+                    seq.picks = None
         outputs = self._finished
         self._finished = []
         for seq in self.sequences.values():
@@ -164,84 +170,145 @@ class Engine:
                 seq.new_tokens, seq.new_text, seq.new_logprobs = [], [], []
             seq.prompt_done_this_step = 0
         self.steps += 1
+        duration = time.perf_counter() - start
+        if self.spec is not None and n_tokens:
+            self.spec.observe_step(duration)
         return StepResult(
-            self.steps, len(batch_seqs), n_tokens, time.perf_counter() - start, outputs
+            self.steps,
+            len(batch_seqs),
+            n_tokens,
+            duration,
+            outputs,
+            n_drafted,
+            n_accepted,
         )
 
     def _fill_batch(self) -> tuple[int, list[Sequence]]:
-        """Choose this step's tokens (decodes first, then prompt chunks, within the budget),
-        then lay them out in slot order: llama.cpp splits a batch over per-slot KV streams
-        into ubatches of consecutive slots, so slot order keeps a step at one ubatch plus
-        one per multi-token chunk."""
+        """Choose this step's tokens (decodes first, then prompt chunks, then drafts, within
+        the budget), then lay them out in slot order: llama.cpp splits a batch over per-slot
+        KV streams into ubatches of consecutive slots, so slot order keeps a step at one
+        ubatch plus one per multi-token chunk (or draft)."""
         capacity = self.context.n_batch
-        planned: list[tuple[Sequence, int]] = []  # (sequence, tokens this step)
+        planned: list[tuple[Sequence, int]] = []  # (sequence, prompt tokens this step)
         room = capacity
+        decoding = []
         for seq in self.sequences.values():
             if not seq.prefilling and room > 0:
                 planned.append((seq, 1))
+                decoding.append(seq)
                 room -= 1
         for seq in self.sequences.values():
             if seq.prefilling and room > 0:
                 if seq.n_past < seq.n_prompt:  # the prompt; replayed tokens start a new chunk
                     left = seq.n_prompt - seq.n_past
                     n = min(room, left)
-                    if n == left and n > SMALL_CHUNK:
-                        n -= SMALL_CHUNK  # the last rows go alone, next step
+                    if n == left and n > 1 and seq.n_prompt > SMALL_CHUNK:
+                        n -= 1  # the last token goes alone, next step
                 else:
                     n = min(room, SMALL_CHUNK, len(seq.tokens) - seq.n_past)
                 planned.append((seq, n))
                 room -= n
-        batch = self.context.batch
-        i = 0
+        if self.spec is not None and decoding:
+            self.spec.draft(decoding, planned, room, self.context.cells_per_slot)
+        # Python lists, then one slice assignment per batch array (Context.fill): per-row
+        # ctypes writes cost ~0.3 ms a step at 128 sequences.
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits: list[int] = []
+        n_outputs = 0
         for seq, n in sorted(planned, key=lambda p: p[0].slot):
             if not seq.prefilling:
-                self._put(batch, i, seq.next_token, seq.n_past, seq.slot, True)
-                seq.logit_index = i
+                rows = 1 + len(seq.draft)
+                seq.logit_index = len(tokens)
+                seq.output_index = n_outputs
+                tokens.append(seq.next_token)
+                tokens += seq.draft
+                positions += range(seq.n_past, seq.n_past + rows)
+                slots += [seq.slot] * rows
+                logits += [1] * rows
+                n_outputs += rows
                 seq.prompt_done_this_step = 0
-                i += 1
                 continue
-            chunk = seq.tokens[seq.n_past : seq.n_past + n]
             completes = seq.n_past + n == len(seq.tokens)
-            for j, token in enumerate(chunk):
-                last = completes and j == n - 1
-                self._put(batch, i + j, token, seq.n_past + j, seq.slot, last)
-            seq.logit_index = i + n - 1 if completes else -1
+            tokens += seq.tokens[seq.n_past : seq.n_past + n]
+            positions += range(seq.n_past, seq.n_past + n)
+            slots += [seq.slot] * n
+            logits += [0] * n
+            seq.logit_index = -1
+            if completes:
+                logits[-1] = 1
+                seq.logit_index = len(tokens) - 1
+                seq.output_index = n_outputs
+                n_outputs += 1
             seq.prompt_done_this_step = n
-            i += n
+        self._n_outputs = n_outputs
+        i = self.context.fill(tokens, positions, slots, logits)
         return i, [seq for seq, _ in planned]
 
-    @staticmethod
-    def _put(batch: object, i: int, token: int, pos: int, slot: int, logits: bool) -> None:
-        batch.token[i] = token
-        batch.pos[i] = pos
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = slot
-        batch.logits[i] = logits
+    def _pick_greedy(self, batch_seqs: list[Sequence]) -> None:
+        """Plain greedy sequences (no penalties, bias, grammar or logprobs) take the argmax
+        of their rows all at once, in numpy, instead of one sampler-chain call per row
+        (each copies the whole vocabulary into a candidate array: ~0.1 ms a row here,
+        which at 128 sequences on a GPU would outlast the decode itself). Same token: the
+        greedy sampler also takes the first maximum."""
+        fast = [seq for seq in batch_seqs if seq.logit_index >= 0 and seq.fast_greedy]
+        if not fast:
+            return
+        rows: list[int] = []
+        for seq in fast:
+            rows += range(seq.output_index, seq.output_index + 1 + len(seq.draft))
+        picks = self.context.output_logits(self._n_outputs)[rows].argmax(axis=1).tolist()
+        start = 0
+        for seq in fast:
+            end = start + 1 + len(seq.draft)
+            seq.picks = picks[start:end]
+            start = end
 
-    def _sample(self, seq: Sequence) -> None:
-        log_probs = None
+    def _verify(self, seq: Sequence) -> int:
+        """Sample the rows of a drafted sequence in order (speculative.verify); keep the KV
+        of the accepted draft tokens, drop the rest. Returns how many were accepted."""
+        draft, base, first = seq.draft, seq.n_past, seq.logit_index
+        seq.draft = []
+
+        def sample(j: int) -> int:
+            seq.n_past = base + 1 + j  # rows 0..j are real tokens now
+            return self._sample_row(seq, first + j)
+
+        accepted = self.spec.verify(seq.seq_id, draft, sample, lambda t: self._emit(seq, t))
+        self.context.seq_rm(seq.slot, seq.n_past)  # the rejected drafts' cells
+        return accepted
+
+    def _sample_row(self, seq: Sequence, index: int) -> int:
+        """Sample the sequence's next token from the logits at batch row `index` (and keep
+        its logprob for _emit when asked for)."""
+        if seq.picks is not None:
+            return seq.picks[index - seq.logit_index]
+        seq.pending_logprob = None
         if seq.logprobs >= 0 or seq.constraint is not None:  # most sequences need neither
-            logits = L.llama_get_logits_ith(self.context.ptr, seq.logit_index)
+            logits = L.llama_get_logits_ith(self.context.ptr, index)
             # Logprobs are the model's own distribution, read before any grammar mask.
             if seq.logprobs >= 0:
-                log_probs = log_softmax(logits, self.model.info.n_vocab)
+                seq.pending_logprob = log_softmax(logits, self.model.info.n_vocab)
             if seq.constraint is not None:
                 seq.constraint.apply(logits)
-        token = seq.sampler.sample(self.context.ptr, seq.logit_index)
-        seq.logit_index = -1
+        return seq.sampler.sample(self.context.ptr, index)
+
+    def _emit(self, seq: Sequence, token: int) -> bool:
+        """A sampled token joins the output (or ends the sequence). False: finished."""
         if self.model.is_eog(token) and not seq.ignore_eos:
             self._finish(seq, "stop")
-            return
+            return False
         seq.n_generated += 1
         seq.new_tokens.append(token)
         seq.new_text.append(seq.output.feed(self.model.piece(token)))
-        if log_probs is not None:
-            seq.new_logprobs.append(token_logprob(log_probs, token, seq.logprobs))
+        if seq.pending_logprob is not None:
+            seq.new_logprobs.append(token_logprob(seq.pending_logprob, token, seq.logprobs))
         if seq.constraint is not None:
             seq.constraint.consume(token)
             if seq.constraint.failed:  # a runtime limit of the grammar engine: say so
                 self._finish(seq, "error", f"constrained decoding failed: {seq.constraint.failed}")
-                return
+                return False
         if seq.output.stopped or (seq.constraint is not None and seq.constraint.complete):
             self._finish(seq, "stop")
         elif seq.n_generated >= seq.max_tokens:
@@ -251,6 +318,10 @@ class Engine:
             self._finish(seq, "length")
         else:
             seq.next_token = token
+            if self.spec is not None:
+                self.spec.extend(seq.seq_id, token)
+            return True
+        return False
 
     def _finish(self, seq: Sequence, reason: str, error: str = "") -> None:
         if reason in ("stop", "length"):
@@ -269,6 +340,8 @@ class Engine:
         )
         seq.sampler.close()
         del self.sequences[seq.seq_id]
+        if self.spec is not None:
+            self.spec.remove(seq.seq_id)
 
     def _on_decode_failure(self, code: int, batch_seqs: list[Sequence]) -> None:
         """KV cache full (code 1): preempt the newest sequence in the batch; the scheduler
@@ -279,6 +352,7 @@ class Engine:
         for seq in batch_seqs:
             seq.prompt_done_this_step = 0
             seq.logit_index = -1
+            seq.draft = []
             self.context.seq_rm(seq.slot, seq.n_past)  # nothing half-written survives
         # The failed ubatch may have left partial cells for the victim: drop them.
         self.context.seq_rm(victim.slot, 0)
@@ -295,19 +369,6 @@ class Engine:
     def close(self) -> None:
         for seq in self.sequences.values():
             seq.sampler.close()
+            if self.spec is not None:
+                self.spec.remove(seq.seq_id)
         self.sequences.clear()
-
-
-def log_softmax(logits: object, n_vocab: int) -> np.ndarray:
-    row = np.ctypeslib.as_array(logits, shape=(n_vocab,)).astype(np.float64)
-    top = row.max()
-    return row - (top + np.log(np.exp(row - top).sum()))
-
-
-def token_logprob(log_probs: np.ndarray, token: int, k: int) -> TokenLogprob:
-    top: list[tuple[int, float]] = []
-    if k > 0:
-        best = np.argpartition(log_probs, -k)[-k:]
-        best = best[np.argsort(log_probs[best])[::-1]]
-        top = [(int(t), float(log_probs[t])) for t in best]
-    return TokenLogprob(token, float(log_probs[token]), top)

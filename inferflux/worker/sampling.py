@@ -32,6 +32,13 @@ class Sampler:
                 )
             )
         self._greedy = params.temperature <= 0.0
+        # Greedy with nothing that changes the logits first: the engine may take the
+        # argmax itself (Engine._pick_greedy), the chain would pick the same token.
+        self.plain_greedy = (
+            self._greedy
+            and not params.logit_bias
+            and not (params.presence_penalty or params.frequency_penalty)
+        )
         if self._greedy:
             add(L.llama_sampler_init_greedy())
             return

@@ -28,6 +28,9 @@ def test_precedence_file_then_env_then_flags(tmp_path) -> None:
         ("[server]\nport = 'x'\n", "Expected `int`"),
         ("[server]\nport = 70000\n", "server.port"),
         ("[scheduler]\nn_parallel = 64\nstep_tokens = 8\n", "step_tokens"),
+        ("[speculative]\nmax_draft_tokens = 64\n", "speculative.max_draft_tokens must be 1-62"),
+        ("[speculative]\nngram_min = 5\nngram_max = 3\n", "ngram_min <= ngram_max"),
+        ("[speculative]\nmethod = 'model'\n", "Invalid enum value 'model'"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text: str, complaint: str) -> None:
@@ -35,6 +38,11 @@ def test_bad_config_is_a_clear_error(tmp_path, text: str, complaint: str) -> Non
     path.write_text(text)
     with pytest.raises(ConfigError, match=complaint):
         load_config(str(path), env={})
+
+
+def test_speculative_decoding_is_turned_on_from_the_environment() -> None:
+    config = load_config(env={"INFERFLUX_SPECULATIVE_ENABLED": "true"})
+    assert config.speculative.enabled and config.speculative.adaptive
 
 
 def test_bad_environment_value_names_the_variable() -> None:
