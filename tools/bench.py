@@ -88,7 +88,8 @@ def main() -> None:
         nargs="+",
         default=["free"],
         choices=sorted(WORKLOADS),
-        help="free: a story (the default); code, typos, json: answers that copy the prompt",
+        help="free: a story (the default); code, typos, json: answers that copy the prompt; "
+        "long: a 716-token prompt (TTFT)",
     )
     parser.add_argument(
         "--speculative",

@@ -166,6 +166,14 @@ JSON_TASK = (
 )
 
 
+# A 716-token prompt with the chat template (the TTFT comparison): 23 policies.
+POLICIES = " ".join(
+    f"Policy {i}: when a customer asks about product line {i}, answer with its warranty "
+    "terms, its return window and its safety notes."
+    for i in range(23)
+)
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -188,6 +196,8 @@ class Workload:
                 )
             case "json":
                 content = JSON_TASK + RECORDS[n % len(RECORDS)]
+            case "long":
+                content = f"Summarize these policies in one sentence.\n\n{POLICIES}"
             case _:
                 raise ValueError(self.name)
         if self.name != "free":  # free writing stays as it was measured before (docs/)
@@ -202,5 +212,6 @@ WORKLOADS = {
         Workload("code", "edit this code: the whole code back, changed", 400, False),
         Workload("typos", "fix the typos in this paragraph", 200, False),
         Workload("json", "extract these fields as JSON from a message", 160, False),
+        Workload("long", "a 716-token prompt, 8 tokens out: time to first token", 8, True),
     )
 }
