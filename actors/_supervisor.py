@@ -109,7 +109,7 @@ class Supervisor:
         """Add a child to a running supervisor and start it (OTP's start_child): it is
         supervised like the others from then on. A child that fails to start is not
         added, and its error is raised."""
-        if self._nursery is None or self.state != "running":
+        if self._nursery is None or self.state not in ("starting", "running"):
             raise RuntimeError(f"supervisor {self.name!r} is not running")
         if any(slot.spec.name == spec.name for slot in self._slots):
             raise ValueError(f"supervisor {self.name!r} already has a child {spec.name!r}")
@@ -147,8 +147,9 @@ class Supervisor:
                 continue
             if slot.spec.name == name:
                 return instance
-            if isinstance(instance, Supervisor):
-                found = instance.find(name)
+            finder = getattr(instance, "find", None)  # a supervisor, or an actor owning one
+            if finder is not None:
+                found = finder(name)
                 if found is not None:
                     return found
         return None
@@ -190,7 +191,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    for slot in self._slots:
+                    for slot in list(self._slots):  # not children added meanwhile
                         await self._start(slot)
                     self.state = "running"
                     task_status.started()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -17,7 +16,7 @@ from transports import SocketDir, unique_address
 
 from .config import Config, ConfigError, load_config
 from .model import cli as model_cli
-from .model.store import ModelStoreError, resolve
+from .model.store import ModelStoreError
 from .policy import cli as policy_cli
 
 
@@ -32,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument(
         "--model",
-        help="GGUF file, or a model name from the store, to serve (default: the default model)",
+        action="append",
+        help="GGUF file, or a model name from the store, to serve; repeat it to serve "
+        "several (default: the default model)",
     )
     run.add_argument("--model-name", help="model id clients send (default: file name)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -88,9 +89,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        if args.model and not os.path.exists(args.model):
-            # A name from the store (`inferflux models list`) instead of a path.
-            args.model = str(resolve(args.model).path)
         config = load_config(
             args.config,
             overrides={
@@ -104,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
                     "request_timeout_s": args.request_timeout,
                 },
                 "model": {
-                    "path": args.model,
+                    "serve": args.model,
                     "name": args.model_name,
                     "ctx_size": args.ctx_size,
                     "threads": args.threads,
@@ -151,10 +149,13 @@ def _build_and_serve(config: Config, socket_dir: str) -> int:
 
         introspection = unique_address("ipc", f"inferflux-{config.server.port}", socket_dir)
         server = build_server(config, introspection_address=introspection, socket_dir=socket_dir)
-    except (ConfigError, ModelStoreError) as exc:
+    except (ModelStoreError, ValueError) as exc:  # a model that is not one, not there
+        print(f"inferflux: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
         print(f"inferflux: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a model that does not load, a bad path...
+    except Exception as exc:  # a model that does not load...
         print(f"inferflux: cannot start: {exc}", file=sys.stderr)
         return 1
     if config.server.chaos:
@@ -211,7 +212,7 @@ async def _serve(server) -> None:  # noqa: ANN001
             await nursery.start(serve_then_leave)
             log.info(
                 "serving %s on http://%s:%d/v1 (role %s); actor tree at %s",
-                server.model_id,
+                ", ".join(model_id for model_id, _, _ in server.models),
                 server.config.server.host,
                 server.port,
                 server.config.role,

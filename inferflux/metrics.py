@@ -6,6 +6,7 @@ servers in one process and read each one's numbers.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -52,6 +53,9 @@ class Metrics:
         )
         self.generation_tokens = counter("generation_tokens_total", "Tokens generated.")
         self.success = counter("request_success_total", "Finished requests.", ("finished_reason",))
+        self.model_load = histogram(
+            "model_load_seconds", "Time to load a model (its engine ready).", LATENCY_BUCKETS
+        )
         self.api_requests = counter(
             "api_requests", "Generation requests started, by API (chat, responses...).", ("api",)
         )
@@ -74,6 +78,12 @@ class Metrics:
     def watch_tree(self, snapshot: Callable[[], ActorInfo]) -> None:
         """Export the actor runtime's numbers, read from the tree at scrape time."""
         self.registry.register(_TreeCollector(snapshot, self.labels))
+
+    def for_model(self, model: str) -> Metrics:
+        """The same metrics, labelled for one model (each model's scheduler gets one)."""
+        view = copy.copy(self)
+        view.labels = {**self.labels, "model": model}
+        return view
 
     def of(self, metric):  # noqa: ANN001, ANN201 - prometheus child types are untyped
         return metric.labels(**self.labels)
@@ -104,12 +114,22 @@ class _TreeCollector:
         restarts = CounterMetricFamily(
             "inferflux:actor_restarts", "Restarts of an actor by its supervisor.", labels=names
         )
-        values = list(self.labels.values())
-
-        for info in self.snapshot().walk():
-            label = [*values, info.name]
+        for labels, info in self._walk(self.snapshot(), self.labels):
+            label = [*labels.values(), info.name]
             depth.add_metric(label, info.mailbox_depth)
             received.add_metric(label, info.messages_in)
             sent.add_metric(label, info.messages_out)
             restarts.add_metric(label, info.restarts)
         yield from (depth, received, sent, restarts)
+
+    @classmethod
+    def _walk(
+        cls, info: ActorInfo, labels: dict[str, str]
+    ) -> Iterator[tuple[dict[str, str], ActorInfo]]:
+        """Every actor with its labels: those in a model's subtree (`model:NAME`) are
+        labelled with that model, so each model's "scheduler" is a series of its own."""
+        if info.name.startswith("model:"):
+            labels = {**labels, "model": info.name.removeprefix("model:")}
+        yield labels, info
+        for child in info.children:
+            yield from cls._walk(child, labels)

@@ -1,32 +1,30 @@
 """Wiring of the actor tree for `inferflux run --role unified`.
 
-    inferflux (one_for_one)
-    ├── engine (one_for_one, supervision.worker_max_restarts / window)
-    │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
-    ├── scheduler         queues, admission, KV accounting, prefix reuse
+    inferflux (one_for_one, 10 restarts / 60 s)
     ├── policy            authentication, RBAC, rate limits, guardrails (docs/security.md)
+    ├── models            the model manager: loads and unloads models (serving/manager.py)
+    │   └── engines       one subtree per loaded model (serving/subtree.py):
+    │       └── model:ID      engine (worker-0: the model's process) and scheduler
     └── ingress           hypercorn + quart-trio: the OpenAI HTTP API
 
-Start order is top to bottom (the HTTP port opens last, once the rest exists); stop order is
-the reverse, so the ingress stops accepting before anything behind it goes away. A crashed
-worker is restarted by `engine` and the scheduler re-admits its sequences by recompute.
+Start order is top to bottom (the HTTP port opens last, once the startup models are
+loaded); stop order is the reverse, so the ingress stops accepting before anything behind
+it goes away. A crashed worker is restarted by its model's `engine` and the scheduler
+re-admits its sequences by recompute; a model's subtree that fails leaves the others
+serving.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
-import msgspec
 import trio
 
 from actors import (
-    ActorError,
     ActorRef,
     ChildSpec,
     IntrospectionServer,
-    ProcessActor,
     Registry,
     Supervisor,
     chaos_control,
@@ -34,32 +32,25 @@ from actors import (
 from transports import Address
 
 from .config import Config
-from .environment import child_environment
 from .ingress.actor import IngressActor
 from .ingress.browser import BrowserGuard
 from .ingress.gate import Gate, OpenGate
 from .ingress.policy_gate import PolicyGate
 from .ingress.response_store import ResponseStore
-from .ingress.served import ServedModel
 from .ingress.services import Services
 from .metrics import Metrics
-from .model.chat_template import ChatTemplate
-from .model.store import default_model_path
+from .model.store import default_model_path, resolve
 from .policy.actor import PolicyActor
 from .policy.setup import build_policy
-from .scheduler.actor import Scheduler
-from .scheduler.messages import WorkerGaveUp
+from .serving.manager import CurrentModels, ModelManager
 from .tracing import RequestTracer
-from .worker.llama import Model
-
-WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
 
 
 @dataclass
 class Server:
     config: Config
-    model_path: str
-    model_id: str
+    models: list[tuple[str, str, set[str]]]
+    """The startup models: (served id, GGUF path, other names)."""
     root: Supervisor
     registry: Registry
     introspection: IntrospectionServer | None = None
@@ -68,6 +59,28 @@ class Server:
     def port(self) -> int:
         ingress = self.root.child("ingress")
         return ingress.port if isinstance(ingress, IngressActor) else self.config.server.port
+
+
+def startup_models(config: Config) -> list[tuple[str, str, set[str]]]:
+    """The models to load before serving: `model.path` (or the default model) unless
+    `model.serve` names others; each (served id, path, other names it answers to). A path
+    serves under its file name, a store name under the store's name."""
+    wanted = ([config.model.path] if config.model.path else []) + list(config.model.serve)
+    if not wanted:
+        wanted = [str(default_model_path())]
+    models = []
+    for i, given in enumerate(wanted):
+        manifest = resolve(given)  # ModelStoreError: a clear message, exit 2
+        is_path = given.endswith(".gguf") or os.sep in given
+        model_id = manifest.path.stem if is_path or not manifest.dir else manifest.name
+        if i == 0 and config.model.name:
+            model_id = config.model.name
+        names = {given, manifest.name, *manifest.aliases, manifest.path.stem} - {model_id, ""}
+        models.append((model_id, str(manifest.path), names))
+    ids = [model_id for model_id, _, _ in models]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the same model is named twice: {ids}")
+    return models
 
 
 def build_server(
@@ -79,64 +92,9 @@ def build_server(
     """The actor tree. `socket_dir`: a private directory (transports.SocketDir) for the
     worker links' ipc sockets."""
     policy = build_policy(config.policy)  # ConfigError (bad store key...) before anything loads
-    model_path = config.model.path or str(default_model_path())
-    model_id = config.model.name or os.path.basename(model_path).removesuffix(".gguf")
-    tokenizer = Model(model_path, vocab_only=True)
-    info = tokenizer.info
-    template = ChatTemplate(
-        info.chat_template,
-        tokenizer.detokenize([info.bos], special=True),
-        tokenizer.detokenize([info.eos], special=True),
-    )
+    startup = startup_models(config)
     registry = Registry()
-    metrics = Metrics(model_id, config.role)
-    sched = config.scheduler
-    ctx_size = min(config.model.ctx_size, info.n_ctx_train or config.model.ctx_size)
-
-    def make_worker() -> ProcessActor:
-        return ProcessActor(
-            "worker-0",
-            WORKER_TARGET,
-            {
-                "model_path": model_path,
-                "n_slots": sched.n_parallel,
-                "cells_per_slot": ctx_size,
-                "step_tokens": sched.step_tokens,
-                "threads": config.model.threads,
-                "gpu_layers": config.model.gpu_layers,
-                "speculative": msgspec.structs.asdict(config.speculative),
-                "crash_on_text": config.server.chaos_poison_text if config.server.chaos else "",
-            },
-            role="worker",
-            socket_dir=socket_dir,
-            env=child_environment(os.environ),  # no secrets: environment.py
-            in_registry=registry,
-        )
-
-    def make_scheduler() -> Scheduler:
-        return Scheduler(
-            "scheduler",
-            worker="worker-0",
-            n_slots=sched.n_parallel,
-            cells_per_slot=ctx_size,
-            metrics=metrics,
-            prefix_cache=sched.prefix_cache,
-            max_waiting=sched.max_waiting,
-            max_waiting_per_principal=sched.max_waiting_per_principal or None,
-            worker_wait_s=sched.worker_wait_s,
-            poison_crashes=config.supervision.poison_crashes,
-            in_registry=registry,
-        )
-
-    def engine_gave_up(exceeded: Exception) -> None:
-        # A message, not a method call: the scheduler may run in another process.
-        with contextlib.suppress(ActorError):
-            ActorRef("scheduler", registry).cast_nowait(WorkerGaveUp(str(exceeded)))
-
-    def is_ready() -> bool:
-        scheduler = root.child("scheduler")  # `root` is built below; called once serving
-        return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
-
+    metrics = Metrics(startup[0][0], config.role)
     tracer = RequestTracer(config.server.otel_traces) if config.server.otel_traces else None
     gate: Gate = OpenGate(ActorRef("policy", registry))
     if policy is not None:
@@ -146,15 +104,10 @@ def build_server(
             blocklist=policy.blocklist,
             needs_prompt_text=policy.needs_prompt_text,
         )
-    served = ServedModel(model_id, tokenizer, template, ctx_size)
-    # Both walk the vocabulary once (~0.2 s): now, not inside the first request.
-    _ = served.max_prompt_chars, served.special_texts
     services = Services(
-        model=served,
-        scheduler=ActorRef("scheduler", registry),
+        models=CurrentModels(lambda: root.child("models")),
         gate=gate,
         metrics=metrics,
-        workers_ready=is_ready,
         snapshot=lambda: root.info(),
         max_body_bytes=config.server.max_body_bytes,
         tracer=tracer,
@@ -172,17 +125,6 @@ def build_server(
         "inferflux",
         [
             ChildSpec(
-                "engine",
-                lambda: Supervisor(
-                    "engine",
-                    [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
-                    max_restarts=config.supervision.worker_max_restarts,
-                    max_seconds=config.supervision.worker_restart_window_s,
-                    on_give_up=engine_gave_up,
-                ),
-            ),
-            ChildSpec("scheduler", make_scheduler),
-            ChildSpec(
                 "policy",
                 lambda: PolicyActor(
                     "policy",
@@ -192,6 +134,18 @@ def build_server(
                     anonymous_max_priority=config.policy.anonymous_max_priority,
                     in_registry=registry,
                 ),
+            ),
+            ChildSpec(
+                "models",
+                lambda: ModelManager(
+                    "models",
+                    config=config,
+                    metrics=metrics,
+                    startup=startup,
+                    socket_dir=socket_dir,
+                    in_registry=registry,
+                ),
+                shutdown_timeout_s=60,
             ),
             ChildSpec(
                 "ingress",
@@ -214,7 +168,7 @@ def build_server(
         if introspection_address
         else None
     )
-    return Server(config, model_path, model_id, root, registry, introspection=introspection)
+    return Server(config, startup, root, registry, introspection=introspection)
 
 
 async def run_server(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from functools import partial
 
 import msgspec
 from quart import Response, g, request
@@ -29,6 +30,8 @@ from .context import RequestContext, credential, trace_from
 from .health import health_blueprint
 from .http import install_error_handlers, json_response, read_json, require_json_body
 from .messages_api import messages_blueprint
+from .pipeline import Prepared
+from .render import Renderer
 from .request_types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,6 +40,7 @@ from .request_types import (
 )
 from .responses_api import responses_blueprint
 from .runner import Runner
+from .served import ServedModel
 from .services import IngressState, Services
 
 log = logging.getLogger("inferflux.ingress")
@@ -58,7 +62,7 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
     app.register_blueprint(health_blueprint(services, state))
     for blueprint in services.gate.blueprints():
         app.register_blueprint(blueprint)
-    model, gate = services.model, services.gate
+    gate = services.gate
     runner = Runner(services, state)
     app.register_blueprint(responses_blueprint(services, runner, services.responses))
     app.register_blueprint(messages_blueprint(services, runner))
@@ -90,42 +94,59 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        listed = {"id": model.id, "object": "model", "created": 0, "owned_by": "inferflux"}
-        return json_response({"object": "list", "data": [listed]})
+        listed = [
+            {"id": m["id"], "object": "model", "created": 0, "owned_by": "inferflux", **m}
+            for m in services.models.describe()
+        ]
+        return json_response({"object": "list", "data": listed})
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         chat = await read_json(CHAT, services.max_body_bytes)
-        prepared = await pipeline.prepare_chat(model, chat)
-        group = await runner.generate(prepared, "chat")
-        renderer = ChatRenderer(
-            model.id, chat.n, len(prepared.prompt), model.tokenizer.piece,
-            prepared.tools, prepared.want_logprobs, chat.include_usage,
-        )  # fmt: skip
-        return await runner.respond(group, renderer, chat.stream)
+
+        def render(model: ServedModel, prepared: Prepared) -> Renderer:
+            return ChatRenderer(
+                model.id, chat.n, len(prepared.prompt), model.tokenizer.piece,
+                prepared.tools, prepared.want_logprobs, chat.include_usage,
+            )  # fmt: skip
+
+        prepare = partial(pipeline.prepare_chat, chat=chat)
+        return await runner.serve(chat.model, chat.keep_alive, prepare, "chat", render, chat.stream)
 
     @app.post("/v1/completions")
     async def completions() -> Response:
         completion = await read_json(COMPLETION, services.max_body_bytes)
-        prepared = await pipeline.prepare_completion(model, completion)
-        group = await runner.generate(prepared, "completion")
-        renderer = CompletionRenderer(
-            model.id, completion.n, len(prepared.prompt), model.tokenizer.piece,
-            prepared.echo, prepared.want_logprobs, completion.include_usage,
+
+        def render(model: ServedModel, prepared: Prepared) -> Renderer:
+            return CompletionRenderer(
+                model.id, completion.n, len(prepared.prompt), model.tokenizer.piece,
+                prepared.echo, prepared.want_logprobs, completion.include_usage,
+            )  # fmt: skip
+
+        prepare = partial(pipeline.prepare_completion, completion=completion)
+        return await runner.serve(
+            completion.model, completion.keep_alive, prepare, "completion", render,
+            completion.stream,
         )  # fmt: skip
-        return await runner.respond(group, renderer, completion.stream)
 
     @app.post("/tokenize")
     async def tokenize() -> Response:
         body = await read_json(TOKENIZE, services.max_body_bytes)
-        tokens = await pipeline.tokenize(model, body)
-        return json_response(
-            {"tokens": tokens, "count": len(tokens), "max_model_len": model.ctx_size}
-        )
+        lease = await services.models.acquire(body.model)
+        try:
+            tokens = await pipeline.tokenize(lease.model, body)
+        finally:
+            lease.release()
+        counted = {"tokens": tokens, "count": len(tokens), "max_model_len": lease.model.ctx_size}
+        return json_response(counted)
 
     @app.post("/detokenize")
     async def detokenize() -> Response:
         body = await read_json(DETOKENIZE, services.max_body_bytes)
-        return json_response({"prompt": pipeline.detokenize(model, body)})
+        lease = await services.models.acquire(body.model)
+        try:
+            return json_response({"prompt": pipeline.detokenize(lease.model, body)})
+        finally:
+            lease.release()
 
     return app

@@ -17,7 +17,7 @@ def health_blueprint(services: Services, state: IngressState) -> Blueprint:
         reasons = []
         if state.draining:
             reasons.append("draining")
-        if not services.workers_ready():
+        if not services.models.ready():
             reasons.append("no model worker ready")
         return not reasons, reasons
 
@@ -41,7 +41,7 @@ def health_blueprint(services: Services, state: IngressState) -> Blueprint:
                 "live": True,
                 "ready": ready,
                 "reasons": reasons,
-                "model": services.model.id,
+                "model": services.models.default_id,
             }
         )
 

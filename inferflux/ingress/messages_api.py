@@ -29,6 +29,8 @@ from .messages_types import (
     ToolResultBlockIn,
     ToolUseBlockIn,
 )
+from .pipeline import Prepared
+from .render import Renderer
 from .request_types import (
     ChatCompletionRequest,
     ChatMessage,
@@ -44,6 +46,7 @@ from .request_types import (
     ToolChoice,
 )
 from .runner import Runner
+from .served import ServedModel
 from .services import Services
 from .tool_prompt import ToolPlan, read_tools
 
@@ -53,36 +56,44 @@ COUNT_TOKENS = msgspec.json.Decoder(CountTokensRequest)
 
 def messages_blueprint(services: Services, runner: Runner) -> Blueprint:
     messages = Blueprint("messages", __name__)
-    model = services.model
 
     @messages.post("/v1/messages")
     async def create() -> Response:
         request = await read_json(MESSAGES, services.max_body_bytes)
         chat = as_chat(request)
-        try:
-            prepared = await pipeline.prepare_chat(model, chat)
-        except APIError as error:
-            raise renamed(error) from None
-        group = await runner.generate(prepared, "messages")
-        renderer = MessagesRenderer(
-            model.id, len(prepared.prompt), model.tokenizer.piece, prepared.tools,
-            request.stop_sequences or [],
-        )  # fmt: skip
-        return await runner.respond(group, renderer, request.stream)
+
+        async def prepare(model: ServedModel) -> Prepared:
+            try:
+                return await pipeline.prepare_chat(model, chat)
+            except APIError as error:
+                raise renamed(error) from None
+
+        def render(model: ServedModel, prepared: Prepared) -> Renderer:
+            return MessagesRenderer(
+                model.id, len(prepared.prompt), model.tokenizer.piece, prepared.tools,
+                request.stop_sequences or [],
+            )  # fmt: skip
+
+        return await runner.serve(
+            request.model, request.keep_alive, prepare, "messages", render, request.stream
+        )
 
     @messages.post("/v1/messages/count_tokens")
     async def count_tokens() -> Response:
         request = await read_json(COUNT_TOKENS, services.max_body_bytes)
-        pipeline.check_model(model, request.model)
         chat = as_chat(request)
         offered = "none" if chat.tool_choice == "none" else "auto"
         tools = ToolPlan(read_tools(chat.tools), offered, parallel=True)
+        lease = await services.models.acquire(request.model)
         try:
+            model = lease.model
             chars = sum(len(m.text()) for m in chat.messages)
             pipeline.check_prompt_size(model, chars, "messages")
             prompt = await pipeline.off_loop(pipeline.chat_prompt, model, chat.messages, tools)
         except APIError as error:
             raise renamed(error) from None
+        finally:
+            lease.release()
         return json_response(TokenCount(len(prompt)))
 
     return messages

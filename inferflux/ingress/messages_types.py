@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 
 from .limits import MAX_TOOLS, StopList
-from .request_types import FunctionName, JSONSchema, PositiveInt, Probability, Temperature
+from .request_types import (
+    FunctionName,
+    JSONSchema,
+    KeepAlive,
+    PositiveInt,
+    Probability,
+    Temperature,
+)
 
 
 # request ---------------------------------------------------------------------------------
@@ -132,6 +139,7 @@ class MessagesRequest(_Conversation, kw_only=True):
     seed: int | None = None
     priority: int = 0
     ignore_eos: bool = False
+    keep_alive: KeepAlive = None
 
 
 class CountTokensRequest(_Conversation, kw_only=True):

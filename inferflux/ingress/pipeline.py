@@ -67,22 +67,13 @@ class Prepared:
         return self.sampling.logprobs >= 0
 
 
-def check_model(model: ServedModel, requested: str | None) -> None:
-    if requested != model.id:
-        raise APIError(
-            404,
-            f"model {requested!r} does not exist; this server serves {model.id!r}",
-            param="model",
-            code="model_not_found",
-        )
-
-
 def _invalid(message: str, param: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_value")
 
 
 def _check_common(model: ServedModel, req: GenerationRequest) -> None:
-    check_model(model, req.model)
+    """The checks every generation request shares (which model it asks for was settled
+    by the model directory already)."""
     unsupported = check_unsupported(req)
     if unsupported:
         param, message = unsupported
@@ -293,8 +284,6 @@ def submit(
 
 # the tokenizer extras --------------------------------------------------------------------
 async def tokenize(model: ServedModel, body: TokenizeRequest) -> list[int]:
-    if body.model is not None:
-        check_model(model, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise _invalid("send exactly one of prompt or messages", "prompt")
     if body.messages is not None:
@@ -310,6 +299,4 @@ async def tokenize(model: ServedModel, body: TokenizeRequest) -> list[int]:
 
 
 def detokenize(model: ServedModel, body: DetokenizeRequest) -> str:
-    if body.model is not None:
-        check_model(model, body.model)
     return model.tokenizer.detokenize(check_token_ids(model, body.tokens, "tokens"))

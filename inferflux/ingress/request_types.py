@@ -153,6 +153,9 @@ class StreamOptions(msgspec.Struct):
 
 
 Stop = Union[StopString, StopList, None]
+KeepAlive = Union[str, int, float, None]
+"""Ollama's: how long the model stays loaded after this request (seconds, "5m"; 0 unloads
+it after the request; -1 keeps it)."""
 
 
 class _Sampling(msgspec.Struct, kw_only=True):
@@ -172,6 +175,7 @@ class _Sampling(msgspec.Struct, kw_only=True):
     user: str | None = None
     priority: int = 0
     ignore_eos: bool = False
+    keep_alive: KeepAlive = None
 
     @property
     def include_usage(self) -> bool:

@@ -17,6 +17,8 @@ from . import pipeline
 from .context import current
 from .errors import APIError
 from .http import json_response, read_json
+from .pipeline import Prepared
+from .render import Renderer
 from .request_types import (
     ChatCompletionRequest,
     ChatMessage,
@@ -48,6 +50,7 @@ from .responses_types import (
     ResponsesRequest,
 )
 from .runner import Runner
+from .served import ServedModel
 from .services import Services
 
 RESPONSES = msgspec.json.Decoder(ResponsesRequest)
@@ -76,7 +79,6 @@ def _not_found(response_id: str, param: str | None = None) -> APIError:
 
 def responses_blueprint(services: Services, runner: Runner, store: ResponseStore) -> Blueprint:
     responses = Blueprint("responses", __name__)
-    model = services.model
 
     @responses.post("/v1/responses")
     async def create() -> Response:
@@ -95,11 +97,6 @@ def responses_blueprint(services: Services, runner: Runner, store: ResponseStore
             history = stored.conversation
         conversation = history + input_messages(request.input)
         chat = as_chat(request, conversation)
-        try:
-            prepared = await pipeline.prepare_chat(model, chat)
-        except APIError as error:
-            raise renamed(error) from None
-        group = await runner.generate(prepared, "responses")
         # Kept once it completes (a stream completes after this handler returned).
         principal = context.principal
 
@@ -108,11 +105,21 @@ def responses_blueprint(services: Services, runner: Runner, store: ResponseStore
                 response_id = msgspec.json.decode(body)["id"]
                 store.put(principal, response_id, body, [*conversation, answer])
 
-        renderer = ResponsesRenderer(
-            request, model.id, len(prepared.prompt), model.tokenizer.piece, prepared.tools,
-            prepared.want_logprobs, on_done=keep,
-        )  # fmt: skip
-        return await runner.respond(group, renderer, request.stream)
+        async def prepare(model: ServedModel) -> Prepared:
+            try:
+                return await pipeline.prepare_chat(model, chat)
+            except APIError as error:
+                raise renamed(error) from None
+
+        def render(model: ServedModel, prepared: Prepared) -> Renderer:
+            return ResponsesRenderer(
+                request, model.id, len(prepared.prompt), model.tokenizer.piece,
+                prepared.tools, prepared.want_logprobs, on_done=keep,
+            )  # fmt: skip
+
+        return await runner.serve(
+            request.model, request.keep_alive, prepare, "responses", render, request.stream
+        )
 
     @responses.get("/v1/responses/<response_id>")
     async def retrieve(response_id: str) -> Response:

@@ -16,6 +16,7 @@ from .request_types import (
     FunctionName,
     JSONObjectFormat,
     JSONSchema,
+    KeepAlive,
     PositiveInt,
     Probability,
     Temperature,
@@ -130,6 +131,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     seed: int | None = None
     priority: int = 0
     ignore_eos: bool = False
+    keep_alive: KeepAlive = None
 
 
 # response --------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager
+from typing import Any
 
 import trio
 from quart import Response
@@ -19,7 +20,8 @@ from .generation import next_seq_id
 from .group import GenerationGroup, StreamBody
 from .pipeline import Prepared
 from .render import Renderer, stream_events, whole_body
-from .services import IngressState, Services
+from .served import ServedModel
+from .services import IngressState, Lease, Services
 from .tickets import outcome
 
 log = logging.getLogger("inferflux.ingress")
@@ -67,10 +69,31 @@ class Runner:
                     raise timeout_error(timeout)
                 yield item
 
-    async def generate(self, prepared: Prepared, api: str) -> GenerationGroup:
+    async def serve(
+        self,
+        requested: str | None,
+        keep_alive: Any,
+        prepare: Callable[[ServedModel], Awaitable[Prepared]],
+        api: str,
+        render: Callable[[ServedModel, Prepared], Renderer],
+        stream: bool,
+    ) -> Response:
+        """A generation from start to end: a lease on the model (loading it if it must),
+        the pipeline (`prepare`), admission, the generations, the response (`render`).
+        The lease is released when the response is done, whichever way it ends."""
+        lease = await self.services.models.acquire(requested, keep_alive)
+        try:
+            prepared = await prepare(lease.model)
+            group = await self.generate(lease, prepared, api)
+        except BaseException:
+            lease.release()
+            raise
+        return await self.respond(group, render(lease.model, prepared), stream, lease.release)
+
+    async def generate(self, lease: Lease, prepared: Prepared, api: str) -> GenerationGroup:
         """Admit the request, submit it, and wait for each choice's first delta (so that a
         refusal is an HTTP status, not a broken stream)."""
-        services, gate, model = self.services, self.services.gate, self.services.model
+        services, gate, model = self.services, self.services.gate, lease.model
         if self.state.draining:
             raise APIError(
                 503,
@@ -87,7 +110,7 @@ class Runner:
             "request %d trace %s (%s): %d prompt tokens",
             seq_id, context.trace_id, api, len(submit.prompt),
         )  # fmt: skip
-        group = GenerationGroup(services.scheduler, submit, prepared.n, self.state.in_flight)
+        group = GenerationGroup(lease.scheduler, submit, prepared.n, self.state.in_flight)
         if services.tracer is not None:
             span = services.tracer.start(
                 f"inferflux {api}",
@@ -107,10 +130,17 @@ class Runner:
         except BaseException as exc:
             gate.ended(context, *outcome(exc))  # its audit line, its tokens back
             raise
-        services.metrics.of_api(api).inc()
+        services.metrics.for_model(model.id).of_api(api).inc()
         return group
 
-    async def respond(self, group: GenerationGroup, renderer: Renderer, stream: bool) -> Response:
+    async def respond(
+        self,
+        group: GenerationGroup,
+        renderer: Renderer,
+        stream: bool,
+        done: Callable[[], None],
+    ) -> Response:
+        """The response body; `done` runs once it is over (sent, failed, or abandoned)."""
         context, gate = current(), self.services.gate
         timed = self._until(
             self._deadline_at(),
@@ -119,15 +149,18 @@ class Runner:
         )
         deltas = gate.watch(context, group, timed)
         if not stream:
-            body = await whole_body(renderer, deltas, group.close)
+            try:
+                body = await whole_body(renderer, deltas, group.close)
+            finally:
+                done()
             return Response(body, content_type="application/json")
+
+        def finished() -> None:
+            gate.ended(context, 499, "client_gone", sum(group.tokens_sent))
+            done()
+
         events = stream_events(renderer, deltas, group.close)
-        body = StreamBody(
-            group,
-            events,
-            self.state.nursery,
-            on_close=lambda: gate.ended(context, 499, "client_gone", sum(group.tokens_sent)),
-        )
+        body = StreamBody(group, events, self.state.nursery, on_close=finished)
         return Response(
             body, content_type="text/event-stream", headers={"cache-control": "no-cache"}
         )

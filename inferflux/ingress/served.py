@@ -1,4 +1,4 @@
-"""The loaded model as the ingress sees it: what requests are checked and rendered against."""
+"""A loaded model as the ingress sees it: what requests are checked and rendered against."""
 
 from __future__ import annotations
 
@@ -11,13 +11,29 @@ from ..worker.llama import Model
 
 @dataclass(frozen=True)
 class ServedModel:
-    """Fixed for the server's life: a tokenizer (the GGUF's vocabulary only, no weights),
-    its chat template and the context window a sequence gets."""
+    """Fixed while the model is loaded: a tokenizer (the GGUF's vocabulary only, no
+    weights), its chat template and the context window a sequence gets."""
 
     id: str
     tokenizer: Model
     template: ChatTemplate
     ctx_size: int
+
+    @classmethod
+    def open(cls, model_id: str, path: str, ctx_size: int) -> ServedModel:
+        """Load the GGUF's vocabulary and walk it once for the checks that need it;
+        ctx_size is capped at what the model was trained for. Blocking (~0.5 s for the
+        default model): run it in a thread."""
+        tokenizer = Model(path, vocab_only=True)
+        info = tokenizer.info
+        template = ChatTemplate(
+            info.chat_template,
+            tokenizer.detokenize([info.bos], special=True),
+            tokenizer.detokenize([info.eos], special=True),
+        )
+        served = cls(model_id, tokenizer, template, min(ctx_size, info.n_ctx_train or ctx_size))
+        _ = served.max_prompt_chars, served.special_texts
+        return served
 
     @property
     def n_vocab(self) -> int:

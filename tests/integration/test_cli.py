@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from actors import fetch_snapshot
-from tests.conftest import REPO, RunningServer, start_server, stop_server
+from tests.conftest import MODEL_ID, REPO, RunningServer, start_server, stop_server
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -67,8 +67,12 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         tree = httpx.get(f"{server.url}/debug/actors", timeout=10).json()
         names = {child["name"]: child for child in tree["children"]}
         assert tree["name"] == "inferflux" and tree["state"] == "running"
-        assert set(names) == {"engine", "scheduler", "policy", "ingress"}
-        worker = names["engine"]["children"][0]
+        assert set(names) == {"policy", "models", "ingress"}
+        (engines,) = names["models"]["children"]  # the supervisor of the models' subtrees
+        (subtree,) = engines["children"]
+        assert subtree["name"] == f"model:{MODEL_ID}"
+        assert [c["name"] for c in subtree["children"]] == ["engine", "scheduler"]
+        worker = subtree["children"][0]["children"][0]
         assert worker["kind"] == "process" and worker["pid"] > 0
         deadline = time.monotonic() + 10
         while "actor tree at" not in server.log() and time.monotonic() < deadline:
@@ -80,12 +84,15 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         )
         snapshot = fetch_snapshot(address)
         assert snapshot.name == "inferflux"
-        assert [c.name for c in snapshot.children] == ["engine", "scheduler", "policy", "ingress"]
+        assert [c.name for c in snapshot.children] == ["policy", "models", "ingress"]
         top = run_top("--url", server.url, "--once")
         assert top.returncode == 0, top.stderr
         table, _, summary = top.stdout.partition("\n\n")
         rows = {line.split()[0]: line for line in table.splitlines()[1:]}
-        assert set(rows) == {"inferflux", "engine", "worker-0", "scheduler", "policy", "ingress"}
+        assert set(rows) == {
+            "inferflux", "policy", "models", "engines", f"model:{MODEL_ID}", "engine",
+            "worker-0", "scheduler", "ingress",
+        }  # fmt: skip
         assert " process " in rows["worker-0"] and str(worker["pid"]) in rows["worker-0"]
         assert "scheduler: running 0  waiting 0" in summary
         assert "kv cache:  KV cells used" in summary

@@ -177,7 +177,7 @@ def test_run_serves_a_model_by_its_store_name(
     server = start_server(str(tmp_path), "--model", "mine", "--n-parallel", "1", "--threads", "2")
     try:
         models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
-        assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct.Q4_1"]
+        assert [m["id"] for m in models] == ["mine:latest"]  # served by its store name
     finally:
         stop_server(server)
     result = inferflux(env, "run", "--model", "nope", "--port", "0")

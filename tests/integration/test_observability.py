@@ -48,7 +48,9 @@ def test_traceparent_round_trip_and_json_logs(obs_server: RunningServer) -> None
     # Errors carry it too; a malformed header gets a fresh trace id.
     for bad in ["garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01"]:
         error = httpx.post(
-            f"{obs_server.url}/v1/chat/completions", content=b"{", headers={"traceparent": bad}
+            f"{obs_server.url}/v1/chat/completions",
+            content=b"{",
+            headers={"traceparent": bad, "content-type": "application/json"},
         )
         assert error.status_code == 400
         fresh = error.headers["traceparent"].split("-")[1]

@@ -96,10 +96,20 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
+def find(tree: dict, name: str) -> dict:
+    """The actor called `name` anywhere in a /debug/actors tree."""
+    if tree["name"] == name:
+        return tree
+    for child in tree.get("children", []):
+        found = find(child, name)
+        if found:
+            return found
+    return {}
+
+
 def test_the_worker_process_environment_holds_no_secrets(hardened: Hardened) -> None:
     tree = httpx.get(f"{hardened.server.url}/debug/actors", timeout=10).json()
-    engine = next(c for c in tree["children"] if c["name"] == "engine")
-    worker_pid = engine["children"][0]["pid"]
+    worker_pid = find(tree, "worker-0")["pid"]
     assert worker_pid > 0 and worker_pid != hardened.server.process.pid
     worker = environ_of(worker_pid)
     assert "INFERFLUX_POLICY_KEY" not in worker

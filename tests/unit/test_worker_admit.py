@@ -19,7 +19,7 @@ pytestmark = pytest.mark.model
 def fresh_grammar() -> str:
     """A schema nobody compiled yet in this process (the compile cache is per grammar)."""
     tag = secrets.token_hex(4)
-    fields = {f"{tag}_{i}": {"type": "string", "maxLength": 30} for i in range(40)}
+    fields = {f"{tag}_{i}": {"type": "string", "maxLength": 30} for i in range(80)}
     return schema_grammar({"type": "object", "properties": fields, "required": list(fields)})
 
 
@@ -35,6 +35,11 @@ async def test_a_grammar_compiles_without_holding_up_other_messages(model_path: 
         await nursery.start(worker.run)
         async with ref.stream(Attach(), buffer=10_000) as results:
             assert isinstance(await anext(results), WorkerReady)
+            # Warm up first: a fresh context's first decode allocates its buffers (slow).
+            await ref.cast(Admit(9, 0, prompt, SamplingParams(max_tokens=2, temperature=0)))
+            async for result in results:
+                if any(out.seq_id == 9 and out.finish_reason for out in result.outputs):
+                    break
             constrained = SamplingParams(max_tokens=4, temperature=0, grammar=fresh_grammar())
             await ref.cast(Admit(1, 0, prompt, constrained))
             await ref.cast(Admit(2, 1, prompt, SamplingParams(max_tokens=4, temperature=0)))

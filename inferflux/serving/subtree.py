@@ -1,0 +1,137 @@
+"""One model's engine subtree, and what the ingress needs to serve it.
+
+    model:NAME (one_for_one, 3 restarts / 60 s)
+    ├── engine (one_for_one, supervision.worker_max_restarts / window)
+    │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
+    └── scheduler         queues, admission, KV accounting, prefix reuse
+
+Each subtree registers its actors in a registry of its own, so every model has a
+"scheduler" and a "worker-0" and they never meet. A crash, even an engine that gives up,
+stays inside one subtree: the other models keep serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from actors import ActorError, ActorRef, ChildSpec, ProcessActor, Registry, Supervisor
+
+from ..config import Config
+from ..environment import child_environment
+from ..ingress.served import ServedModel
+from ..metrics import Metrics
+from ..scheduler.actor import Scheduler
+from ..scheduler.messages import WorkerGaveUp
+
+WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
+
+
+@dataclass
+class EngineHandle:
+    """A running model's engine as the rest of the server sees it."""
+
+    name: str
+    registry: Registry
+    scheduler: ActorRef
+    latest: dict[str, Any]
+    """The scheduler instance of the latest start (in-process), for readiness."""
+
+    @property
+    def ready(self) -> bool:
+        scheduler = self.latest.get("scheduler")
+        return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
+
+
+def worker_options(config: Config, model_path: str, ctx_size: int) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "model_path": model_path,
+        "n_slots": config.scheduler.n_parallel,
+        "cells_per_slot": ctx_size,
+        "step_tokens": config.scheduler.step_tokens,
+        "threads": config.model.threads,
+        "gpu_layers": config.model.gpu_layers,
+        "crash_on_text": config.server.chaos_poison_text if config.server.chaos else "",
+    }
+    speculative = getattr(config, "speculative", None)
+    if speculative is not None:
+        options["speculative"] = msgspec.structs.asdict(speculative)
+    return options
+
+
+def engine_subtree(
+    config: Config,
+    served: ServedModel,
+    model_path: str,
+    metrics: Metrics,
+    socket_dir: str | None,
+) -> tuple[ChildSpec, EngineHandle]:
+    """The ChildSpec of one model's subtree (for the root supervisor) and its handle."""
+    registry = Registry()
+    latest: dict[str, Any] = {}
+    handle = EngineHandle(served.id, registry, ActorRef("scheduler", registry), latest)
+    sched, supervision = config.scheduler, config.supervision
+
+    def make_worker() -> ProcessActor:
+        return ProcessActor(
+            "worker-0",
+            WORKER_TARGET,
+            worker_options(config, model_path, served.ctx_size),
+            role="worker",
+            socket_dir=socket_dir,
+            env=child_environment(os.environ),  # no secrets: environment.py
+            in_registry=registry,
+        )
+
+    def make_scheduler() -> Scheduler:
+        scheduler = Scheduler(
+            "scheduler",
+            worker="worker-0",
+            n_slots=sched.n_parallel,
+            cells_per_slot=served.ctx_size,
+            metrics=metrics.for_model(served.id),
+            prefix_cache=sched.prefix_cache,
+            max_waiting=sched.max_waiting,
+            max_waiting_per_principal=sched.max_waiting_per_principal or None,
+            worker_wait_s=sched.worker_wait_s,
+            poison_crashes=supervision.poison_crashes,
+            in_registry=registry,
+        )
+        latest["scheduler"] = scheduler
+        return scheduler
+
+    def engine_gave_up(exceeded: Exception) -> None:
+        # A message, not a method call: the scheduler may run in another process.
+        with contextlib.suppress(ActorError):
+            handle.scheduler.cast_nowait(WorkerGaveUp(str(exceeded)))
+
+    def make_subtree() -> Supervisor:
+        return Supervisor(
+            subtree_name(served.id),
+            [
+                ChildSpec(
+                    "engine",
+                    lambda: Supervisor(
+                        "engine",
+                        [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
+                        max_restarts=supervision.worker_max_restarts,
+                        max_seconds=supervision.worker_restart_window_s,
+                        on_give_up=engine_gave_up,
+                    ),
+                ),
+                ChildSpec("scheduler", make_scheduler),
+            ],
+            max_restarts=3,
+            max_seconds=60,
+        )
+
+    spec = ChildSpec(subtree_name(served.id), make_subtree, shutdown_timeout_s=20)
+    return spec, handle
+
+
+def subtree_name(model_id: str) -> str:
+    return f"model:{model_id}"
