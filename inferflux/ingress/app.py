@@ -27,6 +27,7 @@ from . import pipeline
 from .chat_render import ChatRenderer
 from .completion_render import CompletionRenderer
 from .context import RequestContext, credential, trace_from
+from .errors import APIError
 from .health import health_blueprint
 from .http import install_error_handlers, json_response, read_json, require_json_body
 from .messages_api import messages_blueprint
@@ -69,17 +70,21 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
 
     @app.before_request
     async def open_context() -> None:
-        services.browser.check(request.headers)  # before anything: see browser.py
-        trace_id, parent_span = trace_from(request.headers.get("traceparent", ""))
-        g.context = RequestContext(
-            method=request.method,
-            path=request.path,
-            credential=credential(request.headers),
-            trace_id=trace_id,
-            parent_span=parent_span,
-        )
-        await gate.check_access(g.context)
-        require_json_body()
+        try:
+            services.browser.check(request.headers)  # before anything: see browser.py
+            trace_id, parent_span = trace_from(request.headers.get("traceparent", ""))
+            g.context = RequestContext(
+                method=request.method,
+                path=request.path,
+                credential=credential(request.headers),
+                trace_id=trace_id,
+                parent_span=parent_span,
+            )
+            await gate.check_access(g.context)
+            require_json_body()
+        except APIError as refused:
+            refused.close_connection = True  # answered before the body was read
+            raise
 
     @app.after_request
     async def close_context(response: Response) -> Response:

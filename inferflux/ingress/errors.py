@@ -32,10 +32,17 @@ class APIError(Exception):
             }
         )
 
+    close_connection = False
+    """Set for an answer given before the request's body was read: the body is still on
+    the connection, where it would be taken for the next request's start (a keep-alive
+    client then waits forever), so the connection closes after the answer."""
+
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if self.retry_after_s is not None:
             headers["retry-after"] = str(self.retry_after_s)
+        if self.close_connection:
+            headers["connection"] = "close"
         return headers
 
 

@@ -43,11 +43,13 @@ async def read_json(decoder: msgspec.json.Decoder[T], max_body_bytes: int) -> T:
     """The request body decoded (and validated) by `decoder`."""
     length = request.content_length
     if length is not None and length > max_body_bytes:
-        raise APIError(
+        too_large = APIError(
             413,
             f"request body of {length} bytes is larger than the limit of {max_body_bytes} bytes",
             code="request_too_large",
         )
+        too_large.close_connection = True  # its body is not read
+        raise too_large
     body = await request.get_data(cache=False)
     try:
         return decoder.decode(body)
@@ -86,7 +88,12 @@ def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
         message = error.description or error.name
         if error.code == 413:
             message = f"request body larger than the limit of {max_body_bytes} bytes"
-        return error_response(APIError(error.code or 400, message, code=code.get(error.code or 0)))
+        answer = APIError(error.code or 400, message, code=code.get(error.code or 0))
+        # Routing errors come before any handler read the body: do not keep the connection.
+        answer.close_connection = bool(request.content_length) or (
+            "transfer-encoding" in request.headers
+        )
+        return error_response(answer)
 
     @app.errorhandler(Exception)
     async def on_unexpected(error: Exception) -> Response:
