@@ -6,10 +6,12 @@ both need them: `tools/*.py` run as scripts, and must not import the test suite.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 
 
 def free_port() -> int:
@@ -17,6 +19,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def dies_with_parent() -> None:
+    """A `preexec_fn` for test servers: the child gets SIGTERM when the process that
+    started it dies (Linux PR_SET_PDEATHSIG), so a test run that is killed (a timeout, ^C)
+    leaves no server running. Elsewhere nothing is done."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 30, group: bool = False) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from inferflux.model.store import default_model_path
-from inferflux.testing import free_port, stop_process
+from inferflux.testing import dies_with_parent, free_port, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
@@ -72,6 +72,7 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
+        preexec_fn=dies_with_parent,
     )
     server = RunningServer(process, port, log_path, "https" if verify else "http")
     deadline = time.monotonic() + timeout_s

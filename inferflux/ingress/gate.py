@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+import trio
 from quart import Blueprint
 
 from actors import ActorRef
@@ -28,6 +29,7 @@ from actors import ActorRef
 from ..policy.messages import Authorize
 from ..scheduler.messages import Delta
 from .context import RequestContext
+from .directory import ModelDirectory
 from .group import GenerationGroup
 from .pipeline import Prepared
 from .policy_client import api_error, ask_policy
@@ -35,8 +37,9 @@ from .served import ServedModel
 
 
 class Gate(Protocol):
-    def blueprints(self) -> list[Blueprint]:
-        """Routes the gate adds (the admin API)."""
+    def blueprints(self, models: ModelDirectory, nursery: trio.Nursery) -> list[Blueprint]:
+        """Routes the gate adds: the admin APIs, which exist only where a gate guards
+        them (`nursery`: where an admin's pull runs)."""
 
     async def check_access(self, ctx: RequestContext) -> None:
         """Before the body is read; raises the denial (401/403/429)."""
@@ -66,7 +69,7 @@ class OpenGate:
     def __init__(self, policy: ActorRef) -> None:
         self.policy = policy
 
-    def blueprints(self) -> list[Blueprint]:
+    def blueprints(self, models: ModelDirectory, nursery: trio.Nursery) -> list[Blueprint]:
         return []
 
     async def check_access(self, ctx: RequestContext) -> None:

@@ -22,8 +22,10 @@ from ..policy.messages import Access, Authorize, Decision, Settle
 from ..scheduler.messages import Delta
 from .admin import admin_blueprint
 from .context import RequestContext
+from .directory import ModelDirectory
 from .errors import APIError
 from .group import GenerationGroup
+from .models_admin import models_admin_blueprint
 from .pipeline import Prepared
 from .policy_client import api_error, ask_policy, required_permission
 from .served import ServedModel
@@ -55,8 +57,8 @@ class PolicyGate:
         self.blocklist = blocklist
         self.book = TicketBook(policy, audit, needs_prompt_text)
 
-    def blueprints(self) -> list[Blueprint]:
-        return [admin_blueprint(self.policy)]
+    def blueprints(self, models: ModelDirectory, nursery: trio.Nursery) -> list[Blueprint]:
+        return [admin_blueprint(self.policy), models_admin_blueprint(models, nursery)]
 
     async def check_access(self, ctx: RequestContext) -> None:
         permission = required_permission(ctx.path)

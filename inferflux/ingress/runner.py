@@ -15,13 +15,14 @@ from quart import Response
 from ..scheduler.messages import Delta
 from . import pipeline
 from .context import current
+from .directory import Lease
 from .errors import APIError
 from .generation import next_seq_id
 from .group import GenerationGroup, StreamBody
 from .pipeline import Prepared
 from .render import Renderer, stream_events, whole_body
 from .served import ServedModel
-from .services import IngressState, Lease, Services
+from .services import IngressState, Services
 from .tickets import outcome
 
 log = logging.getLogger("inferflux.ingress")

@@ -5,50 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import trio
 
-from actors import ActorInfo, ActorRef
+from actors import ActorInfo
 
 from ..metrics import Metrics
 from ..tracing import RequestTracer
 from .browser import BrowserGuard
+from .directory import ModelDirectory
 from .gate import Gate
 from .generation import InFlight
 from .response_store import ResponseStore
-from .served import ServedModel
-
-
-class Lease(Protocol):
-    """A request's hold on a loaded model (serving/manager.py): the model is not unloaded
-    while a lease on it is held."""
-
-    model: ServedModel
-    scheduler: ActorRef
-
-    def release(self) -> None: ...
-
-
-class ModelDirectory(Protocol):
-    """The models this server serves (serving/manager.py), as the ingress uses them."""
-
-    @property
-    def default_id(self) -> str: ...
-
-    def ready(self) -> bool:
-        """Every model named at start is loaded, with a worker ready."""
-
-    async def acquire(self, requested: str | None, keep_alive: Any = None) -> Lease:
-        """A lease on a model (None: the default one), loading it if it must: 404 for a
-        model it cannot serve, 503 when it cannot load."""
-
-    def describe(self) -> list[dict[str, Any]]:
-        """Every model it knows, with its state."""
-
-    async def load(self, requested: str) -> dict[str, Any]: ...
-
-    async def unload(self, requested: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

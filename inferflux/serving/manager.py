@@ -203,20 +203,26 @@ class ModelManager(Actor):
 
         return Lease(entry.served, entry.engine.scheduler, release)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self, detailed: bool = False) -> list[dict[str, Any]]:
         """Every model the server knows or the store holds, with its state."""
         known = {e.id: e for e in self.entries.values()}
-        described = [self._describe(e) for e in known.values()]
+        described = [self._describe(e, detailed) for e in known.values()]
         if self.config.server.autoload:
             for manifest in _stored():
                 if not any(
                     manifest.name == e.id or manifest.name in e.aliases for e in known.values()
                 ):
-                    described.append({"id": manifest.name, "state": "available"})
+                    answer: dict[str, Any] = {"id": manifest.name, "state": "available"}
+                    if detailed:
+                        answer |= {"path": str(manifest.path), "aliases": manifest.aliases}
+                    described.append(answer)
         return described
 
-    def _describe(self, entry: Entry) -> dict[str, Any]:
+    def _describe(self, entry: Entry, detailed: bool = False) -> dict[str, Any]:
         answer: dict[str, Any] = {"id": entry.id, "state": entry.state}
+        if detailed:
+            answer |= {"path": entry.path, "aliases": sorted(entry.aliases),
+                       "pinned": entry.pinned, "load_s": round(entry.load_s, 2)}  # fmt: skip
         if entry.state == "loaded":
             answer |= {"memory_bytes": entry.memory_bytes, "requests": entry.leases}
             answer["expires_in_s"] = (
@@ -242,6 +248,7 @@ class ModelManager(Actor):
         if entry.leases:
             raise APIError(409, f"model {entry.id!r} is serving {entry.leases} requests",
                            code="model_busy")  # fmt: skip
+        entry.pinned = False  # an admin's unload outranks the start's "keep loaded"
         await self._unload(entry)
         return self._describe(entry)
 
@@ -419,9 +426,9 @@ class CurrentModels:
     async def acquire(self, requested: str | None, keep_alive: Any = None) -> Lease:
         return await self._manager().acquire(requested, keep_alive)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self, detailed: bool = False) -> list[dict[str, Any]]:
         manager = self._current()
-        return manager.describe() if isinstance(manager, ModelManager) else []
+        return manager.describe(detailed) if isinstance(manager, ModelManager) else []
 
     async def load(self, requested: str) -> dict[str, Any]:
         return await self._manager().load(requested)
