@@ -30,6 +30,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchkit.interleave import run_interleaved  # noqa: E402
 from benchkit.limit import engine_limit  # noqa: E402
 from benchkit.load import load, load_shared  # noqa: E402
 from benchkit.report import full_report  # noqa: E402
@@ -115,6 +116,14 @@ def main() -> None:
     )
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="PASSES",
+        help="start all servers at once and measure them in turns, PASSES times per level "
+        "(medians reported): machine drift hits every server alike (no shared-prefix runs)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="DIR",
         help="also run InferFlux from another source tree (e.g. a `git worktree` of an "
@@ -150,6 +159,18 @@ def main() -> None:
     if not args.shared:
         args.prefix_off = False
     all_results: dict[str, dict] = {}
+    if args.interleave:
+        found = [t for t in targets(args, model_path) if "no prefix" not in t.name]
+        try:
+            for target in found:
+                print(f"{target.name}: {' '.join(target.command)}", flush=True)
+                target.start(args.log_dir)
+            all_results = trio.run(run_interleaved, found, args)
+        finally:
+            for target in found:
+                target.stop()
+        report(all_results, args, model_path)
+        return
     for target in targets(args, model_path):
         print(f"{target.name}: {' '.join(target.command)}", flush=True)
         target.start(args.log_dir)
@@ -161,6 +182,10 @@ def main() -> None:
                 all_results[target.name] = trio.run(run_target, target, args)
         finally:
             target.stop()
+    report(all_results, args, model_path)
+
+
+def report(all_results: dict, args: argparse.Namespace, model_path: str) -> None:
     limits = limits_for(all_results, args, model_path)
     print()
     print(full_report(all_results, args.workload, args.concurrency, limits))

@@ -27,7 +27,8 @@ class Speculation:
         # seq_id -> (first token, kind) of a draft it did not verify: scored for free
         self._shadow: dict[int, tuple[int, str]] = {}
         self._kinds: dict[int, str] = {}  # seq_id -> kind of the draft it verifies now
-        self._shape: tuple[int, int] | None = None  # (ubatches, rows) of the step built
+        # (ubatches, rows) of the step built, without and with its drafts
+        self._shape: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     # the sequences' lives ------------------------------------------------------------
     def add(self, seq_id: int, tokens: Tokens[int]) -> None:
@@ -74,6 +75,7 @@ class Speculation:
                 by_id[seq.seq_id] = (seq, tokens, draft.kind)
                 acceptance = self.planner.acceptance(seq.seq_id, draft.kind)
                 candidates.append(Candidate(seq.seq_id, seq.slot, acceptance, len(tokens)))
+        base = (count_ubatches(rows_by_slot), sum(rows_by_slot))
         plan = {}
         if candidates:
             plan = self.planner.plan(candidates, len(decoding), rows_by_slot, room)
@@ -85,7 +87,7 @@ class Speculation:
                 rows_by_slot[seq.slot] += k
             else:
                 self._shadow[seq_id] = (tokens[0], kind)
-        self._shape = (count_ubatches(rows_by_slot), sum(rows_by_slot))
+        self._shape = (base, (count_ubatches(rows_by_slot), sum(rows_by_slot)))
 
     def verify(
         self,
@@ -108,7 +110,8 @@ class Speculation:
 
     def observe_step(self, seconds: float) -> None:
         if self._shape is not None:
-            self.planner.cost.observe(*self._shape, seconds)
+            base, (ubatches, rows) = self._shape
+            self.planner.cost.observe(base, ubatches, rows, seconds)
             self._shape = None
 
     # calibration ---------------------------------------------------------------------

@@ -136,8 +136,18 @@ def test_step_cost_fit_recovers_the_terms_and_scales_to_measurements() -> None:
     assert cost.per_ubatch == pytest.approx(per_ubatch)
     assert cost.per_row == pytest.approx(per_row)
     for _ in range(200):  # the machine got twice as slow
-        cost.observe(1, 4, 2 * (per_ubatch + 4 * per_row))
+        cost.observe((1, 4), 1, 4, 2 * (per_ubatch + 4 * per_row))
     assert cost.predict(1, 4) == pytest.approx(2 * (per_ubatch + 4 * per_row), rel=0.01)
+    # Drafted steps take longer than the calibration says (a row costs 1.5x): drafts are
+    # priced up, plain steps stay as they are.
+    plain, drafted = cost.predict(1, 4), cost.predict(2, 12, base=(1, 4))
+    for _ in range(200):
+        cost.observe((1, 4), 2, 12, plain + 1.5 * (drafted - plain))
+        cost.observe((1, 4), 1, 4, plain)
+    assert cost.predict(1, 4) == pytest.approx(plain, rel=0.01)
+    assert cost.predict(2, 12, base=(1, 4)) == pytest.approx(
+        plain + 1.5 * (drafted - plain), rel=0.02
+    )
 
 
 def test_ngram_drafter_copies_what_followed_the_latest_match() -> None:
