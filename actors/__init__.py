@@ -4,7 +4,7 @@ Knows the transports layer and nothing of inference.
 """
 
 from ._actor import Actor
-from ._cluster import Node
+from ._cluster import JoinFailed, Node
 from ._envelope import Envelope
 from ._errors import (
     ActorCrashed,
@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._info import ActorInfo
 from ._introspection import IntrospectionServer, chaos_control, fetch_snapshot, send_command
+from ._monitor import ActorMonitor
 from ._node import NodeDown, NodeLink
 from ._process import ProcessActor, ProcessExited
 from ._registry import ActorRef, Registry, registry
@@ -31,6 +32,7 @@ __all__ = [
     "ActorCrashed",
     "ActorError",
     "ActorInfo",
+    "ActorMonitor",
     "ActorRef",
     "ActorUnavailable",
     "CallTimeout",
@@ -38,6 +40,7 @@ __all__ = [
     "Envelope",
     "InjectedCrash",
     "IntrospectionServer",
+    "JoinFailed",
     "MailboxFull",
     "Node",
     "NodeDown",

@@ -59,8 +59,8 @@ class BaseActor:
     def _go_down(self, in_flight: Iterable[Envelope], queued_reason: str) -> None:
         """Unregister, then answer every request in flight and every queued one. Never
         checkpoints, so no new request can slip in between."""
-        self.registry.unregister(self.name, self.mailbox)
         cause = self.last_error or "stopped"
+        self.registry.unregister(self.name, self.mailbox, cause)
         for envelope in in_flight:  # one exception each: every caller raises its own
             envelope.fail(ActorCrashed(self.name, cause))
         self.mailbox.fail_pending(ActorUnavailable(self.name, queued_reason))

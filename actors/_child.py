@@ -32,7 +32,7 @@ from ._link import (
     frame_codec,
     import_target,
 )
-from ._node import fail_frame
+from ._node_wire import fail_frame
 from ._registry import Registry
 
 PARENT_GONE_EXIT_CODE = 70

@@ -6,9 +6,13 @@ listener just for that peer on a fresh port (or ipc path) and answers its addres
 peer dials it. Heartbeats, monitors and failures are the link's.
 
 Security: tls+tcp:// doors and links use mutual TLS with the cluster CA (transports.TLS):
-a peer without a certificate the CA signed is refused by the TLS handshake, and that
-refusal is logged by nng's side as a failed connection; the knock never arrives. Plain
-tcp:// is for loopback only, unless `insecure` is set, which logs a warning.
+a peer without a certificate the CA signed (or one that does not speak TLS at all) is
+refused by the handshake inside nng and its knock never arrives; the node reads nng's
+counters of each door and link (`auth`) every second and logs each refusal it finds there.
+Plain tcp:// is for loopback only, unless `insecure` is set, which logs a warning.
+
+A Node can be a supervisor's child (`run`, `request_stop`, `info`): its links, with their
+state and round trip, and the remote actors imported through them appear in the tree.
 """
 
 from __future__ import annotations
@@ -21,13 +25,37 @@ from typing import Any
 import pynng
 import trio
 
-from transports import TLS, Address, Channel, parse_address, unique_address
+from transports import (
+    DEFAULT_RECV_MAX_SIZE,
+    TLS,
+    Address,
+    Channel,
+    endpoint_counters,
+    parse_address,
+    unique_address,
+)
 
-from ._node import DOWN_AFTER_S, HEARTBEAT_S, NodeLink, node_codec
+from ._errors import ActorError
+from ._info import ActorInfo, State
+from ._node import DOWN_AFTER_S, HEARTBEAT_S, MAX_IN_FLIGHT, NodeLink
+from ._node_wire import node_codec
 from ._registry import Registry
 
 log = logging.getLogger("actors.node")
 KNOCK_TIMEOUT_S = 5.0
+KNOCK_MAX_BYTES = 4096  # "join NAME": a door reads nothing bigger
+REFUSALS_POLL_S = 1.0
+
+
+class JoinFailed(ActorError):
+    """A node's door did not let us in: unreachable, or the TLS handshake failed."""
+
+    def __init__(self, address: str, why: str) -> None:
+        self.address = address
+        super().__init__(
+            f"could not join the node at {address}: {why} (is it running there, and do "
+            "both sides have certificates from the same cluster CA?)"
+        )
 
 
 def is_loopback_host(host: str) -> bool:
@@ -49,18 +77,56 @@ class Node:
         insecure: bool = False,
         heartbeat_s: float = HEARTBEAT_S,
         down_after_s: float = DOWN_AFTER_S,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        recv_max_size: int = DEFAULT_RECV_MAX_SIZE,
+        knock_timeout_s: float = KNOCK_TIMEOUT_S,
     ) -> None:
+        """`recv_max_size`: the largest message a link takes (nng drops a bigger one and
+        the connection it came on); `max_in_flight`: requests waiting on one peer, and
+        from it."""
         self.name, self.registry, self.tls, self.insecure = name, registry, tls, insecure
         self.heartbeat_s, self.down_after_s = heartbeat_s, down_after_s
+        self.max_in_flight, self.recv_max_size = max_in_flight, recv_max_size
+        self.knock_timeout_s = knock_timeout_s
         self.links: dict[str, NodeLink] = {}  # by door address (joined) or peer name (served)
+        self.doors: list[tuple[Address, pynng.Listener]] = []
+        self.state: State = "starting"
+        self.refused_peers = 0  # peers that failed to authenticate, at doors and links
+        self._link_scopes: dict[str, trio.CancelScope] = {}
+        self._seen: dict[int, dict[str, int]] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the door and the links until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started(self)
-            await trio.sleep_forever()
+        """Own the doors and the links until cancelled (or `request_stop`)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.state = "running"
+                nursery.start_soon(self._watch_refusals)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self.state = "stopped"
+
+    def request_stop(self) -> None:
+        """Close every door and link (a supervisor stopping this child)."""
+        if self._nursery is not None:
+            self.state = "stopping"
+            self._nursery.cancel_scope.cancel()
+
+    def info(self) -> ActorInfo:
+        """The node (kind "node"), its links as children (kind "node-link": peer, address,
+        link up/down, rtt_ms), and under each the remote actors imported through it."""
+        return ActorInfo(
+            name=f"node {self.name}",
+            kind="node",
+            state=self.state,
+            children=[link.info() for link in self.links.values()],
+            details={
+                "doors": " ".join(str(address) for address, _ in self.doors),
+                "refused_peers": self.refused_peers,
+            },
+        )
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -85,15 +151,21 @@ class Node:
     async def serve(self, address: str) -> Address:
         """Open the door at `address`; the bound address (port 0 resolved)."""
         addr = self._checked(address)
-        door = pynng.Rep0()
-        tls = self._tls_for(addr)
-        if tls is not None:
-            door.tls_config = tls.config(True, addr.host)
-        listener = door.listen(str(addr))
+        door = pynng.Rep0(recv_max_size=KNOCK_MAX_BYTES)
+        try:
+            tls = self._tls_for(addr)
+            if tls is not None:
+                door.tls_config = tls.config(True, addr.host)
+            listener = door.listen(str(addr))
+        except BaseException:
+            door.close()
+            raise
         if addr.scheme in ("tcp", "tls+tcp") and addr.port == 0:
             port = socket_module.ntohs(listener.local_address.port)
             addr = Address(addr.scheme, host=addr.host, port=port)
+        self.doors.append((addr, listener))
         self.nursery.start_soon(self._door, door, addr)
+        log.info("node %r: door open at %s", self.name, addr)
         return addr
 
     async def _door(self, door: pynng.Socket, addr: Address) -> None:
@@ -112,6 +184,7 @@ class Node:
                 except pynng.NNGException as exc:
                     log.warning("node %r: answer to %r lost: %s", self.name, peer, exc)
         finally:
+            self.doors = [(a, listener) for a, listener in self.doors if a != addr]
             trio.lowlevel.notify_closing(fd)
             door.close()
 
@@ -123,11 +196,18 @@ class Node:
         else:
             link_address = Address(door.scheme, host=door.host, port=0)
         channel = Channel.listen(
-            link_address, node_codec, tls=self._tls_for(door), peer_label=f"node {peer!r}"
+            link_address,
+            node_codec,
+            tls=self._tls_for(door),
+            peer_label=f"node {peer!r}",
+            recv_max_size=self.recv_max_size,
         )
+        old = self._link_scopes.pop(peer, None)
+        if old is not None:  # the same node again (it restarted): its old link is dead
+            old.cancel()
         link = self._link(channel)
         self.links[peer] = link
-        await self.nursery.start(self._run_link, link, channel)
+        await self.nursery.start(self._run_link, peer, link, channel)
         log.info("node %r: %r joined through %s", self.name, peer, channel.address)
         return channel.address
 
@@ -139,19 +219,34 @@ class Node:
         tls = self._tls_for(addr)
 
         def knock() -> str:
-            timeout = int(KNOCK_TIMEOUT_S * 1000)
-            with pynng.Req0(recv_timeout=timeout, send_timeout=timeout) as sock:
+            timeout = int(self.knock_timeout_s * 1000)
+            with pynng.Req0(
+                recv_timeout=timeout, send_timeout=timeout, recv_max_size=KNOCK_MAX_BYTES
+            ) as sock:
                 if tls is not None:
                     sock.tls_config = tls.config(False, addr.host)
                 sock.dial(str(addr), block=True)
                 sock.send(f"join {self.name}".encode())
                 return sock.recv().decode()
 
-        link_address = await trio.to_thread.run_sync(knock)
-        channel = Channel.dial(link_address, node_codec, tls=tls, peer_label=f"node at {address}")
+        try:
+            link_address = await trio.to_thread.run_sync(knock)
+        except pynng.NNGException as exc:
+            # pynng's CryptoError/AuthenticationError: the handshake failed (either side's
+            # certificate); Timeout: no answer (a door that refused us says nothing).
+            failed = JoinFailed(address, f"{type(exc).__name__}: {exc}")
+            log.warning("node %r: %s", self.name, failed)
+            raise failed from None
+        channel = Channel.dial(
+            link_address,
+            node_codec,
+            tls=tls,
+            peer_label=f"node at {address}",
+            recv_max_size=self.recv_max_size,
+        )
         link = self._link(channel)
         self.links[address] = link
-        await self.nursery.start(self._run_link, link, channel)
+        await self.nursery.start(self._run_link, address, link, channel)
         return link
 
     def _link(self, channel: Channel[Any]) -> NodeLink:
@@ -161,10 +256,44 @@ class Node:
             channel,
             heartbeat_s=self.heartbeat_s,
             down_after_s=self.down_after_s,
+            max_in_flight=self.max_in_flight,
         )
 
     async def _run_link(
-        self, link: NodeLink, channel: Channel[Any], task_status: trio.TaskStatus[None]
+        self, key: str, link: NodeLink, channel: Channel[Any], task_status: trio.TaskStatus[None]
     ) -> None:
-        with channel:
-            await link.run(task_status=task_status)
+        with trio.CancelScope() as scope, channel:
+            self._link_scopes[key] = scope
+            self._seen[id(channel)] = {}
+            try:
+                await link.run(task_status=task_status)
+            finally:
+                self._seen.pop(id(channel), None)
+                if self._link_scopes.get(key) is scope:
+                    del self._link_scopes[key]
+
+    # refusals nng saw (and we would not otherwise) --------------------------------------
+    async def _watch_refusals(self) -> None:
+        while True:
+            await trio.sleep(REFUSALS_POLL_S)
+            for address, listener in self.doors:
+                self._note(id(listener), str(address), endpoint_counters(listener))
+            for link in self.links.values():
+                channel = link.channel
+                if id(channel) in self._seen:
+                    self._note(id(channel), str(channel.address), channel.counters())
+
+    def _note(self, key: int, where: str, counters: dict[str, int]) -> None:
+        seen = self._seen.setdefault(key, {})
+        refused = counters.get("auth", 0) - seen.get("auth", 0)
+        if refused > 0:
+            self.refused_peers += refused
+            log.warning(
+                "node %r: refused %d peer(s) at %s: the TLS handshake failed (no certificate "
+                "from the cluster CA, or not speaking TLS)",
+                self.name,
+                refused,
+                where,
+            )
+        if counters:
+            self._seen[key] = counters

@@ -9,10 +9,16 @@ the target actor's protocol (its message_type, reply_type and error_type).
 Failure semantics (docs/actors.md):
 - Links carry heartbeats. A peer not heard from for `down_after_s` (it died, hangs, or the
   network is partitioned) is down: every request in flight to it fails at once with
-  NodeDown, new ones too, and watchers are told (`watch`). Never a hang.
+  NodeDown, new ones too, and watchers are told (`watch`). Never a hang. A connection the
+  peer closed (it exited) is down at once, without waiting for the silence.
 - nng redials with back-off by itself; the first frame from the peer brings the link up
   again (a new Hello, a new epoch: requests of the old epoch are gone for good).
-- Every receive is bounded (the channel's maximum message size), every send has a deadline.
+- Every receive is bounded (the channel's maximum message size), every send has a deadline,
+  and so is what waits: at most `max_in_flight` requests to the peer and as many from it.
+- Monitors (actors/_monitor.py): `monitor(name)` follows one actor on the peer; it goes
+  down when that actor stops or crashes (with its error), or when the link does.
+- Heartbeats measure the round trip: a Beat carries its sender's clock and echoes the last
+  one heard with how long it was held, so `round_trip_s` needs no clocks in common.
 """
 
 from __future__ import annotations
@@ -22,22 +28,27 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Union
+from typing import Any
 
 import msgspec
 import trio
 
-from transports import Channel, ChannelClosed, Codec, LinkBroken, MessageDecodeError, SendTimeout
+from transports import Channel, ChannelClosed, LinkBroken, MessageDecodeError, SendTimeout
 
-from ._envelope import Envelope, ReplyItem
-from ._errors import ActorCrashed, ActorUnavailable, Rejected, RemoteError
+from ._envelope import Envelope
+from ._errors import ActorUnavailable, MailboxFull
+from ._info import ActorInfo, State
 from ._link import Done, Fail, Item, PayloadCodecs, Refused
+from ._monitor import ActorMonitor, ActorState, Watch
+from ._node_serve import PeerRequests
+from ._node_wire import Ask, Beat, Hello, failure, refusal
 from ._registry import Registry
 
 log = logging.getLogger("actors.node")
 
 HEARTBEAT_S = 0.5
 DOWN_AFTER_S = 3.0
+MAX_IN_FLIGHT = 10_000  # requests waiting on the peer (and from it) per link
 
 
 class NodeDown(ActorUnavailable):
@@ -46,26 +57,6 @@ class NodeDown(ActorUnavailable):
     def __init__(self, name: str, node: str, why: str) -> None:
         self.node = node
         super().__init__(name, f"node {node!r} is down: {why}")
-
-
-class Hello(msgspec.Struct, tag="NodeHello", frozen=True, array_like=True):
-    node: str
-    epoch: int
-
-
-class Ask(msgspec.Struct, tag=True, frozen=True, array_like=True):
-    correlation_id: int
-    target: str
-    payload: msgspec.Raw
-    kind: Literal["cast", "call", "stream"]
-
-
-class Beat(msgspec.Struct, tag=True, frozen=True, array_like=True):
-    pass
-
-
-NodeFrame = Union[Hello, Ask, Item, Done, Fail, Refused, Beat]
-node_codec: Codec[NodeFrame] = Codec(NodeFrame)
 
 
 class RemoteMailbox:
@@ -79,6 +70,7 @@ class RemoteMailbox:
         self.depth = 0
 
     closed = False  # always "open": while the link is down, putting raises NodeDown
+    remote = True  # never served on to a third node
 
     async def put(self, envelope: Envelope) -> None:
         await self.link.ask(self.owner, self.protocol, envelope)
@@ -108,19 +100,29 @@ class NodeLink:
         *,
         heartbeat_s: float = HEARTBEAT_S,
         down_after_s: float = DOWN_AFTER_S,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.node, self.registry, self.channel = node, registry, channel
         self.heartbeat_s, self.down_after_s = heartbeat_s, down_after_s
+        self.max_in_flight = max_in_flight
         self.peer = ""  # the peer's node name, from its Hello
         self.peer_epoch = -1
         self.up = False
+        self.closed = False
         self.last_heard = -math.inf
-        self.round_trip_s = 0.0
+        self.round_trip_s = 0.0  # the latest heartbeat's round trip (0: not measured yet)
+        self.downs = 0  # times the peer went down, for introspection
+        self.why_down = ""
+        self.asks_sent = 0
+        self._peer_stamp = self._peer_stamp_at = 0.0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Envelope, PayloadCodecs]] = {}
+        self._requests = PeerRequests(self)  # what the peer asks of us
         self._watchers: list[Callable[[NodeLink, bool], None]] = []
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._imports: dict[str, RemoteMailbox] = {}
+        self._monitors: dict[str, ActorMonitor] = {}  # ours, of the peer's actors
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -131,7 +133,19 @@ class NodeLink:
     def import_actor(self, name: str, actor_class: Any, as_name: str | None = None) -> None:
         """Make the peer's actor `name` reachable here as `as_name` (default: `name`)."""
         protocol = PayloadCodecs(actor_class)
-        self.registry.register(as_name or name, RemoteMailbox(name, self, protocol))  # type: ignore[arg-type]
+        mailbox = RemoteMailbox(name, self, protocol)
+        self.registry.register(as_name or name, mailbox)  # type: ignore[arg-type]
+        self._imports[as_name or name] = mailbox
+
+    def monitor(self, name: str) -> ActorMonitor:
+        """Follow the peer's actor `name`: the monitor is up while it runs there, and
+        goes down, with the reason, when it stops or crashes or the link goes down."""
+        monitor = self._monitors.get(name)
+        if monitor is None:
+            monitor = self._monitors[name] = ActorMonitor(name, self.peer)
+            if self.up:
+                self.nursery.start_soon(self._requests.send_quietly, Watch(name))
+        return monitor
 
     def watch(self, callback: Callable[[NodeLink, bool], None]) -> None:
         """`callback(link, up)` whenever the peer comes up or goes down."""
@@ -142,22 +156,76 @@ class NodeLink:
             while not self.up:
                 await self._changed.wait()
 
-    async def wait_down(self) -> None:
-        while self.up:
-            await self._changed.wait()
+    async def wait_down(self, timeout_s: float = math.inf) -> None:
+        with trio.fail_after(timeout_s):
+            while self.up:
+                await self._changed.wait()
+
+    def info(self) -> ActorInfo:
+        """This link for introspection (kind "node-link"), the peer's actors imported
+        through it as its children (kind "remote")."""
+        state: State = (
+            "stopped"
+            if self.closed
+            else "running"
+            if self.up
+            else "restarting"
+            if self.peer
+            else "starting"
+        )
+        remote = []
+        for alias, mailbox in self._imports.items():
+            monitor = self._monitors.get(mailbox.owner)
+            running = self.up and (monitor is None or monitor.up)
+            remote.append(
+                ActorInfo(
+                    name=alias,
+                    kind="remote",
+                    state="running" if running else "stopped",
+                    messages_in=mailbox.messages_in,
+                    last_error="" if running or monitor is None else monitor.why,
+                    details={"node": self.peer, "remote_name": mailbox.owner},
+                )
+            )
+        return ActorInfo(
+            name=self.peer or str(self.channel.address),
+            kind="node-link",
+            state=state,
+            mailbox_depth=len(self._pending),
+            messages_in=self._requests.served,
+            messages_out=self.asks_sent,
+            restarts=self.downs,
+            last_error="" if self.up else self.why_down,
+            children=remote,
+            details={
+                "peer": self.peer,
+                "address": str(self.channel.address),
+                "link": "up" if self.up else "down",
+                "rtt_ms": round(self.round_trip_s * 1000, 2),
+                "monitors": len(self._monitors),
+            },
+        )
 
     # running ---------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._beat)
-            nursery.start_soon(self._watchdog)
-            task_status.started()
-            try:
-                await self._receive_loop()
-            finally:
-                self._set_up(False, "link closed")
-                nursery.cancel_scope.cancel()
+        unwatch = self.registry.watch(self._requests.local_actor_changed)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._beat)
+                nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._watch_connection)
+                task_status.started()
+                try:
+                    await self._receive_loop()
+                finally:
+                    self._set_up(False, "link closed")
+                    nursery.cancel_scope.cancel()
+        finally:
+            unwatch()
+            self.closed = True
+            for alias, mailbox in self._imports.items():
+                self.registry.unregister(alias, mailbox, "link closed")  # type: ignore[arg-type]
 
     async def _beat(self) -> None:
         epoch = id(self) ^ int(time.monotonic() * 1e6)
@@ -167,10 +235,22 @@ class NodeLink:
                 if hello_sent_to != self.peer_epoch or not self.up:
                     await self.channel.send(Hello(self.node, epoch), timeout_s=self.heartbeat_s)
                     hello_sent_to = self.peer_epoch
-                await self.channel.send(Beat(), timeout_s=self.heartbeat_s)
+                await self.channel.send(self._beat_frame(), timeout_s=self.heartbeat_s)
             except (SendTimeout, ChannelClosed):
                 pass  # nobody to hear it: the watchdog decides about the peer
             await trio.sleep(self.heartbeat_s)
+
+    def _beat_frame(self) -> Beat:
+        now = time.monotonic()
+        if not self._peer_stamp:
+            return Beat(now)
+        return Beat(now, self._peer_stamp, now - self._peer_stamp_at)
+
+    def _heard_beat(self, beat: Beat) -> None:
+        now = time.monotonic()
+        if beat.echo:
+            self.round_trip_s = max(0.0, now - beat.echo - beat.held_s)
+        self._peer_stamp, self._peer_stamp_at = beat.stamp, now
 
     async def _watchdog(self) -> None:
         while True:
@@ -179,17 +259,34 @@ class NodeLink:
             if self.up and silent > self.down_after_s:
                 self._set_up(False, f"not heard from for {silent:.1f}s")
 
+    async def _watch_connection(self) -> None:
+        """A closed connection (the peer exited, or its host said so) is down at once,
+        without waiting for the heartbeats to go quiet; nng redials by itself, and the
+        next frame heard brings the link up again."""
+        async for event in self.channel.peer_events:
+            if event.kind == "disconnected" and self.channel.peers <= 0:
+                self._set_up(False, "the connection closed")
+
     def _set_up(self, up: bool, why: str) -> None:
         if up == self.up:
             return
         self.up = up
         if not up:
             log.warning("node %r: peer %r is down (%s)", self.node, self.peer, why)
+            self.downs += 1
+            self.why_down = why
             pending, self._pending = self._pending, {}
             for envelope, _ in pending.values():
                 envelope.fail(NodeDown(self.peer or "?", self.peer or "?", why))
+            self._peer_stamp = 0.0  # an echo from before the outage would overstate it
+            for monitor in self._monitors.values():
+                monitor.set(False, f"node {self.peer!r} is down: {why}")
         else:
             log.info("node %r: peer %r is up", self.node, self.peer)
+            # Watch again: a peer that restarted knows nothing of our monitors.
+            for name, monitor in self._monitors.items():
+                monitor.node = self.peer
+                self.nursery.start_soon(self._requests.send_quietly, Watch(name))
         self._changed.set()
         self._changed = trio.Event()
         for watcher in self._watchers:
@@ -216,10 +313,17 @@ class NodeLink:
                     self.peer, self.peer_epoch = node, epoch
                     self._set_up(True, "")
                 case Beat():
+                    self._heard_beat(frame)
                     if self.peer:  # after a down spell: heard again, with the same epoch
                         self._set_up(True, "")
                 case Ask():
-                    self._serve(frame)
+                    self._requests.serve(frame)
+                case Watch(name):
+                    self._requests.watch(name)
+                case ActorState(name, up, why):
+                    monitor = self._monitors.get(name)
+                    if monitor is not None and self.up:
+                        monitor.set(up, why)
                 case Item(correlation_id, payload):
                     entry = self._pending.get(correlation_id)
                     if entry is not None:
@@ -241,8 +345,11 @@ class NodeLink:
     async def ask(self, name: str, protocol: PayloadCodecs, envelope: Envelope) -> None:
         if not self.up:
             raise NodeDown(name, self.peer or "?", "not connected")
+        if len(self._pending) >= self.max_in_flight:
+            raise MailboxFull(name, self.max_in_flight, 0.0)
         payload = msgspec.Raw(protocol.messages.encode(envelope.message))
         correlation_id = next(self._ids)
+        self.asks_sent += 1
         if envelope.kind != "cast":
             self._pending[correlation_id] = (envelope, protocol)
         try:
@@ -250,93 +357,3 @@ class NodeLink:
         except (SendTimeout, ChannelClosed) as exc:
             self._pending.pop(correlation_id, None)
             raise NodeDown(name, self.peer, str(exc)) from None
-
-    # serving the peer --------------------------------------------------------------------
-    def _serve(self, ask: Ask) -> None:
-        try:
-            mailbox = self.registry.lookup(ask.target)
-        except ActorUnavailable as exc:
-            self.nursery.start_soon(self._send_fail, ask.correlation_id, exc)
-            return
-        protocol: PayloadCodecs | None = mailbox.protocol
-        if protocol is None or isinstance(mailbox, RemoteMailbox):
-            why = ActorUnavailable(ask.target, "not served to other nodes")
-            self.nursery.start_soon(self._send_fail, ask.correlation_id, why)
-            return
-        try:
-            message = protocol.messages.decode(ask.payload, self.peer)
-        except MessageDecodeError as exc:
-            self.nursery.start_soon(self._send_fail, ask.correlation_id, exc)
-            return
-        if ask.kind == "cast":
-            mailbox.put_nowait(Envelope(message))
-            return
-        send, receive = trio.open_memory_channel[ReplyItem](100_000)
-        envelope = Envelope(message, ask.kind, send, ask.correlation_id)
-        self.nursery.start_soon(self._deliver_and_relay, mailbox, envelope, receive, protocol)
-
-    async def _deliver_and_relay(
-        self,
-        mailbox: Any,
-        envelope: Envelope,
-        replies: trio.MemoryReceiveChannel[ReplyItem],
-        protocol: PayloadCodecs,
-    ) -> None:
-        cid = envelope.correlation_id
-        try:
-            await mailbox.put(envelope)
-        except ActorUnavailable as exc:
-            await self._send_fail(cid, exc)
-            return
-        async with replies:
-            try:
-                async for kind, value in replies:
-                    if kind == "error":
-                        await self._send_fail(cid, value, protocol)
-                        return
-                    raw = msgspec.Raw(protocol.replies.encode(value))
-                    await self.channel.send(Item(cid, raw) if kind == "item" else Done(cid, raw))
-                    if kind == "done":
-                        return
-            except (SendTimeout, ChannelClosed):
-                return  # the peer is gone; its side fails the request by itself
-        # The actor went away without a terminal answer: say so, never leave a caller.
-        await self._send_fail(cid, ActorUnavailable(mailbox.owner, "the request was dropped"))
-
-    async def _send_fail(
-        self, cid: int, error: BaseException, protocol: PayloadCodecs | None = None
-    ) -> None:
-        with trio.move_on_after(self.down_after_s):
-            try:
-                await self.channel.send(fail_frame(cid, error, protocol))
-            except (SendTimeout, ChannelClosed):
-                pass
-
-
-def fail_frame(cid: int, error: BaseException, protocol: PayloadCodecs | None) -> Fail | Refused:
-    """The frame for `error`: a refusal carries its Struct, runtime errors their type."""
-    if isinstance(error, Rejected) and protocol is not None and protocol.errors is not None:
-        return Refused(cid, msgspec.Raw(protocol.errors.encode(error.error)))
-    if isinstance(error, RemoteError):
-        return Fail(cid, error.kind, error.remote_message)
-    if isinstance(error, ActorCrashed):
-        return Fail(cid, "ActorCrashed", error.cause)
-    return Fail(cid, type(error).__name__, str(error))
-
-
-def failure(actor: str, kind: str, message: str) -> BaseException:
-    """The exception a Fail frame stands for, of the type a local caller would get."""
-    if kind == "ActorCrashed":
-        return ActorCrashed(actor, message)
-    if kind in ("ActorUnavailable", "NodeDown"):
-        return ActorUnavailable(actor, message)
-    return RemoteError(actor, kind, message)
-
-
-def refusal(protocol: PayloadCodecs, actor: str, payload: msgspec.Raw) -> BaseException:
-    """A Refused frame's Rejected, with the actor's own error Struct."""
-    assert protocol.errors is not None, "a refusal from an actor without an error_type"
-    try:
-        return Rejected(actor, protocol.errors.decode(payload))
-    except MessageDecodeError as exc:
-        return RemoteError(actor, "BadRefusal", str(exc))

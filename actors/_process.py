@@ -52,7 +52,7 @@ from ._link import (
     frame_codec,
     import_target,
 )
-from ._node import failure, refusal
+from ._node_wire import failure, refusal
 from ._registry import Registry
 
 log = logging.getLogger("actors.process")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -32,15 +33,28 @@ class Registry:
     def __init__(self, wire_check: bool | None = None) -> None:
         self._mailboxes: dict[str, Mailbox] = {}
         self.wire_check = _wire_check_default() if wire_check is None else wire_check
+        self._watchers: list[Callable[[str, bool, str], None]] = []
 
     def register(self, name: str, mailbox: Mailbox) -> None:
         if name in self._mailboxes and not self._mailboxes[name].closed:
             raise ValueError(f"an actor named {name!r} is already running")
         self._mailboxes[name] = mailbox
+        self._tell(name, True, "")
 
-    def unregister(self, name: str, mailbox: Mailbox) -> None:
+    def unregister(self, name: str, mailbox: Mailbox, why: str = "stopped") -> None:
         if self._mailboxes.get(name) is mailbox:
             del self._mailboxes[name]
+            self._tell(name, False, why)
+
+    def watch(self, callback: Callable[[str, bool, str], None]) -> Callable[[], None]:
+        """`callback(name, up, why)` whenever an actor registers (up) or leaves (down,
+        with its last error); synchronous, so it must not block. Returns the unwatch."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def _tell(self, name: str, up: bool, why: str) -> None:
+        for watcher in list(self._watchers):
+            watcher(name, up, why)
 
     def lookup(self, name: str) -> Mailbox:
         mailbox = self._mailboxes.get(name)

@@ -77,8 +77,27 @@ COLUMNS = (
     "out",
     "msgs/s",
     "restarts",
-    "last error",
+    "last error / where",
 )
+
+
+def note(info: ActorInfo) -> str:
+    """The last column: an actor's last error; for a node, its doors; for a link to
+    another node, the peer's address, the link's state and its round-trip time; for an
+    actor on another node, which node (then the error, if any)."""
+    d = info.details
+    if info.kind == "node":
+        refused = f", refused {d['refused_peers']} peer(s)" if d.get("refused_peers") else ""
+        return f"doors {d.get('doors') or '-'}{refused}"
+    if info.kind == "node-link":
+        rtt = float(d.get("rtt_ms", 0.0))
+        text = f"link {d.get('link', '?')}, rtt {rtt:.2f} ms, at {d.get('address', '?')}"
+    elif info.kind == "remote":
+        remote = d.get("remote_name", info.name)
+        text = f"on node {d.get('node') or '?'}" + (f" as {remote}" if remote != info.name else "")
+    else:
+        return info.last_error
+    return f"{text}: {info.last_error}" if info.last_error else text
 
 
 def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]]:
@@ -96,7 +115,7 @@ def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]
                 str(info.messages_out),
                 f"{rates.get(info.name, 0.0):.1f}",
                 str(info.restarts),
-                info.last_error[:60],
+                note(info)[:100],
             )
         )
         for child in info.children:

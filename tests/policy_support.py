@@ -14,7 +14,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,8 +63,10 @@ class TLSFiles:
     client_key: str
 
 
-def make_tls(directory: Path) -> TLSFiles:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it."""
+def make_tls(directory: Path, extra_sans: Sequence[str] = ()) -> TLSFiles:
+    """A CA, a server certificate for 127.0.0.1/localhost (and `extra_sans`: IP addresses
+    or DNS names, e.g. a network namespace's address) and a client certificate, both
+    signed by the CA."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "inferflux test CA")])
@@ -96,7 +98,9 @@ def make_tls(directory: Path) -> TLSFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    key, cert = _leaf(ca_key, ca_name, "localhost", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
+    key, cert = _leaf(
+        ca_key, ca_name, "localhost", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, extra_sans
+    )
     client_key, client = _leaf(
         ca_key, ca_name, "inferflux test client", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
     )
@@ -119,11 +123,24 @@ def make_tls(directory: Path) -> TLSFiles:
 
 
 def _leaf(
-    ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, name: str, usage: x509.ObjectIdentifier
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    name: str,
+    usage: x509.ObjectIdentifier,
+    extra_sans: Sequence[str] = (),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A key and a certificate for 127.0.0.1/localhost, signed by the CA, for `usage`
-    (server or client authentication)."""
+    """A key and a certificate for 127.0.0.1/localhost (+ `extra_sans`), signed by the CA,
+    for `usage` (server or client authentication)."""
     now = datetime.datetime.now(datetime.UTC)
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    for extra in extra_sans:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(extra)))
+        except ValueError:
+            sans.append(x509.DNSName(extra))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -134,9 +151,7 @@ def _leaf(
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(sans),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

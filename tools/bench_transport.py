@@ -1,10 +1,16 @@
-"""Transport benchmark: round-trip latency and one-way throughput per scheme.
+"""Transport benchmark: round-trip latency and one-way throughput per scheme, and the
+in-process choice (the direct path vs nng inproc://) at 16 concurrent streams.
 
     python tools/bench_transport.py [--round-trips 5000] [--schemes inproc,ipc,tcp]
+    python tools/bench_transport.py --in-process [--streams 16]
 
 Both ends run in one Trio process (the echo side is a task), which is how actors in one
-node talk; ipc and tcp still cross the kernel. Prints one table; copy it into
-docs/benchmarks.md with the machine described.
+node talk; ipc and tcp still cross the kernel. `--in-process` drives one actor through
+the runtime itself (tools/bench_in_process.py): ActorRef calls and streams from 16
+concurrent tasks, by the direct path (Trio memory channels, objects passed as they are),
+the same with every message encoded and decoded (the wire check), and over a node link
+on nng inproc://. Prints tables; copy them into docs/benchmarks.md / docs/actors.md with
+the machine described.
 """
 
 from __future__ import annotations
@@ -114,6 +120,11 @@ async def one_way(scheme: str, size: int, count: int) -> tuple[float, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.in_process:
+        from bench_in_process import in_process
+
+        await in_process(args.streams, args.calls, args.items, args.repeats)
+        return
     print(
         "| scheme | RTT p50 (us) | RTT p99 (us) | nng floor p50 (us) | 1 KiB msgs/s | 1 KiB MB/s "
         "| 4 MiB msgs/s | 4 MiB MB/s |"
@@ -142,4 +153,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3, help="median of this many RTT runs")
     parser.add_argument("--small-messages", type=int, default=50000)
     parser.add_argument("--big-messages", type=int, default=40)
+    parser.add_argument("--in-process", action="store_true", help="direct path vs inproc")
+    parser.add_argument("--streams", type=int, default=16, help="--in-process: concurrency")
+    parser.add_argument("--calls", type=int, default=1000, help="--in-process: per task")
+    parser.add_argument("--items", type=int, default=5000, help="--in-process: per stream")
     trio.run(main, parser.parse_args())

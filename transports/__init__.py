@@ -13,6 +13,7 @@ from ._channel import (
 from ._codec import Codec, MessageDecodeError
 from ._faults import Faults
 from ._socket_dir import SocketDir
+from ._stats import endpoint_counters
 
 __all__ = [
     "DEFAULT_RECV_MAX_SIZE",
@@ -28,6 +29,7 @@ __all__ = [
     "SendTimeout",
     "SocketDir",
     "TLS",
+    "endpoint_counters",
     "parse_address",
     "unique_address",
 ]

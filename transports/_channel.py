@@ -22,6 +22,7 @@ import trio
 from ._address import Address, parse_address
 from ._codec import Codec, MessageDecodeError
 from ._faults import FaultInjector, Faults
+from ._stats import endpoint_counters
 
 M = TypeVar("M")
 
@@ -120,9 +121,12 @@ class Channel(Generic[M]):
         self._recv_fd = self._socket.recv_fd
         self._send_fd = self._socket.send_fd
         self._closed = False
+        self.endpoint: pynng.Listener | pynng.Dialer | None = None
         self._receives_without_yield = 0
         self._epoch = secrets.randbits(64)
         self._sent = 0
+        self._send_lock = trio.Lock()
+        self._send_waiters = 0
         self._peer_epoch = -1
         self._expected = 0
         self.duplicates_dropped = 0
@@ -151,7 +155,7 @@ class Channel(Generic[M]):
         channel = cls(addr, codec, **kwargs)  # type: ignore[arg-type]
         try:
             channel._secure(tls, server=True)
-            listener = channel._socket.listen(str(addr))
+            listener = channel.endpoint = channel._socket.listen(str(addr))
             if addr.scheme in ("tcp", "tls+tcp") and addr.port == 0:
                 port = socket.ntohs(listener.local_address.port)
                 channel.address = Address(addr.scheme, host=addr.host, port=port)
@@ -169,7 +173,7 @@ class Channel(Generic[M]):
         channel = cls(addr, codec, **kwargs)  # type: ignore[arg-type]
         try:
             channel._secure(tls, server=False)
-            channel._socket.dial(str(addr), block=False)
+            channel.endpoint = channel._socket.dial(str(addr), block=False)
         except BaseException:
             channel.close()
             raise
@@ -197,6 +201,13 @@ class Channel(Generic[M]):
         if not known or self._allowed_pid is None or pid[0] != self._allowed_pid:
             self.refused_peers += 1
             pipe.close()
+
+    def counters(self) -> dict[str, int]:
+        """nng's counters for this channel's listener or dialer (transports._stats), e.g.
+        `auth`: peers refused by the TLS handshake."""
+        if self._closed or self.endpoint is None:
+            return {}
+        return endpoint_counters(self.endpoint)
 
     # fault injection (chaos testing) -----------------------------------------------
     @property
@@ -243,46 +254,65 @@ class Channel(Generic[M]):
         await self.send_bytes(self.codec.encode(message), timeout_s)
 
     async def send_bytes(self, data: bytes, timeout_s: float | None = None) -> None:
-        framed = _HEADER.pack(self._epoch, self._sent) + data
-        self._sent += 1
         injector = self._injector
         if injector is None:
-            await self._send_framed(framed, timeout_s)
+            await self._send_framed(data, timeout_s, 1)
             return
         delay = injector.delay_s()
         if delay:
             await trio.sleep(delay)
-        for _ in range(injector.copies()):
-            await self._send_framed(framed, timeout_s)
+        copies = injector.copies()
+        if copies == 0:
+            self._sent += 1  # lost on the way: the peer sees the gap
+            return
+        await self._send_framed(data, timeout_s, copies)
 
-    async def _send_framed(self, data: bytes, timeout_s: float | None) -> None:
+    async def _send_framed(self, data: bytes, timeout_s: float | None, copies: int) -> None:
+        """Send `copies` copies of one message under one sequence number.
+
+        The number is taken only when nng accepts the message, never before a wait: a
+        message numbered and then held back while another task's later number went first
+        would look like a loss to the peer. Tasks that find the buffer full queue on a
+        fair lock, one at a time on the fd (two tasks waiting on one fd is an error in
+        Trio), and later senders queue behind them rather than overtake."""
         deadline = self.send_timeout_s if timeout_s is None else timeout_s
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            # A successful non-blocking send skips the scheduler yield: checking for
-            # cancellation above keeps it a cancellation point, and the next receive
-            # (or any other await) schedules.
-            self._socket.send(data, block=False)
+        # A successful non-blocking send skips the scheduler yield: checking for
+        # cancellation above keeps it a cancellation point, and the next receive (or any
+        # other await) schedules.
+        if not self._send_waiters and self._try_send(data, copies):
             return
-        except pynng.TryAgain:
-            pass
-        except pynng.Closed:
-            raise ChannelClosed(str(self.address)) from None
-        with trio.move_on_after(deadline) as scope:
-            while True:
-                await trio.lowlevel.wait_readable(self._send_fd)
-                try:
-                    self._socket.send(data, block=False)
+        self._send_waiters += 1
+        try:
+            with trio.move_on_after(deadline) as scope:
+                async with self._send_lock:
+                    while not self._try_send(data, copies):
+                        await trio.lowlevel.wait_readable(self._send_fd)
                     return
-                except pynng.TryAgain:
-                    continue
-                except pynng.Closed:
-                    raise ChannelClosed(str(self.address)) from None
+        finally:
+            self._send_waiters -= 1
         if scope.cancelled_caught:
             raise SendTimeout(
                 f"send to {self.peer_label} not accepted within {deadline:.3g}s "
                 f"(peers connected: {self.peers})"
             )
+
+    def _try_send(self, data: bytes, copies: int) -> bool:
+        """One non-blocking attempt: True once nng took the message (numbered now)."""
+        framed = _HEADER.pack(self._epoch, self._sent) + data
+        try:
+            self._socket.send(framed, block=False)
+        except pynng.TryAgain:
+            return False
+        except pynng.Closed:
+            raise ChannelClosed(str(self.address)) from None
+        self._sent += 1
+        for _ in range(copies - 1):  # a duplicate: same number, dropped by the peer
+            try:
+                self._socket.send(framed, block=False)
+            except (pynng.TryAgain, pynng.Closed):
+                pass
+        return True
 
     async def receive(self) -> M:
         """Next message. MessageDecodeError for a bad one; the channel stays usable."""

@@ -1,7 +1,10 @@
 """Nodes (issue 18): actors on another node reached by name like local ones, their
 protocols (replies, streams, refusals, runtime errors) the same across the link; a node
 that dies or hangs fails what is in flight within the heartbeat timeout, never a hang, and
-comes back up; mutual TLS refuses a peer without a certificate from the cluster CA."""
+comes back up; monitors follow a remote actor down and up; heartbeats measure the round
+trip; the tree shows nodes, links and remote actors; mutual TLS refuses (and logs) a peer
+without a certificate from the cluster CA or without TLS. Across network namespaces:
+tests/integration/test_hosts.py."""
 
 from __future__ import annotations
 
@@ -16,10 +19,21 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors import ActorRef, ActorUnavailable, Node, NodeDown, Registry, Rejected
+from actors import (
+    ActorRef,
+    ActorUnavailable,
+    ChildSpec,
+    JoinFailed,
+    Node,
+    NodeDown,
+    Registry,
+    Rejected,
+    RemoteError,
+    Supervisor,
+)
 from tests.policy_support import make_tls
-from tests.support_actors import Count, Echo, EchoActor, Nope, Refuse, Sleep
-from transports import TLS, SocketDir, unique_address
+from tests.support_actors import Count, Crash, Echo, EchoActor, Nope, Refuse, Sleep
+from transports import TLS, Faults, SocketDir, unique_address
 
 DOWN_AFTER_S = 1.5
 
@@ -153,3 +167,113 @@ def test_plain_tcp_off_loopback_needs_insecure() -> None:
     with pytest.raises(ValueError, match="tls\\+tcp"):
         node._checked("tcp://10.1.2.3:9000")
     assert Node("b", Registry(), insecure=True)._checked("tcp://10.1.2.3:9000").port == 9000
+
+
+async def test_monitors_report_a_remote_actor_down_and_up_and_the_tree_shows_the_link() -> None:
+    with SocketDir("ifx-test") as directory:
+        home, away = Registry(), Registry()
+        async with trio.open_nursery() as nursery:
+            served = await nursery.start(Node("a", away, heartbeat_s=0.1).run)
+            tree = Supervisor(
+                "away", [ChildSpec("echo", lambda: EchoActor("echo", in_registry=away))]
+            )
+            await nursery.start(tree.run)
+            door = await served.serve(str(unique_address("ipc", "door", directory)))
+            node = await nursery.start(Node("b", home, heartbeat_s=0.1).run)
+            link = await node.join(str(door))
+            link.import_actor("echo", EchoActor, as_name="far-echo")
+            await link.wait_up(timeout_s=10)
+            monitor = link.monitor("echo")
+            seen: list[tuple[bool, str]] = []
+            monitor.on_change(lambda m: seen.append((m.up, m.why)))
+            await monitor.wait_up(timeout_s=5)
+            # The remote actor crashes: the watcher hears it, with the crash's reason,
+            # then hears it come back when its supervisor restarted it.
+            with pytest.raises(RemoteError):
+                await ActorRef("far-echo", home).call(Crash("boom"))
+            with trio.fail_after(5):
+                while len(seen) < 3:
+                    await trio.sleep(0.02)
+            assert seen[0] == (True, "")
+            assert seen[1][0] is False and "boom" in seen[1][1]
+            assert seen[2] == (True, "")
+            assert await ActorRef("far-echo", home).call(Echo("again")) == "again"
+            with trio.fail_after(5):  # heartbeats measure the round trip
+                while not link.round_trip_s:
+                    await trio.sleep(0.05)
+            assert 0 < link.round_trip_s < 0.5
+            info = node.info()
+            assert info.kind == "node" and info.state == "running"
+            (link_info,) = info.children
+            assert link_info.kind == "node-link" and link_info.name == "a"
+            assert link_info.state == "running" and link_info.details["link"] == "up"
+            assert link_info.details["address"] == str(link.channel.address)
+            assert 0 < float(link_info.details["rtt_ms"]) < 500
+            (remote,) = link_info.children
+            assert (remote.name, remote.kind, remote.state) == ("far-echo", "remote", "running")
+            assert remote.details == {"node": "a", "remote_name": "echo"}
+            # A watched actor that stops for good is down; so is everything when its node is.
+            tree.request_stop()
+            await monitor.wait_down(timeout_s=5)
+            assert "stopped" in monitor.why
+            served.request_stop()
+            await link.wait_down(timeout_s=5)
+            assert not monitor.up
+            down = node.info().children[0]
+            assert down.state == "restarting" and down.details["link"] == "down"
+            assert down.children[0].state == "stopped"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("stranger", ["other CA", "plain tcp"])
+async def test_a_peer_that_cannot_authenticate_is_refused_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stranger: str
+) -> None:
+    files = make_tls(tmp_path)
+    (tmp_path / "other").mkdir()
+    other = make_tls(tmp_path / "other")
+    async with trio.open_nursery() as nursery:
+        door_node = Node("a", Registry(), tls=TLS(files.ca, files.cert, files.key))
+        await nursery.start(door_node.run)
+        door = await door_node.serve("tls+tcp://127.0.0.1:0")
+        if stranger == "other CA":
+            tls, address = TLS(other.ca, other.client_cert, other.client_key), str(door)
+        else:  # plain tcp knocking on a tls door
+            tls, address = None, f"tcp://127.0.0.1:{door.port}"
+        knocker = Node("x", Registry(), tls=tls, knock_timeout_s=2)
+        await nursery.start(knocker.run)
+        with pytest.raises(JoinFailed, match="could not join"):
+            await knocker.join(address)
+        with trio.fail_after(5):  # the door's side logs the refusal from nng's counters
+            while not door_node.refused_peers:
+                await trio.sleep(0.1)
+        assert "refused 1 peer(s) at tls+tcp://127.0.0.1" in caplog.text
+        assert door_node.info().details["refused_peers"] == 1
+        assert door_node.links == {}  # nobody got in
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_round_trip_follows_a_delayed_link() -> None:
+    # Where the kernel has no netem (test_hosts.py skips then), the same measurement with
+    # the channel's own fault injection: every frame the far side sends waits 100 ms.
+    with SocketDir("ifx-test") as directory:
+        async with trio.open_nursery() as nursery:
+            served = await nursery.start(Node("a", Registry(), heartbeat_s=0.1).run)
+            door = await served.serve(str(unique_address("ipc", "door", directory)))
+            node = await nursery.start(Node("b", Registry(), heartbeat_s=0.1).run)
+            link = await node.join(str(door))
+            await link.wait_up(timeout_s=10)
+            with trio.fail_after(5):
+                while not link.round_trip_s:
+                    await trio.sleep(0.05)
+            assert link.round_trip_s < 0.05
+            served.links["b"].channel.faults = Faults(delay=1.0, delay_s=0.1)
+            with trio.fail_after(5):
+                while link.round_trip_s < 0.09:
+                    await trio.sleep(0.05)
+            assert link.round_trip_s < 0.3
+            served.links["b"].channel.faults = None
+            with trio.fail_after(5):
+                while link.round_trip_s >= 0.05:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()

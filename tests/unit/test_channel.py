@@ -114,3 +114,32 @@ async def test_tcp_port_zero_is_resolved_after_listen() -> None:
             await client.wait_connected(5)
             await client.send(Blob(3))
             assert await server.receive() == Blob(3)
+
+
+@pytest.mark.parametrize("scheme", ["inproc", "ipc"])
+async def test_many_tasks_sending_into_a_full_buffer_keep_the_sequence(scheme: str) -> None:
+    # Sixteen tasks share one channel (a node link's callers, relays and heartbeats do):
+    # while nng's buffer is full they wait their turn. A sequence number is given only to
+    # a message nng took, so nothing reaches the peer out of order (a false LinkBroken),
+    # and two tasks never wait on the same fd (trio.BusyResourceError).
+    with Channel.listen(unique_address(scheme), codec) as server:
+        with Channel.dial(server.address, codec, send_timeout_s=30) as client:
+            await client.wait_connected(5)
+            per_task, tasks = 300, 16
+            async with trio.open_nursery() as nursery:
+                for t in range(tasks):
+
+                    async def send_all(t: int = t) -> None:
+                        for i in range(per_task):
+                            await client.send(Blob(t * per_task + i, b"x" * 512))
+
+                    nursery.start_soon(send_all)
+                got = []
+                for _ in range(per_task * tasks):
+                    got.append((await server.receive()).n)
+                    if len(got) % 200 == 0:
+                        await trio.sleep(0.01)  # a slow reader: the sender's buffer fills
+            assert sorted(got) == list(range(per_task * tasks))
+            for t in range(tasks):  # each task's own messages in its order
+                mine = [n for n in got if n // per_task == t]
+                assert mine == sorted(mine)
