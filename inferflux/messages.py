@@ -65,7 +65,35 @@ class Attach(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Open the worker's result stream: WorkerReady first, then one StepResult per step."""
 
 
-WorkerMessage = Union[Admit, Cancel, Attach]
+EMBEDDING_MAX_TOKENS = 512
+"""The longest input an Embed may carry: a pooled embedding is computed over one decode,
+and llama.cpp keeps logits for every token of it (vocabulary x tokens floats), so the
+worker's embedding context is sized for this many tokens per decode."""
+
+
+class Embed(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """Embed each input (token ids, at most EMBEDDING_MAX_TOKENS each): answered with
+    Embedded. Sent to the scheduler, which hands it to its worker."""
+
+    inputs: list[list[int]]
+    trace_id: str = ""
+
+
+class Embedded(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """One vector per input, in order: little-endian float32, unit length (L2)."""
+
+    vectors: list[bytes]
+    dimensions: int
+
+
+class EmbeddingRefused(msgspec.Struct, tag=True, frozen=True):
+    """The worker cannot embed these inputs (a reranker model, an input out of bounds, a
+    decode that failed): the worker goes on serving."""
+
+    message: str
+
+
+WorkerMessage = Union[Admit, Cancel, Attach, Embed]
 
 
 class WorkerReady(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -101,4 +129,4 @@ class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=Fals
     n_accepted: int = 0  # ... and how many of them were accepted
 
 
-WorkerReply = Union[WorkerReady, StepResult]
+WorkerReply = Union[WorkerReady, StepResult, Embedded]

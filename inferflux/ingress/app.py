@@ -27,6 +27,7 @@ from . import pipeline
 from .chat_render import ChatRenderer
 from .completion_render import CompletionRenderer
 from .context import RequestContext, credential, trace_from
+from .embeddings import embeddings
 from .errors import APIError
 from .health import health_blueprint
 from .http import install_error_handlers, json_response, read_json, require_json_body
@@ -133,6 +134,10 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
             completion.model, completion.keep_alive, prepare, "completion", render,
             completion.stream,
         )  # fmt: skip
+
+    @app.post("/v1/embeddings")
+    async def create_embeddings() -> Response:
+        return await embeddings(services)
 
     @app.post("/tokenize")
     async def tokenize() -> Response:

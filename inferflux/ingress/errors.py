@@ -80,4 +80,7 @@ def from_decode_error(exc: msgspec.DecodeError) -> APIError:
         text = f"{text_part} (at {param})" if param else text_part
     elif text.startswith("JSON is malformed") or "malformed" in text.lower():
         text = f"request body is not valid JSON: {text}"
+    if text.startswith("Object missing required field `"):
+        field = text.split("`")[1]  # the missing field is the parameter to name
+        param = f"{param}.{field}" if param else field
     return APIError(400, text, param=param, code="invalid_value" if param else "invalid_json")

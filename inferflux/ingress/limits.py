@@ -23,6 +23,8 @@ MAX_SCHEMA_BYTES = 64 * 1024
 """A JSON schema (response_format, one tool's parameters) as JSON: compiling a grammar
 grows with it."""
 ADMIN_BODY_BYTES = 64 * 1024
+MAX_EMBEDDING_INPUTS = 2048
+"""OpenAI's limit on the inputs of one embeddings request."""
 
 StopString = Annotated[str, msgspec.Meta(max_length=MAX_STOP_CHARS)]
 StopList = Annotated[list[StopString], msgspec.Meta(max_length=MAX_STOP_SEQUENCES)]

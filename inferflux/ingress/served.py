@@ -44,6 +44,14 @@ class ServedModel:
         """Texts that tokenize as one special token (`<|im_start|>`...)."""
         return self.tokenizer.special_texts()
 
+    @cached_property
+    def embedding_size(self) -> int:
+        """The length of this model's embedding vectors (from the GGUF's metadata: a
+        vocabulary-only load has no tensors to ask)."""
+        meta = self.tokenizer.meta
+        value = meta(f"{meta('general.architecture')}.embedding_length")
+        return int(value) if value.isdigit() else 0
+
     def holds_special_text(self, text: str) -> bool:
         return any(special in text for special in self.special_texts)
 

@@ -66,6 +66,7 @@ class Lease:
 
     model: ServedModel
     scheduler: ActorRef
+    worker: ActorRef
     release: Callable[[], None]
 
 
@@ -201,7 +202,7 @@ class ModelManager(Actor):
                 seconds = self.config.server.keep_alive_s if keep is None else keep
                 entry.keep_until = entry.last_used + seconds
 
-        return Lease(entry.served, entry.engine.scheduler, release)
+        return Lease(entry.served, entry.engine.scheduler, entry.engine.worker, release)
 
     def describe(self, detailed: bool = False) -> list[dict[str, Any]]:
         """Every model the server knows or the store holds, with its state."""

@@ -38,6 +38,7 @@ class EngineHandle:
     name: str
     registry: Registry
     scheduler: ActorRef
+    worker: ActorRef
     latest: dict[str, Any]
     """The scheduler instance of the latest start (in-process), for readiness."""
 
@@ -73,7 +74,9 @@ def engine_subtree(
     """The ChildSpec of one model's subtree (for the root supervisor) and its handle."""
     registry = Registry()
     latest: dict[str, Any] = {}
-    handle = EngineHandle(served.id, registry, ActorRef("scheduler", registry), latest)
+    handle = EngineHandle(
+        served.id, registry, ActorRef("scheduler", registry), ActorRef("worker-0", registry), latest
+    )
     sched, supervision = config.scheduler, config.supervision
 
     def make_worker() -> ProcessActor:

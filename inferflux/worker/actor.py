@@ -22,18 +22,22 @@ from typing import Any
 import llama_cpp  # noqa: F401
 import trio
 
-from actors import Actor, ActorUnavailable, Envelope
+from actors import Actor, ActorUnavailable, Envelope, Rejected
 
 from ..config import SpeculativeConfig
 from ..messages import (
     Admit,
     Attach,
     Cancel,
+    Embed,
+    Embedded,
+    EmbeddingRefused,
     WorkerMessage,
     WorkerReady,
     WorkerReply,
 )
 from .constraint import compiled
+from .embedding import Embedder
 from .engine import Engine
 from .llama import Context, Model
 
@@ -41,6 +45,7 @@ from .llama import Context, Model
 class DeviceWorker(Actor):
     message_type = WorkerMessage
     reply_type = WorkerReply
+    error_type = EmbeddingRefused
     mailbox_capacity = 4096
 
     def __init__(
@@ -67,6 +72,7 @@ class DeviceWorker(Actor):
         # [speculative] of the server's config, as a dict (it crosses the process line)
         self.speculative = SpeculativeConfig(**speculative) if speculative else None
         self.engine: Engine | None = None
+        self.embedder: Embedder | None = None  # made on the first Embed
         self._results: Envelope | None = None
         self._wake = trio.Event()
         # seq_id -> cancelled while its grammar compiles; cleared by a new Attach (epoch).
@@ -89,6 +95,9 @@ class DeviceWorker(Actor):
         self.nursery.start_soon(self._step_loop)
 
     async def stopping(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
         if self.engine is not None:
             self.engine.close()
             self.engine.context.close()
@@ -116,6 +125,8 @@ class DeviceWorker(Actor):
                     self.nursery.start_soon(self._compile_then_admit, message, self._epoch)
                 else:
                     self.engine.admit(message)
+            case Embed(inputs):
+                return self._embed(inputs)
             case Cancel(seq_id, _):
                 if seq_id in self._compiling:
                     self._compiling[seq_id] = True
@@ -123,6 +134,15 @@ class DeviceWorker(Actor):
                     self.engine.cancel(seq_id)
         self._wake.set()
         return None
+
+    def _embed(self, inputs: list[list[int]]) -> Embedded:
+        assert self.engine is not None
+        try:
+            if self.embedder is None:
+                self.embedder = Embedder(self.engine.model, self.threads)
+            return Embedded(self.embedder.embed(inputs), self.embedder.dimensions)
+        except (ValueError, RuntimeError) as exc:  # ModelLoadError is a RuntimeError
+            raise Rejected(self.name, EmbeddingRefused(str(exc))) from None
 
     async def _compile_then_admit(self, admit: Admit, epoch: int) -> None:
         assert self.engine is not None

@@ -92,7 +92,7 @@ def test_typed_fields_are_refused_at_decode_with_their_path() -> None:
         ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools[0].type"),
         ({"tools": [{"function": {"name": "bad name!"}}]}, "tools[0].function.name"),
         ({"tool_choice": "sometimes"}, "tool_choice"),
-        ({"tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice.function"),
         ({"response_format": {"type": "yaml"}}, "response_format.type"),
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": 3}}},
          "response_format.json_schema.schema"),
