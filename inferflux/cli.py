@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         "several (default: the default model)",
     )
     run.add_argument("--model-name", help="model id clients send (default: file name)")
+    run.add_argument("--mmproj", help="multimodal projector GGUF of the (first) model: images")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="HTTP port (default 8000)")
     run.add_argument("--role", default=None, help="unified (prefill and decode come later)")
@@ -105,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
                     "serve": args.model,
                     "name": args.model_name,
                     "ctx_size": args.ctx_size,
+                    "mmproj": args.mmproj,
                     "threads": args.threads,
                     "gpu_layers": args.gpu_layers,
                 },

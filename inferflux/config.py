@@ -92,6 +92,9 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     `inferflux run --model A --model B`); `path` (or the default model) comes first."""
     ctx_size: int = 2048
     """Context window per sequence (prompt + completion tokens), in tokens."""
+    mmproj: str = ""
+    """Multimodal projector GGUF (mmproj) of the first model: chat requests may then carry
+    images (docs/openai.md). Empty: the one the model store keeps beside the model, if any."""
     threads: int = 0
     """CPU threads for llama.cpp. 0: all cores."""
     gpu_layers: int = -1

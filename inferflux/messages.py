@@ -30,6 +30,21 @@ class SamplingParams(msgspec.Struct, frozen=True, array_like=True, omit_defaults
     logprobs: int = -1  # -1: none; 0: the chosen token's logprob; k: also the k likeliest
 
 
+class ImageInput(msgspec.Struct, frozen=True, array_like=True):
+    """An image of a prompt (issue 16), decoded to 8-bit RGB by the ingress, and where its
+    rows are: `spans[i]` = (index in the prompt, rows) of its i-th image chunk, in the
+    order the projector lays them out. Those prompt entries are image ids, not tokens
+    (negative, from `digest`): the prefix cache matches them like tokens, so the same image
+    is a hit and another one is not. The worker encodes the image on every Admit
+    (recompute after a crash included) unless it lies wholly in the reused prefix."""
+
+    digest: str
+    width: int
+    height: int
+    rgb: bytes
+    spans: list[tuple[int, int]]
+
+
 class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Start a sequence in `slot`.
 
@@ -52,6 +67,7 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     n_generated: int = 0
     text_sent: int = 0  # recompute: characters of text the client already has
     trace_id: str = ""  # the request's W3C trace id, for the worker's logs
+    images: list[ImageInput] = []
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -127,6 +143,8 @@ class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=Fals
     outputs: list[SeqOutput]
     n_drafted: int = 0  # speculative decoding: draft tokens verified in this step
     n_accepted: int = 0  # ... and how many of them were accepted
+    images_encoded: int = 0  # images encoded since the last step (off the step loop)
+    encode_s: float = 0.0  # ... and the seconds their encoding took
 
 
 WorkerReply = Union[WorkerReady, StepResult, Embedded]

@@ -23,10 +23,11 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from ..messages import SamplingParams
+from ..messages import ImageInput, SamplingParams
 from ..model.chat_template import TemplateError
 from ..scheduler.messages import Submit
 from .errors import APIError
+from .images import check_accepted, image_parts, image_prompt, read_images
 from .request_types import (
     ChatCompletionRequest,
     ChatMessage,
@@ -61,6 +62,8 @@ class Prepared:
     tools: ToolPlan = NO_TOOLS
     echo: str = ""
     """Completions with echo: the prompt text, sent before the completion."""
+    images: tuple[ImageInput, ...] = ()
+    """Chat images (their rows are image ids in `prompt`: ingress/images.py)."""
 
     @property
     def want_logprobs(self) -> bool:
@@ -97,7 +100,14 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
             "response_format",
         )
     check_prompt_size(model, sum(_chars(m) for m in chat.messages), "messages")
-    prompt = await off_loop(chat_prompt, model, chat.messages, tools)
+    parts = image_parts(chat.messages)
+    images: list[ImageInput] = []
+    if parts:
+        check_accepted(model, parts)
+        decoded = await off_loop(read_images, parts)
+        prompt, images = await off_loop(image_prompt, model, chat.messages, decoded, tools)
+    else:
+        prompt = await off_loop(chat_prompt, model, chat.messages, tools)
     max_tokens = chat.max_completion_tokens or chat.max_tokens
     max_param = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
     return Prepared(
@@ -113,6 +123,7 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
         n=chat.n,
         priority=chat.priority,
         tools=tools,
+        images=tuple(images),
     )
 
 
@@ -278,7 +289,13 @@ def submit(
     max_tokens = min(prepared.max_tokens or room, ceiling or room)
     sampling = msgspec.structs.replace(prepared.sampling, max_tokens=max_tokens)
     return Submit(
-        seq_id, prepared.prompt, sampling, prepared.priority, trace_id, principal=principal
+        seq_id,
+        prepared.prompt,
+        sampling,
+        prepared.priority,
+        trace_id,
+        principal=principal,
+        images=list(prepared.images),
     )
 
 
@@ -289,6 +306,8 @@ async def tokenize(model: ServedModel, body: TokenizeRequest) -> list[int]:
     if body.messages is not None:
         if not body.messages:
             return []
+        if image_parts(body.messages):
+            raise _invalid("/tokenize does not take images", "messages")
         check_prompt_size(model, sum(_chars(m) for m in body.messages), "messages")
         return await off_loop(chat_prompt, model, body.messages)
     prompt = body.prompt or ""

@@ -30,6 +30,18 @@ class TextPart(msgspec.Struct, tag="text", tag_field="type"):
     text: str
 
 
+class ImageURL(msgspec.Struct):
+    url: str
+    """A data: URI (data:image/png;base64,...); http(s) URLs are refused (ingress/images.py)."""
+    detail: Literal["auto", "low", "high"] | None = None  # accepted, not used
+
+
+class ImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
+    """An image in a user message (issue 16): models with a projector (mmproj) only."""
+
+    image_url: ImageURL
+
+
 class FunctionCall(msgspec.Struct):
     name: str
     arguments: Union[str, dict[str, Any]] = "{}"  # OpenAI sends a JSON string
@@ -46,21 +58,30 @@ class ToolCallIn(msgspec.Struct):
 
 class ChatMessage(msgspec.Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: Union[str, list[Union[TextPart, ImagePart]], None] = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
 
-    def text(self) -> str:
+    def text(self, image_marker: str = "") -> str:
+        """Its text parts, joined; each image part becomes `image_marker`."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(
+            part.text if isinstance(part, TextPart) else image_marker for part in self.content
+        )
 
-    def as_template_dict(self) -> dict[str, Any]:
+    def images(self) -> list[tuple[int, ImagePart]]:
+        """(index in content, part) of each image part."""
+        if not isinstance(self.content, list):
+            return []
+        return [(j, p) for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
+
+    def as_template_dict(self, image_marker: str = "") -> dict[str, Any]:
         """The message as chat templates expect it (tool call arguments as objects)."""
-        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        message: dict[str, Any] = {"role": self.role, "content": self.text(image_marker)}
         if self.name:
             message["name"] = self.name
         if self.tool_calls:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..model.chat_template import ChatTemplate
 from ..worker.llama import Model
+from ..worker.projector import Projector
 
 
 @dataclass(frozen=True)
@@ -18,20 +19,26 @@ class ServedModel:
     tokenizer: Model
     template: ChatTemplate
     ctx_size: int
+    mmproj: str = ""
+    """The model's projector file: it takes images (issue 16)."""
+    projector: Projector | None = field(default=None, compare=False)
+    """Lays images out (positions, the model's text around them); no encoding here."""
 
     @classmethod
-    def open(cls, model_id: str, path: str, ctx_size: int) -> ServedModel:
+    def open(cls, model_id: str, path: str, ctx_size: int, mmproj: str = "") -> ServedModel:
         """Load the GGUF's vocabulary and walk it once for the checks that need it;
         ctx_size is capped at what the model was trained for. Blocking (~0.5 s for the
         default model): run it in a thread."""
         tokenizer = Model(path, vocab_only=True)
+        projector = Projector(mmproj, tokenizer) if mmproj else None
         info = tokenizer.info
         template = ChatTemplate(
             info.chat_template,
             tokenizer.detokenize([info.bos], special=True),
             tokenizer.detokenize([info.eos], special=True),
         )
-        served = cls(model_id, tokenizer, template, min(ctx_size, info.n_ctx_train or ctx_size))
+        ctx = min(ctx_size, info.n_ctx_train or ctx_size)
+        served = cls(model_id, tokenizer, template, ctx, mmproj, projector)
         _ = served.max_prompt_chars, served.special_texts
         return served
 

@@ -33,7 +33,16 @@ import trio
 from actors import Actor, ActorError, ActorRef, Envelope, Rejected
 
 from ..kvcache.manager import KVCacheManager
-from ..messages import Admit, Attach, Cancel, SamplingParams, SeqOutput, StepResult, WorkerReady
+from ..messages import (
+    Admit,
+    Attach,
+    Cancel,
+    ImageInput,
+    SamplingParams,
+    SeqOutput,
+    StepResult,
+    WorkerReady,
+)
 from ..metrics import Metrics
 from .messages import (
     Abort,
@@ -73,6 +82,7 @@ class Request:
     crashes: int = 0  # worker crashes it was running in without making progress since
     first_token_at: float = 0.0
     last_token_at: float = 0.0
+    images: list[ImageInput] = field(default_factory=list)  # re-encoded on every Admit
 
 
 class Scheduler(Actor):
@@ -178,6 +188,7 @@ class Scheduler(Actor):
         request.generated = list(submit.generated)
         request.trace_id = submit.trace_id
         request.text_sent = submit.text_sent
+        request.images = submit.images
         self._enqueue(request)
         self.metrics.of(self.metrics.prompt_tokens).inc(len(submit.prompt))
         self._admit_waiting()
@@ -238,6 +249,7 @@ class Scheduler(Actor):
                     len(request.generated),
                     request.text_sent,
                     request.trace_id,
+                    request.images,
                 )
             )
         self._update_gauges()

@@ -9,7 +9,7 @@ from typing import Union
 
 import msgspec
 
-from ..messages import FinishReason, SamplingParams, TokenLogprob
+from ..messages import FinishReason, ImageInput, SamplingParams, TokenLogprob
 
 
 class Submit(msgspec.Struct, tag=True, frozen=True):
@@ -27,6 +27,8 @@ class Submit(msgspec.Struct, tag=True, frozen=True):
     text_sent: int = 0
     principal: str = "anonymous"
     """Who asked (the policy's principal): the waiting queue is shared fairly by it."""
+    images: list[ImageInput] = []
+    """The prompt's images (their rows are image ids in `prompt`)."""
 
 
 class Abort(msgspec.Struct, tag=True, frozen=True):

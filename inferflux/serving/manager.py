@@ -293,7 +293,11 @@ class ModelManager(Actor):
         try:
             await self._make_room(entry)
             served = await trio.to_thread.run_sync(
-                ServedModel.open, entry.id, entry.path, self.config.model.ctx_size
+                ServedModel.open,
+                entry.id,
+                entry.path,
+                self.config.model.ctx_size,
+                self._mmproj(entry),
             )
             spec, handle = engine_subtree(
                 self.config, served, entry.path, self.metrics, self.socket_dir
@@ -321,6 +325,17 @@ class ModelManager(Actor):
         )
         self.metrics.model_load.labels(model=entry.id, role=self.config.role).observe(entry.load_s)
         log.info("model %r loaded in %.1fs", entry.id, entry.load_s)
+
+    def _mmproj(self, entry: Entry) -> str:
+        """The projector for images (issue 16): --mmproj / model.mmproj for the first
+        startup model, else the one the store keeps with the model."""
+        if self.config.model.mmproj and self.startup and entry.id == self.startup[0][0]:
+            return self.config.model.mmproj
+        try:
+            found = resolve(entry.path).mmproj_path
+        except (ModelStoreError, OSError):
+            return ""
+        return str(found) if found else ""
 
     def _failed(self, entry: Entry, why: str) -> None:
         entry.state, entry.error = "failed", why

@@ -83,7 +83,8 @@ def engine_subtree(
         return ProcessActor(
             "worker-0",
             WORKER_TARGET,
-            worker_options(config, model_path, served.ctx_size),
+            worker_options(config, model_path, served.ctx_size)
+            | ({"mmproj_path": served.mmproj} if served.mmproj else {}),
             role="worker",
             socket_dir=socket_dir,
             env=child_environment(os.environ),  # no secrets: environment.py

@@ -10,16 +10,21 @@ A sequence with a grammar that is not compiled yet waits for it in a task of its
 compile runs in a thread, ~250 ms for a dozen-field schema): the message loop goes on
 taking other Admits and Cancels meanwhile. A Cancel that arrives during the compile is
 applied right after the Admit, so the scheduler still gets its "cancelled" output.
+A sequence with images (issue 16) waits the same way while they are encoded, in a thread,
+one image at a time (worker/projector.py); images wholly inside the reused prefix are not
+encoded at all.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 # llama_cpp before anything imports numpy (constraint.py does): on the CUDA image
 # numpy first makes model loading segfault (shared/notes/ENVIRONMENT.md).
 import llama_cpp  # noqa: F401
+import msgspec
 import trio
 
 from actors import Actor, ActorUnavailable, Envelope, Rejected
@@ -40,6 +45,8 @@ from .constraint import compiled
 from .embedding import Embedder
 from .engine import Engine
 from .llama import Context, Model
+from .projector import Picture, Projector
+from .sequence import ImageRows
 
 
 class DeviceWorker(Actor):
@@ -60,6 +67,7 @@ class DeviceWorker(Actor):
         gpu_layers: int = 0,
         speculative: dict | None = None,
         crash_on_text: str = "",
+        mmproj_path: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -81,6 +89,10 @@ class DeviceWorker(Actor):
         # Fault injection (chaos mode only, server.chaos_poison_text): a prompt holding
         # this text makes this process abort, as a request that crashes llama.cpp would.
         self.crash_on_text = crash_on_text
+        self.mmproj_path = mmproj_path
+        self.projector: Projector | None = None
+        self._encoder = trio.CapacityLimiter(1)  # one image encodes at a time
+        self.images_encoded, self.encode_s = 0, 0.0  # since the last step result
 
     async def started(self) -> None:
         model = Model(self.model_path, n_gpu_layers=self.gpu_layers)
@@ -92,9 +104,14 @@ class DeviceWorker(Actor):
             n_threads=self.threads,
         )
         self.engine = Engine(model, context, self.speculative)
+        if self.mmproj_path:
+            self.projector = Projector(self.mmproj_path, model, threads=self.threads)
         self.nursery.start_soon(self._step_loop)
 
     async def stopping(self) -> None:
+        if self.projector is not None:
+            self.projector.close()
+            self.projector = None
         if self.embedder is not None:
             self.embedder.close()
             self.embedder = None
@@ -118,11 +135,12 @@ class DeviceWorker(Actor):
                 envelope.send(WorkerReady())
             case Admit():
                 if self.crash_on_text:  # chaos mode only
-                    if self.crash_on_text in self.engine.model.detokenize(message.tokens):
+                    tokens = [t for t in message.tokens if t >= 0]  # no image ids
+                    if self.crash_on_text in self.engine.model.detokenize(tokens):
                         os.abort()
-                if message.sampling.grammar:
+                if message.sampling.grammar or message.images:
                     self._compiling[message.seq_id] = False
-                    self.nursery.start_soon(self._compile_then_admit, message, self._epoch)
+                    self.nursery.start_soon(self._prepare_then_admit, message, self._epoch)
                 else:
                     self.engine.admit(message)
             case Embed(inputs):
@@ -144,19 +162,48 @@ class DeviceWorker(Actor):
         except (ValueError, RuntimeError) as exc:  # ModelLoadError is a RuntimeError
             raise Rejected(self.name, EmbeddingRefused(str(exc))) from None
 
-    async def _compile_then_admit(self, admit: Admit, epoch: int) -> None:
+    async def _prepare_then_admit(self, admit: Admit, epoch: int) -> None:
+        """Compile its grammar and encode its images in threads, then admit it."""
         assert self.engine is not None
-        try:
-            await trio.to_thread.run_sync(compiled, self.engine.model, admit.sampling.grammar)
-        except Exception:
-            pass  # the engine's admit meets the same error and ends the sequence with it
+        if admit.sampling.grammar:
+            try:
+                await trio.to_thread.run_sync(compiled, self.engine.model, admit.sampling.grammar)
+            except Exception:
+                pass  # the engine's admit meets the same error and ends the sequence with it
+        images: list[ImageRows] = []
+        error = ""
+        if admit.images:
+            try:
+                images = await trio.to_thread.run_sync(self._encode, admit, limiter=self._encoder)
+            except (ValueError, RuntimeError) as exc:
+                error = f"the image could not be encoded: {exc}"
         if epoch != self._epoch:
             return  # a new scheduler attached meanwhile: this Admit is from the old one
         cancelled = self._compiling.pop(admit.seq_id)
-        self.engine.admit(admit)
-        if cancelled:
-            self.engine.cancel(admit.seq_id)
+        if error:
+            self.engine.fail(admit.seq_id, error)
+        else:
+            self.engine.admit(admit, images)
+            if cancelled:
+                self.engine.cancel(admit.seq_id)
         self._wake.set()
+
+    def _encode(self, admit: Admit) -> list[ImageRows]:
+        """The embeddings of the images not wholly inside the reused prefix. Blocking."""
+        if self.projector is None:
+            raise ValueError("this worker has no projector (mmproj) for images")
+        out: list[ImageRows] = []
+        for image in admit.images:
+            if all(start + rows <= admit.n_cached for start, rows in image.spans):
+                continue
+            started = time.perf_counter()
+            chunks = self.projector.encode(Picture(image.width, image.height, image.rgb))
+            if [len(c) for c in chunks] != [rows for _, rows in image.spans]:
+                raise ValueError("the projector laid the image out differently than the ingress")
+            out += [ImageRows(start, c) for (start, _), c in zip(image.spans, chunks, strict=True)]
+            self.images_encoded += 1
+            self.encode_s += time.perf_counter() - started
+        return out
 
     def details(self) -> dict[str, float | int | str]:
         if self.engine is None:
@@ -171,6 +218,11 @@ class DeviceWorker(Actor):
                 self._wake = trio.Event()
                 continue
             result = self.engine.step()
+            if self.images_encoded:
+                result = msgspec.structs.replace(
+                    result, images_encoded=self.images_encoded, encode_s=self.encode_s
+                )
+                self.images_encoded, self.encode_s = 0, 0.0
             self._results.send(result)
             self.messages_out += 1
             # Let the messages that arrived during the step in before the next one.

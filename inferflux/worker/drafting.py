@@ -93,7 +93,11 @@ class NgramDrafter:
                     continue
                 start = history.follows.get(tuple(own[-n:]))
                 if start is not None:
-                    drafts[seq_id] = Draft(own[start : start + k], self._kinds[n])
+                    draft = own[start : start + k]
+                    if min(draft, default=0) < 0:  # image ids (issue 16) are no tokens
+                        draft = draft[: next(i for i, t in enumerate(draft) if t < 0)]
+                    if draft:
+                        drafts[seq_id] = Draft(draft, self._kinds[n])
                     break
         return drafts
 

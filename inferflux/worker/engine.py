@@ -26,7 +26,7 @@ from .llama import Context, Model
 from .logprobs import log_softmax, token_logprob
 from .output import TextOutput
 from .sampling import Sampler
-from .sequence import Sequence
+from .sequence import ImageRows, Sequence
 from .speculation import Speculation
 
 # ggml's CPU flash attention rounds the rows of any chunk below 64 rows of one stream the
@@ -67,7 +67,9 @@ class Engine:
         return not self.sequences and not self._finished
 
     # control -------------------------------------------------------------------------
-    def admit(self, admit: Admit) -> None:
+    def admit(self, admit: Admit, images: list[ImageRows] | None = None) -> None:
+        """`images`: the embeddings of the prompt's images (the worker encoded them off
+        the step loop); those past the reused prefix are decoded before text follows."""
         if admit.seq_id in self.sequences:
             raise ValueError(f"sequence {admit.seq_id} is already running")
         ctx = self.context
@@ -113,12 +115,18 @@ class Engine:
             constraint=constraint,
             logprobs=admit.sampling.logprobs,
             fast_greedy=sampler.plain_greedy and constraint is None and admit.sampling.logprobs < 0,
+            images=sorted(images or [], key=lambda image: image.start),
         )
         self.sequences[admit.seq_id] = seq
         if self.spec is not None:
             self.spec.add(admit.seq_id, admit.tokens)
         if replayed[admit.text_sent :]:
             seq.new_text.append(replayed[admit.text_sent :])
+
+    def fail(self, seq_id: int, error: str) -> None:
+        """End a sequence that could not start (its image did not encode)."""
+        log.error("sequence %d: %s", seq_id, error)
+        self._finished.append(SeqOutput(seq_id, [], "", "error", error=error))
 
     def cancel(self, seq_id: int) -> None:
         seq = self.sequences.get(seq_id)
@@ -128,6 +136,7 @@ class Engine:
     # the step ------------------------------------------------------------------------
     def step(self) -> StepResult:
         start = time.perf_counter()
+        n_image_rows = self._decode_images()
         n_tokens, batch_seqs = self._fill_batch()
         n_drafted = n_accepted = 0
         if n_tokens:
@@ -155,20 +164,20 @@ class Engine:
         outputs = self._finished
         self._finished = []
         for seq in self.sequences.values():
-            if seq.new_tokens or seq.prompt_done_this_step:
+            if seq.new_tokens or seq.prompt_done_this_step or seq.image_rows_this_step:
                 outputs.append(
                     SeqOutput(
                         seq.seq_id,
                         seq.new_tokens,
                         "".join(seq.new_text),
                         None,
-                        seq.prompt_done_this_step,
+                        seq.prompt_done_this_step + seq.image_rows_this_step,
                         seq.n_past,
                         seq.new_logprobs,
                     )
                 )
                 seq.new_tokens, seq.new_text, seq.new_logprobs = [], [], []
-            seq.prompt_done_this_step = 0
+            seq.prompt_done_this_step = seq.image_rows_this_step = 0
         self.steps += 1
         duration = time.perf_counter() - start
         if self.spec is not None and n_tokens:
@@ -176,12 +185,31 @@ class Engine:
         return StepResult(
             self.steps,
             len(batch_seqs),
-            n_tokens,
+            n_tokens + n_image_rows,
             duration,
             outputs,
             n_drafted,
             n_accepted,
         )
+
+    def _decode_images(self) -> int:
+        """Decode the image rows every prefilling sequence has reached, each image chunk
+        in llama_decode calls of its own (embeddings cannot share the token batch), so
+        its text after the image can join this step's batch. Returns the rows decoded."""
+        total = 0
+        for seq in list(self.sequences.values()):
+            while seq.prefilling and (image := seq.image_at(seq.n_past)) is not None:
+                first = seq.n_past - image.start  # a prefix hit may end inside an image
+                rows = image.rows[first : first + self.context.n_batch]
+                code = self.context.decode_embeddings(rows, seq.n_past, seq.slot)
+                if code != 0:
+                    self.context.seq_rm(seq.slot, seq.n_past)
+                    self._finish(seq, "error", f"llama_decode of image rows failed ({code})")
+                    break
+                seq.n_past += len(rows)
+                seq.image_rows_this_step += len(rows)
+                total += len(rows)
+        return total
 
     def _fill_batch(self) -> tuple[int, list[Sequence]]:
         """Choose this step's tokens (decodes first, then prompt chunks, then drafts, within
@@ -204,6 +232,9 @@ class Engine:
                     n = min(room, left)
                     if n == left and n > 1 and seq.n_prompt > SMALL_CHUNK:
                         n -= 1  # the last token goes alone, next step
+                    n = min(n, seq.text_end(seq.n_past) - seq.n_past)  # images: own decodes
+                    if n <= 0:
+                        continue
                 else:
                     n = min(room, SMALL_CHUNK, len(seq.tokens) - seq.n_past)
                 planned.append((seq, n))
@@ -332,7 +363,7 @@ class Engine:
                 seq.new_tokens,
                 "".join(seq.new_text),
                 reason,
-                seq.prompt_done_this_step,
+                seq.prompt_done_this_step + seq.image_rows_this_step,
                 seq.n_past,
                 seq.new_logprobs,
                 error,

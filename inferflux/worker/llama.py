@@ -35,6 +35,9 @@ def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         os.write(2, text)
 
 
+quiet_log = _quiet_log  # also for libmtmd's own logger (worker/projector.py)
+
+
 @L.llama_progress_callback
 def _no_progress(progress: float, user_data: ctypes.c_void_p) -> bool:
     return True  # keep loading, print nothing (the default prints dots to stderr)
@@ -186,6 +189,7 @@ class Context:
         self.cells_per_slot = L.llama_n_ctx_seq(self.ptr)
         self.memory = L.llama_get_memory(self.ptr)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self._embd_batch: L.llama_batch | None = None  # made on the first image
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max
         self.n_vocab = model.info.n_vocab
@@ -243,10 +247,29 @@ class Context:
         self.batch.n_tokens = n_tokens
         return L.llama_decode(self.ptr, self.batch)
 
+    def decode_embeddings(self, rows: np.ndarray, first_position: int, seq: int) -> int:
+        """Decode rows of input embeddings (an image's) for one sequence, at consecutive
+        positions, in a batch of their own: llama.cpp takes tokens or embeddings in a
+        batch, never both. At most n_batch rows; no logits."""
+        n, width = rows.shape
+        if self._embd_batch is None:
+            self._embd_batch = L.llama_batch_init(self.n_batch, width, 1)
+        batch = self._embd_batch
+        ctypes.memmove(batch.embd, np.ascontiguousarray(rows, np.float32).ctypes.data, rows.nbytes)
+        np.ctypeslib.as_array(batch.pos, shape=(n,))[:] = range(first_position, first_position + n)
+        np.ctypeslib.as_array(batch.n_seq_id, shape=(n,))[:] = 1
+        np.ctypeslib.as_array(batch.logits, shape=(n,))[:] = 0
+        for i in range(n):
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = n
+        return L.llama_decode(self.ptr, batch)
+
     def close(self) -> None:
         if self.ptr:
             for i, address in enumerate(self._own_seq_id_rows):
                 self.batch.seq_id[i] = ctypes.cast(address, self._seq_id_row_type)
             L.llama_batch_free(self.batch)
+            if self._embd_batch is not None:
+                L.llama_batch_free(self._embd_batch)
             L.llama_free(self.ptr)
             self.ptr = None

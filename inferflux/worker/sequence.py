@@ -13,6 +13,18 @@ from .output import TextOutput
 from .sampling import Sampler
 
 
+@dataclass(frozen=True, eq=False)
+class ImageRows:
+    """One image chunk's embeddings, for tokens[start : start + len(rows)] (image ids)."""
+
+    start: int
+    rows: np.ndarray  # float32, rows x the model's embedding width
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.rows)
+
+
 @dataclass(eq=False)
 class Sequence:
     seq_id: int
@@ -38,6 +50,19 @@ class Sequence:
     new_tokens: list[int] = field(default_factory=list)
     new_text: list[str] = field(default_factory=list)
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
+    images: list[ImageRows] = field(default_factory=list)  # in prompt order
+    image_rows_this_step: int = 0  # image rows decoded this step (before the batch)
+
+    def image_at(self, position: int) -> ImageRows | None:
+        """The image chunk whose rows hold this position, if any."""
+        for image in self.images:
+            if image.start <= position < image.end:
+                return image
+        return None
+
+    def text_end(self, position: int) -> int:
+        """Where the run of text tokens from this position ends (the next image's start)."""
+        return min((i.start for i in self.images if i.start >= position), default=len(self.tokens))
 
     @property
     def prefilling(self) -> bool:
