@@ -60,6 +60,12 @@ class Metrics:
             "api_requests", "Generation requests started, by API (chat, responses...).", ("api",)
         )
         self.batch_size = histogram("batch_size", "Sequences per engine step.", BATCH_BUCKETS)
+        self.images = counter("images_total", "Images in generation requests started.")
+        self.image_prepare = histogram(
+            "image_prepare_seconds",
+            "Ingress time to decode a request's images and lay them out in its prompt.",
+            LATENCY_BUCKETS,
+        )
         self.step_duration = histogram(
             "step_duration_seconds", "Engine step time.", LATENCY_BUCKETS
         )

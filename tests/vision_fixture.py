@@ -98,11 +98,16 @@ def tiny_mmproj(path: Path | None = None, seed: int = 16) -> Path:
     return path
 
 
-def png(width: int = 48, height: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
-    """A small image of random colours, encoded (PNG by default)."""
+def png(
+    width: int = 48, height: int = 40, seed: int = 0, fmt: str = "PNG", solid: bool = False
+) -> bytes:
+    """A small image of random colours (or one colour: a large image in a small file),
+    encoded (PNG by default)."""
     from PIL import Image
 
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    shape = (1, 1, 3) if solid else (height, width, 3)
+    pixels = np.broadcast_to(rng.integers(0, 256, shape, dtype=np.uint8), (height, width, 3))
     out = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(out, fmt)
     return out.getvalue()

@@ -124,7 +124,9 @@ def _decode(data: bytes, param: str) -> tuple[Picture, str]:
     except APIError:
         raise
     except Image.DecompressionBombError:
-        raise _bad(f"the image has more than {MAX_PIXELS} pixels", param) from None
+        raise _bad(
+            f"the image is too large: at most {MAX_PIXELS} pixels are taken", param
+        ) from None
     except Exception as exc:  # Pillow raises many kinds for a broken or hostile file
         raise _bad(
             f"the image could not be decoded ({type(exc).__name__}); formats taken: "

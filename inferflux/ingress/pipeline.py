@@ -16,6 +16,7 @@ by its length before either (ServedModel.max_prompt_chars).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,6 +65,8 @@ class Prepared:
     """Completions with echo: the prompt text, sent before the completion."""
     images: tuple[ImageInput, ...] = ()
     """Chat images (their rows are image ids in `prompt`: ingress/images.py)."""
+    image_s: float = 0.0
+    """Seconds it took to decode the images and lay them out."""
 
     @property
     def want_logprobs(self) -> bool:
@@ -102,6 +105,7 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
     check_prompt_size(model, sum(_chars(m) for m in chat.messages), "messages")
     parts = image_parts(chat.messages)
     images: list[ImageInput] = []
+    started = time.perf_counter()
     if parts:
         check_accepted(model, parts)
         decoded = await off_loop(read_images, parts)
@@ -124,6 +128,7 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
         priority=chat.priority,
         tools=tools,
         images=tuple(images),
+        image_s=time.perf_counter() - started if images else 0.0,
     )
 
 

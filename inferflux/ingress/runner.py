@@ -131,7 +131,11 @@ class Runner:
         except BaseException as exc:
             gate.ended(context, *outcome(exc))  # its audit line, its tokens back
             raise
-        services.metrics.for_model(model.id).of_api(api).inc()
+        metrics = services.metrics.for_model(model.id)
+        metrics.of_api(api).inc()
+        if prepared.images:
+            metrics.of(metrics.images).inc(len(prepared.images))
+            metrics.of(metrics.image_prepare).observe(prepared.image_s)
         return group
 
     async def respond(

@@ -144,7 +144,11 @@ class Model:
         return sorted((t for t in texts if t), key=len, reverse=True)
 
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
-        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+        """Image ids (negative: ingress/images.py) have no text and are skipped."""
+        n = self.info.n_vocab
+        return b"".join(self.piece(t, special=special) for t in tokens if 0 <= t < n).decode(
+            "utf-8", "replace"
+        )
 
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self.vocab, token))
