@@ -3,7 +3,9 @@
 A link is a pair socket between two nodes (actors/_node.py). So that one node can take
 many peers, it listens on a door (`serve`): a peer knocks (`join`), the node opens a link
 listener just for that peer on a fresh port (or ipc path) and answers its address, and the
-peer dials it. Heartbeats, monitors and failures are the link's.
+peer dials it. Heartbeats, monitors and failures are the link's, and so is reconnecting
+to the same link address; a peer that restarted has new link addresses, so the node that
+joined it knocks on its door again (`_keep_joined`) and the link goes on over the new one.
 
 Security: tls+tcp:// doors and links use mutual TLS with the cluster CA (transports.TLS):
 a peer without a certificate the CA signed (or one that does not speak TLS at all) is
@@ -80,14 +82,17 @@ class Node:
         max_in_flight: int = MAX_IN_FLIGHT,
         recv_max_size: int = DEFAULT_RECV_MAX_SIZE,
         knock_timeout_s: float = KNOCK_TIMEOUT_S,
+        rejoin_after_s: float | None = None,
     ) -> None:
         """`recv_max_size`: the largest message a link takes (nng drops a bigger one and
         the connection it came on); `max_in_flight`: requests waiting on one peer, and
-        from it."""
+        from it; `rejoin_after_s` (default `down_after_s`): how long a link we joined may
+        stay down, with no connection, before we knock on the peer's door again."""
         self.name, self.registry, self.tls, self.insecure = name, registry, tls, insecure
         self.heartbeat_s, self.down_after_s = heartbeat_s, down_after_s
         self.max_in_flight, self.recv_max_size = max_in_flight, recv_max_size
         self.knock_timeout_s = knock_timeout_s
+        self.rejoin_after_s = down_after_s if rejoin_after_s is None else rejoin_after_s
         self.links: dict[str, NodeLink] = {}  # by door address (joined) or peer name (served)
         self.doors: list[tuple[Address, pynng.Listener]] = []
         self.state: State = "starting"
@@ -207,7 +212,7 @@ class Node:
             old.cancel()
         link = self._link(channel)
         self.links[peer] = link
-        await self.nursery.start(self._run_link, peer, link, channel)
+        await self.nursery.start(self._run_link, peer, link, None)
         log.info("node %r: %r joined through %s", self.name, peer, channel.address)
         return channel.address
 
@@ -215,6 +220,15 @@ class Node:
     async def join(self, address: str) -> NodeLink:
         """Knock on a peer's door and run the link it gives; returns before the link is up
         (`await link.wait_up()`)."""
+        channel = await self._knock(address)
+        link = self._link(channel)
+        self.links[address] = link
+        await self.nursery.start(self._run_link, address, link, address)
+        return link
+
+    async def _knock(self, address: str) -> Channel[Any]:
+        """Ask the door at `address` for a link; a channel dialing it (JoinFailed if the
+        door does not answer)."""
         addr = self._checked(address)
         tls = self._tls_for(addr)
 
@@ -230,24 +244,47 @@ class Node:
                 return sock.recv().decode()
 
         try:
-            link_address = await trio.to_thread.run_sync(knock)
+            link_address = await trio.to_thread.run_sync(knock, abandon_on_cancel=True)
         except pynng.NNGException as exc:
             # pynng's CryptoError/AuthenticationError: the handshake failed (either side's
             # certificate); Timeout: no answer (a door that refused us says nothing).
             failed = JoinFailed(address, f"{type(exc).__name__}: {exc}")
             log.warning("node %r: %s", self.name, failed)
             raise failed from None
-        channel = Channel.dial(
+        return Channel.dial(
             link_address,
             node_codec,
             tls=tls,
             peer_label=f"node at {address}",
             recv_max_size=self.recv_max_size,
         )
-        link = self._link(channel)
-        self.links[address] = link
-        await self.nursery.start(self._run_link, address, link, channel)
-        return link
+
+    async def _keep_joined(self, address: str, link: NodeLink) -> None:
+        """Reconnection, for as long as the link runs. A hang or a partition heals on the
+        same connection (nng redials its link address with back-off, 20 ms to 1 s). A
+        peer that restarted has a new process and new link addresses, so a link that was
+        up, has been down for `rejoin_after_s` and has no connection knocks on the door
+        again (back-off 0.5 s to 8 s while the door does not answer) and goes on over the
+        new link. A hung peer still holds its connection: knocking would not help, and
+        its door would act on the knocks, stale by then, when it wakes."""
+        await link.wait_up()  # a slow first connection is join's caller's to judge
+        backoff = 0.5
+        while True:
+            await link.wait_down()
+            with trio.move_on_after(self.rejoin_after_s):
+                await link.wait_up()
+            if link.up or link.channel.peers > 0:
+                backoff = 0.5
+                continue
+            try:
+                channel = await self._knock(address)
+            except JoinFailed:
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 8.0)
+                continue
+            log.info("node %r: joined %s again, over %s", self.name, address, channel.address)
+            link.replace_channel(channel)  # no checkpoint since the knock: nothing leaks
+            self._seen[id(channel)] = {}  # a new channel: count its refusals from zero
 
     def _link(self, channel: Channel[Any]) -> NodeLink:
         return NodeLink(
@@ -260,15 +297,25 @@ class Node:
         )
 
     async def _run_link(
-        self, key: str, link: NodeLink, channel: Channel[Any], task_status: trio.TaskStatus[None]
+        self,
+        key: str,
+        link: NodeLink,
+        rejoin_at: str | None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with trio.CancelScope() as scope, channel:
+        """Run `link` until it closes or is cancelled; a link we joined (`rejoin_at`: the
+        door) is kept joined meanwhile, and that ends with it."""
+        with trio.CancelScope() as scope:
             self._link_scopes[key] = scope
-            self._seen[id(channel)] = {}
+            self._seen[id(link.channel)] = {}  # a new channel: count its refusals from zero
             try:
-                await link.run(task_status=task_status)
+                async with trio.open_nursery() as nursery:
+                    if rejoin_at is not None:
+                        nursery.start_soon(self._keep_joined, rejoin_at, link)
+                    await link.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # the link closed: nothing to rejoin
             finally:
-                self._seen.pop(id(channel), None)
+                link.channel.close()  # the latest one (a rejoin closed those before it)
                 if self._link_scopes.get(key) is scope:
                     del self._link_scopes[key]
 
@@ -276,12 +323,16 @@ class Node:
     async def _watch_refusals(self) -> None:
         while True:
             await trio.sleep(REFUSALS_POLL_S)
+            current: set[int] = set()
             for address, listener in self.doors:
+                current.add(id(listener))
                 self._note(id(listener), str(address), endpoint_counters(listener))
             for link in self.links.values():
-                channel = link.channel
-                if id(channel) in self._seen:
+                if not link.closed:
+                    channel = link.channel
+                    current.add(id(channel))
                     self._note(id(channel), str(channel.address), channel.counters())
+            self._seen = {key: seen for key, seen in self._seen.items() if key in current}
 
     def _note(self, key: int, where: str, counters: dict[str, int]) -> None:
         seen = self._seen.setdefault(key, {})

@@ -5,7 +5,10 @@ peer answers with the actor's state now and again whenever it changes, taken fro
 Registry (an actor registers when it starts and leaves when it stops or crashes, with its
 last error). The watcher's side also marks every monitor down the moment the link goes
 down ("node down" is the reason, as Erlang's `noconnection`), and watches again on the
-next Hello, since a restarted peer knows nothing of the old watches.
+next Hello, since a restarted peer knows nothing of the old watches. That Watch can reach
+the peer before our Hello does, while the link is still down on its side: so the watched
+side also reports every actor it is asked to watch whenever its link comes up
+(PeerRequests.peer_up).
 
 Why frames from the registry rather than polling: a crash is reported in one frame, at
 once, and nothing is sent while nothing changes.

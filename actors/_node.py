@@ -12,7 +12,9 @@ Failure semantics (docs/actors.md):
   NodeDown, new ones too, and watchers are told (`watch`). Never a hang. A connection the
   peer closed (it exited) is down at once, without waiting for the silence.
 - nng redials with back-off by itself; the first frame from the peer brings the link up
-  again (a new Hello, a new epoch: requests of the old epoch are gone for good).
+  again (a new Hello, a new epoch: requests of the old epoch are gone for good). A peer
+  that restarted listens on a new link address: the node that joined it knocks again and
+  the link goes on over the new channel (`replace_channel`, actors/_cluster.py).
 - Every receive is bounded (the channel's maximum message size), every send has a deadline,
   and so is what waits: at most `max_in_flight` requests to the peer and as many from it.
 - Monitors (actors/_monitor.py): `monitor(name)` follows one actor on the peer; it goes
@@ -41,7 +43,7 @@ from ._info import ActorInfo, State
 from ._link import Done, Fail, Item, PayloadCodecs, Refused
 from ._monitor import ActorMonitor, ActorState, Watch
 from ._node_serve import PeerRequests
-from ._node_wire import Ask, Beat, Hello, failure, refusal
+from ._node_wire import Ask, Beat, Hello, failure, refusal, send_frame
 from ._registry import Registry
 
 log = logging.getLogger("actors.node")
@@ -233,9 +235,9 @@ class NodeLink:
         while True:
             try:
                 if hello_sent_to != self.peer_epoch or not self.up:
-                    await self.channel.send(Hello(self.node, epoch), timeout_s=self.heartbeat_s)
+                    await send_frame(self.channel, Hello(self.node, epoch), self.heartbeat_s)
                     hello_sent_to = self.peer_epoch
-                await self.channel.send(self._beat_frame(), timeout_s=self.heartbeat_s)
+                await send_frame(self.channel, self._beat_frame(), self.heartbeat_s)
             except (SendTimeout, ChannelClosed):
                 pass  # nobody to hear it: the watchdog decides about the peer
             await trio.sleep(self.heartbeat_s)
@@ -259,13 +261,28 @@ class NodeLink:
             if self.up and silent > self.down_after_s:
                 self._set_up(False, f"not heard from for {silent:.1f}s")
 
+    def replace_channel(self, channel: Channel[Any]) -> None:
+        """Go on over `channel` (the node joined its peer again: the peer restarted and
+        its old link address is gone). The link is down until the peer's Hello comes over
+        the new channel: requests in flight on the old one fail with NodeDown (their
+        answers could only come over the old channel), and the old channel is closed,
+        which ends what waits on it (each task here then goes on with the new one)."""
+        self._set_up(False, "joined again over a new link")
+        old, self.channel = self.channel, channel
+        old.close()
+
     async def _watch_connection(self) -> None:
         """A closed connection (the peer exited, or its host said so) is down at once,
         without waiting for the heartbeats to go quiet; nng redials by itself, and the
         next frame heard brings the link up again."""
-        async for event in self.channel.peer_events:
-            if event.kind == "disconnected" and self.channel.peers <= 0:
-                self._set_up(False, "the connection closed")
+        while True:
+            channel = self.channel
+            async for event in channel.peer_events:  # ends when the channel is closed
+                if event.kind == "disconnected" and channel.peers <= 0:
+                    if channel is self.channel:  # not an old, replaced one closing
+                        self._set_up(False, "the connection closed")
+            if channel is self.channel:
+                return  # closed, not replaced
 
     def _set_up(self, up: bool, why: str) -> None:
         if up == self.up:
@@ -287,6 +304,7 @@ class NodeLink:
             for name, monitor in self._monitors.items():
                 monitor.node = self.peer
                 self.nursery.start_soon(self._requests.send_quietly, Watch(name))
+            self._requests.peer_up()  # and answer the peer's watches of our actors
         self._changed.set()
         self._changed = trio.Event()
         for watcher in self._watchers:
@@ -294,17 +312,23 @@ class NodeLink:
 
     async def _receive_loop(self) -> None:
         while True:
+            channel = self.channel
             try:
-                frame = await self.channel.receive()
+                frame = await channel.receive()
             except MessageDecodeError as exc:
                 log.warning("node %r: bad frame from %r dropped: %s", self.node, self.peer, exc)
                 continue
             except LinkBroken as exc:
                 # Frames went missing (a reconnect): their requests cannot be trusted.
-                self._set_up(False, str(exc))
+                if channel is self.channel:
+                    self._set_up(False, str(exc))
                 continue
             except ChannelClosed:
+                if channel is not self.channel:
+                    continue  # replaced: read the new one
                 return
+            if channel is not self.channel:
+                continue  # came over the old channel, replaced while this task waited
             self.last_heard = time.monotonic()
             match frame:
                 case Hello(node, epoch):
@@ -353,7 +377,7 @@ class NodeLink:
         if envelope.kind != "cast":
             self._pending[correlation_id] = (envelope, protocol)
         try:
-            await self.channel.send(Ask(correlation_id, name, payload, envelope.kind))
+            await send_frame(self.channel, Ask(correlation_id, name, payload, envelope.kind))
         except (SendTimeout, ChannelClosed) as exc:
             self._pending.pop(correlation_id, None)
             raise NodeDown(name, self.peer, str(exc)) from None

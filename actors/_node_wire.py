@@ -8,11 +8,12 @@ runtime's own errors their kind.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
+import trio
 
-from transports import Codec, MessageDecodeError
+from transports import Channel, ChannelClosed, Codec, MessageDecodeError
 
 from ._errors import ActorCrashed, ActorUnavailable, Rejected, RemoteError
 from ._link import Done, Fail, Item, PayloadCodecs, Refused
@@ -43,6 +44,18 @@ class Beat(msgspec.Struct, tag=True, frozen=True, array_like=True):
 
 NodeFrame = Union[Hello, Ask, Item, Done, Fail, Refused, Beat, Watch, ActorState]
 node_codec: Codec[NodeFrame] = Codec(NodeFrame)
+
+
+async def send_frame(
+    channel: Channel[Any], frame: NodeFrame, timeout_s: float | None = None
+) -> None:
+    """`channel.send`, where a send that was waiting for room when the channel was closed
+    under it (a rejoin replaced it: NodeLink.replace_channel) raises ChannelClosed, like
+    any other send on a closed channel, rather than Trio's ClosedResourceError."""
+    try:
+        await channel.send(frame, timeout_s=timeout_s)
+    except trio.ClosedResourceError:
+        raise ChannelClosed(str(channel.address)) from None
 
 
 def fail_frame(cid: int, error: BaseException, protocol: PayloadCodecs | None) -> Fail | Refused:

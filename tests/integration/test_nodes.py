@@ -1,10 +1,11 @@
 """Nodes (issue 18): actors on another node reached by name like local ones, their
 protocols (replies, streams, refusals, runtime errors) the same across the link; a node
 that dies or hangs fails what is in flight within the heartbeat timeout, never a hang, and
-comes back up; monitors follow a remote actor down and up; heartbeats measure the round
-trip; the tree shows nodes, links and remote actors; mutual TLS refuses (and logs) a peer
-without a certificate from the cluster CA or without TLS. Across network namespaces:
-tests/integration/test_hosts.py."""
+comes back up; a peer that restarted (new link addresses) is joined again, what was in
+flight on the old channel fails with NodeDown; monitors follow a remote actor down and up;
+heartbeats measure the round trip; the tree shows nodes, links and remote actors; mutual
+TLS refuses (and logs) a peer without a certificate from the cluster CA or without TLS.
+Across network namespaces: tests/integration/test_hosts.py."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from actors import (
     RemoteError,
     Supervisor,
 )
+from actors._node_wire import Beat, node_codec, send_frame
+from inferflux.testing import free_port
 from tests.policy_support import make_tls
 from tests.support_actors import Count, Crash, Echo, EchoActor, Nope, Refuse, Sleep
-from transports import TLS, Faults, SocketDir, unique_address
+from transports import TLS, Channel, ChannelClosed, Faults, SocketDir, unique_address
 
 DOWN_AFTER_S = 1.5
 
@@ -277,3 +280,120 @@ async def test_the_round_trip_follows_a_delayed_link() -> None:
                 while link.round_trip_s >= 0.05:
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_node_is_joined_again_and_monitors_follow() -> None:
+    # The peer's process dies and a new one opens the same door: its old link address is
+    # gone with it, so the joined side knocks again and goes on over a new link.
+    door = f"tcp://127.0.0.1:{free_port()}"
+    peer, _ = start_peer(door)
+    try:
+        home = Registry()
+        async with trio.open_nursery() as nursery:
+            node = Node("b", home, heartbeat_s=0.1, down_after_s=1.0, rejoin_after_s=0.5)
+            await nursery.start(node.run)
+            link = await node.join(door)
+            link.import_actor("echo", EchoActor)
+            await link.wait_up(timeout_s=20)
+            monitor = link.monitor("echo")
+            await monitor.wait_up(timeout_s=5)
+            echo = ActorRef("echo", home)
+            failed: list[BaseException] = []
+
+            async def in_flight() -> None:
+                try:
+                    await echo.call(Sleep(30), timeout_s=60)
+                except NodeDown as exc:
+                    failed.append(exc)
+
+            nursery.start_soon(in_flight)
+            old = link.channel
+            first = (link.peer_epoch, str(old.address))
+            await trio.sleep(0.3)  # the Sleep is in the peer's actor
+            peer.kill()
+            peer.wait()
+            await link.wait_down(timeout_s=5)  # the connection closed: at once
+            await monitor.wait_down(timeout_s=1)
+            assert "is down" in monitor.why
+            with trio.fail_after(1):
+                while not failed:
+                    await trio.sleep(0.05)
+            with pytest.raises(NodeDown):
+                await echo.call(Echo("anyone?"))
+            peer, _ = start_peer(door)  # a new process at the same door
+            await link.wait_up(timeout_s=20)
+            assert (link.peer_epoch, str(link.channel.address)) != first
+            with pytest.raises(ChannelClosed):  # the old channel was closed, not leaked
+                await old.send_bytes(b"old")
+            assert await echo.call(Echo("back")) == "back"
+            await monitor.wait_up(timeout_s=5)  # watched again on the new link
+            assert node.info().children[0].details["link"] == "up"
+            nursery.cancel_scope.cancel()
+        assert link.closed
+        with pytest.raises(ChannelClosed):  # the node closed the new one with the link
+            await link.channel.send_bytes(b"after")
+    finally:
+        peer.kill()
+        peer.wait()
+
+
+async def test_a_link_joined_again_while_up_fails_what_was_in_flight_on_the_old_channel() -> None:
+    # A knock answered while the old link was still up (a peer that woke in time): the
+    # peer's door cancels our old link there, and the link goes on over the new channel;
+    # what waited on the old one fails with NodeDown, nothing hangs.
+    with SocketDir("ifx-test") as directory:
+        home, away = Registry(), Registry()
+        async with trio.open_nursery() as nursery:
+            served = await nursery.start(Node("a", away).run)
+            await nursery.start(EchoActor("echo", in_registry=away).run)
+            door = str(await served.serve(str(unique_address("ipc", "door", directory))))
+            node = await nursery.start(Node("b", home, heartbeat_s=0.1).run)
+            link = await node.join(door)
+            link.import_actor("echo", EchoActor)
+            await link.wait_up(timeout_s=10)
+            monitor = link.monitor("echo")
+            await monitor.wait_up(timeout_s=5)
+            echo = ActorRef("echo", home)
+            failed: list[BaseException] = []
+
+            async def in_flight() -> None:
+                try:
+                    await echo.call(Sleep(1), timeout_s=60)
+                except NodeDown as exc:
+                    failed.append(exc)
+
+            nursery.start_soon(in_flight)
+            await trio.sleep(0.2)
+            old = link.channel
+            link.replace_channel(await node._knock(door))  # (the door closed the old one)
+            assert not link.up and not monitor.up
+            with trio.fail_after(1):  # NodeDown at once, not after the Sleep's second
+                while not failed:
+                    await trio.sleep(0.01)
+            with pytest.raises(ChannelClosed):
+                await old.send_bytes(b"old")
+            await link.wait_up(timeout_s=10)
+            assert await echo.call(Echo("again"), timeout_s=10) == "again"  # after the Sleep
+            await monitor.wait_up(timeout_s=5)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_send_waiting_on_a_channel_closed_under_it_is_channel_closed() -> None:
+    # A rejoin closes the old channel while a heartbeat may wait for room in its full
+    # buffer (nobody connected to take it): that must read as ChannelClosed.
+    with Channel.dial(f"tcp://127.0.0.1:{free_port()}", node_codec) as channel:
+        outcome: list[BaseException] = []
+
+        async def fill() -> None:
+            try:
+                while True:
+                    await send_frame(channel, Beat(), timeout_s=30)
+            except Exception as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fill)
+            await trio.sleep(0.3)  # the buffer is full: the send waits for room
+            assert not outcome
+            channel.close()
+        assert len(outcome) == 1 and isinstance(outcome[0], ChannelClosed), outcome
