@@ -42,7 +42,8 @@ from .metrics import Metrics
 from .model.store import default_model_path, resolve
 from .policy.actor import PolicyActor
 from .policy.setup import build_policy
-from .serving.manager import CurrentModels, ModelManager
+from .serving.current import CurrentModels
+from .serving.manager import ModelManager
 from .tracing import RequestTracer
 
 

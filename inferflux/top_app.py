@@ -1,4 +1,5 @@
-"""The live UI of `inferflux-top` (textual): supervision tree, scheduler, KV cache."""
+"""The live UI of `inferflux-top` (textual): supervision tree, scheduler, KV cache,
+models."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .top_data import (
     actor_rows,
     fetch,
     kv_summary,
+    model_lines,
     scheduler_summary,
 )
 
@@ -63,6 +65,7 @@ class TopApp(App[None]):
             yield Static(id="scheduler")
             yield Sparkline([0.0], id="tok")
         yield Static(id="kv", classes="panel")
+        yield Static(id="models", classes="panel")
         yield Static(id="status")
         yield Footer()
 
@@ -93,6 +96,9 @@ class TopApp(App[None]):
         )
         self.query_one("#tok", Sparkline).data = list(self.rates.tok_s_history) or [0.0]
         self.query_one("#kv", Static).update("[b]kv cache[/b]  " + kv_summary(sample))
+        self.query_one("#models", Static).update(
+            "[b]models[/b]  " + ("\n        ".join(model_lines(sample)) or "none loaded")
+        )
         self.refresh_view()
 
     def refresh_view(self) -> None:

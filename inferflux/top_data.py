@@ -100,52 +100,87 @@ def note(info: ActorInfo) -> str:
     return f"{text}: {info.last_error}" if info.last_error else text
 
 
-def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
+def _with_paths(tree: ActorInfo) -> list[tuple[str, int, ActorInfo]]:
+    """Each actor with its path from the root and its depth. Names repeat across the
+    models' subtrees (each has a `scheduler`), paths do not."""
+    found: list[tuple[str, int, ActorInfo]] = []
 
-    def walk(info: ActorInfo, depth: int) -> None:
-        rows.append(
-            (
-                "  " * depth + info.name,
-                info.kind,
-                info.state,
-                str(info.pid or ""),
-                str(info.mailbox_depth),
-                str(info.messages_in),
-                str(info.messages_out),
-                f"{rates.get(info.name, 0.0):.1f}",
-                str(info.restarts),
-                note(info)[:100],
-            )
-        )
+    def walk(info: ActorInfo, path: str, depth: int) -> None:
+        found.append((path, depth, info))
         for child in info.children:
-            walk(child, depth + 1)
+            walk(child, f"{path}/{child.name}", depth + 1)
 
-    walk(tree, 0)
-    return rows
+    walk(tree, tree.name, 0)
+    return found
+
+
+def actor_rows(tree: ActorInfo, rates: dict[str, float]) -> list[tuple[str, ...]]:
+    """One row per actor, in tree order; `rates`: messages per second by path."""
+    return [
+        (
+            "  " * depth + info.name,
+            info.kind,
+            info.state,
+            str(info.pid or ""),
+            str(info.mailbox_depth),
+            str(info.messages_in),
+            str(info.messages_out),
+            f"{rates.get(path, 0.0):.1f}",
+            str(info.restarts),
+            note(info)[:100],
+        )
+        for path, depth, info in _with_paths(tree)
+    ]
+
+
+def _schedulers(tree: ActorInfo) -> list[ActorInfo]:
+    return [info for info in tree.walk() if info.name == "scheduler"]
+
+
+def _summed(tree: ActorInfo, key: str) -> float:
+    return sum(float(s.details.get(key, 0)) for s in _schedulers(tree))
 
 
 def scheduler_summary(sample: Sample, tok_s: float, ttft_s: float) -> str:
-    scheduler = sample.tree.find("scheduler")
-    d = scheduler.details if scheduler else {}
+    """Every model's scheduler together (one line per model: `model_lines`)."""
+    tree = sample.tree
+    max_batch = max((float(s.details.get("max_batch", 0)) for s in _schedulers(tree)), default=0)
     return (
-        f"running {d.get('running', 0)}  waiting {d.get('waiting', 0)}  "
-        f"max batch {d.get('max_batch', 0)}  steps {d.get('steps', 0)}  "
-        f"worker restarts {d.get('worker_restarts', 0)}  |  {tok_s:.1f} tok/s  "
+        f"running {_summed(tree, 'running'):.0f}  waiting {_summed(tree, 'waiting'):.0f}  "
+        f"max batch {max_batch:.0f}  steps {_summed(tree, 'steps'):.0f}  "
+        f"worker restarts {_summed(tree, 'worker_restarts'):.0f}  |  {tok_s:.1f} tok/s  "
         f"TTFT {ttft_s * 1000:.0f} ms (latest)"
     )
 
 
+def model_lines(sample: Sample) -> list[str]:
+    """One line per loaded model (its subtree `model:ID`: state, restarts, its
+    scheduler's queue and KV cells), then how many more the store could load."""
+    lines = []
+    for info in sample.tree.walk():
+        if not info.name.startswith("model:"):
+            continue
+        scheduler = info.find("scheduler")
+        d = scheduler.details if scheduler else {}
+        lines.append(
+            f"{info.name.removeprefix('model:')}: {info.state}, running {d.get('running', 0)}, "
+            f"waiting {d.get('waiting', 0)}, KV cells {d.get('kv_cells_used', 0)}, "
+            f"subtree restarts {info.restarts}"
+        )
+    manager = sample.tree.find("models")
+    if manager is not None and manager.details.get("available"):
+        lines.append(f"({manager.details['available']} more known, not loaded)")
+    return lines
+
+
 def kv_summary(sample: Sample) -> str:
-    scheduler = sample.tree.find("scheduler")
-    d = scheduler.details if scheduler else {}
     m = sample.metrics
     queries = m.get("inferflux:prefix_cache_queries_total", 0.0)
     hits = m.get("inferflux:prefix_cache_hits_total", 0.0)
     usage = m.get("inferflux:kv_cache_usage_perc", 0.0)
     return (
-        f"KV cells used {d.get('kv_cells_used', 0)} ({usage:.0%})  "
-        f"cached slots {d.get('kv_slots_cached', 0)}  "
+        f"KV cells used {_summed(sample.tree, 'kv_cells_used'):.0f} ({usage:.0%})  "
+        f"cached slots {_summed(sample.tree, 'kv_slots_cached'):.0f}  "
         f"prefix-cache hit rate {hits / queries if queries else 0.0:.0%} of prompt tokens"
     )
 
@@ -162,10 +197,10 @@ class Rates:
         prev, self.previous = self.previous, sample
         if prev is None or dt <= 0:
             return {}, 0.0, 0.0
-        before = {info.name: info.messages_in for info in prev.tree.walk()}
+        before = {path: info.messages_in for path, _, info in _with_paths(prev.tree)}
         msgs = {
-            info.name: (info.messages_in - before.get(info.name, info.messages_in)) / dt
-            for info in sample.tree.walk()
+            path: (info.messages_in - before.get(path, info.messages_in)) / dt
+            for path, _, info in _with_paths(sample.tree)
         }
         m, p = sample.metrics, prev.metrics
         name = "inferflux:generation_tokens_total"
@@ -192,4 +227,5 @@ def render(sample: Sample) -> str:
     lines.append("")
     lines.append("scheduler: " + scheduler_summary(sample, 0.0, 0.0))
     lines.append("kv cache:  " + kv_summary(sample))
+    lines.extend(f"model:     {line}" for line in model_lines(sample))
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from ..ingress.errors import APIError
 from ..ingress.served import ServedModel
 from ..metrics import Metrics
 from ..model.store import ModelStoreError, list_models, resolve
+from .keep_alive import keep_alive_seconds
 from .memory import available_bytes, footprint, gib
 from .subtree import EngineHandle, engine_subtree, subtree_name
 
@@ -68,31 +69,6 @@ class Lease:
     scheduler: ActorRef
     worker: ActorRef
     release: Callable[[], None]
-
-
-def keep_alive_seconds(value: Any) -> float | None:
-    """Ollama's keep_alive: seconds, or a duration ("5m", "1h", "30s"), 0, or a negative
-    number for "forever" (None: use the server's default)."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return math.inf if value < 0 else float(value)
-    text = str(value).strip().lower()
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit) and text[: -len(unit)].lstrip("-").replace(".", "", 1).isdigit():
-            number = float(text[: -len(unit)])
-            return math.inf if number < 0 else number * units[unit]
-    try:
-        number = float(text)
-    except ValueError:
-        raise APIError(
-            400,
-            f"keep_alive must be seconds or a duration like 5m, not {value!r}",
-            param="keep_alive",
-            code="invalid_value",
-        ) from None
-    return math.inf if number < 0 else number
 
 
 class ModelManager(Actor):
@@ -406,7 +382,7 @@ class ModelManager(Actor):
 
     def details(self) -> dict[str, float | int | str]:
         states = [e.state for e in self.entries.values()]
-        return {"loaded": states.count("loaded"), "loading": states.count("loading")}
+        return {state: states.count(state) for state in ("loaded", "loading", "available")}
 
 
 def _stored() -> list[Any]:
@@ -414,40 +390,3 @@ def _stored() -> list[Any]:
         return list_models()
     except (ModelStoreError, OSError):
         return []
-
-
-class CurrentModels:
-    """The model directory the ingress holds: whichever ModelManager runs now (a restarted
-    manager is a new instance)."""
-
-    def __init__(self, current: Callable[[], Any]) -> None:
-        self._current = current
-
-    def _manager(self) -> ModelManager:
-        manager = self._current()
-        if not isinstance(manager, ModelManager):
-            raise APIError(503, "the model manager is restarting", type="service_unavailable",
-                           code="not_ready", retry_after_s=2)  # fmt: skip
-        return manager
-
-    @property
-    def default_id(self) -> str:
-        manager = self._current()
-        return manager.default_id if isinstance(manager, ModelManager) else ""
-
-    def ready(self) -> bool:
-        manager = self._current()
-        return isinstance(manager, ModelManager) and manager.ready()
-
-    async def acquire(self, requested: str | None, keep_alive: Any = None) -> Lease:
-        return await self._manager().acquire(requested, keep_alive)
-
-    def describe(self, detailed: bool = False) -> list[dict[str, Any]]:
-        manager = self._current()
-        return manager.describe(detailed) if isinstance(manager, ModelManager) else []
-
-    async def load(self, requested: str) -> dict[str, Any]:
-        return await self._manager().load(requested)
-
-    async def unload(self, requested: str) -> dict[str, Any]:
-        return await self._manager().unload(requested)

@@ -80,6 +80,16 @@ def test_two_models_named_at_start_answer_side_by_side(home: Path, tmp_path: Pat
             assert server.metric("inferflux:generation_tokens_total", model=model) >= 6
         with pytest.raises(openai.NotFoundError):
             complete(server, "no-such-model")
+        # inferflux-top shows both models: their subtrees in the tree, a line each below
+        top = subprocess.run(
+            [sys.executable, "-m", "inferflux.top", "--url", server.url, "--once"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        tree = [line.split()[0] for line in top.stdout.splitlines() if line.strip()]
+        assert tree.count("scheduler") == 2 and tree.count("worker-0") == 2
+        assert {f"model:{SMOL}", f"model:{GEMMA}"} <= set(tree)
+        for model in (SMOL, GEMMA):
+            assert f"model:     {model}: running, running 0, waiting 0, KV cells " in top.stdout
     finally:
         stop_server(server)
 
