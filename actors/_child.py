@@ -1,8 +1,10 @@
 """Entry point of a process actor's child: `python -m actors._child inferflux-ROLE ...`.
 
 The first argument only labels the command line (ps, pgrep, inferflux-top). The child dials
-the parent's address, says Hello, runs the actor, and relays frames. It exits when the
-parent closes its stdin pipe (the parent died) or sends Stop.
+the parent's address, says Hello, runs the actor, and relays frames: the parent's requests
+to the actor, the actor's asks to the parent's actors it imports (actors/_imports.py), and
+the actor's details() for introspection. It exits when the parent closes its stdin pipe
+(the parent died) or sends Stop.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ import trio
 from transports import Channel, ChannelClosed, MessageDecodeError
 
 from ._envelope import Envelope, ReplyItem
+from ._imports import ParentAsks
 from ._link import (
+    DETAILS_EVERY_S,
     Call,
     Cast,
+    Details,
     Done,
     Fail,
     Hello,
     InjectCrash,
     Item,
     PayloadCodecs,
+    Refused,
     Stop,
     frame_codec,
     import_target,
@@ -66,14 +72,35 @@ async def _relay_replies(
         await channel.send(Fail(correlation_id, "ActorUnavailable", "stream dropped"))
 
 
-async def serve(name: str, address: str, target: str, options: dict[str, Any]) -> None:
+async def _report_details(channel: Channel[Any], actor: Any) -> None:
+    """The actor's details() to the parent whenever they change (for introspection)."""
+    last: dict[str, Any] | None = None
+    while True:
+        details = actor.details()
+        if details != last:
+            await channel.send(Details(details))
+            last = details
+        await trio.sleep(DETAILS_EVERY_S)
+
+
+async def serve(
+    name: str,
+    address: str,
+    target: str,
+    options: dict[str, Any],
+    imports: dict[str, str] | None = None,
+) -> None:
     actor_class = import_target(target)
     codecs = PayloadCodecs(actor_class)
-    actor = actor_class(name, in_registry=Registry(), **options)
+    registry = Registry()
+    actor = actor_class(name, in_registry=registry, **options)
     with Channel.dial(address, frame_codec, peer_label="parent") as channel:
         await channel.wait_connected(timeout_s=30)
+        asks = ParentAsks(channel)
+        asks.register(registry, imports or {})
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_parent)
+            nursery.start_soon(asks.run)
             relays = _RelayCount()
 
             async def run_actor(task_status: trio.TaskStatus[None]) -> None:
@@ -85,6 +112,8 @@ async def serve(name: str, address: str, target: str, options: dict[str, Any]) -
 
             await nursery.start(run_actor)
             await channel.send(Hello(os.getpid()))
+            asks.open()
+            nursery.start_soon(_report_details, channel, actor)
             while True:
                 try:
                     frame = await channel.receive()
@@ -117,6 +146,8 @@ async def serve(name: str, address: str, target: str, options: dict[str, Any]) -
                         actor.request_stop()
                     case InjectCrash():
                         actor.inject_crash()
+                    case Item() | Done() | Fail() | Refused():
+                        asks.answer(frame)  # to one of our asks (imports)
 
 
 class _RelayCount:
@@ -148,9 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connect", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--options", default="{}")
+    parser.add_argument("--imports", default="{}", help="JSON: name -> pkg.module:Class")
     args = parser.parse_args(argv)
+    options, imports = json.loads(args.options), json.loads(args.imports)
     try:
-        trio.run(serve, args.name, args.connect, args.target, json.loads(args.options))
+        trio.run(serve, args.name, args.connect, args.target, options, imports)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -7,7 +7,7 @@ ends decode them with the actor class's own `message_type` / `reply_type` unions
 from __future__ import annotations
 
 import importlib
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import msgspec
 
@@ -59,7 +59,27 @@ class InjectCrash(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Chaos: raise InjectedCrash inside the child's actor, as a bug there would."""
 
 
-Frame = Union[Hello, Cast, Call, Item, Done, Fail, Refused, Stop, InjectCrash]
+class Ask(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """The child asks an actor of its parent's registry (actors/_imports.py); the same
+    fields as a node link's Ask, so the parent serves it as a node serves a peer. The
+    answers come back as Item / Done / Fail / Refused frames with its correlation id."""
+
+    correlation_id: int
+    target: str
+    payload: msgspec.Raw
+    kind: Literal["cast", "call", "stream"]
+
+
+class Details(msgspec.Struct, tag=True, frozen=True, array_like=True):
+    """The child actor's `details()`, sent when they change (at most every
+    DETAILS_EVERY_S), so the parent's introspection shows them (and its readiness)."""
+
+    values: dict[str, float | int | str]
+
+
+DETAILS_EVERY_S = 0.25
+
+Frame = Union[Hello, Cast, Call, Item, Done, Fail, Refused, Stop, InjectCrash, Ask, Details]
 frame_codec: Codec[Frame] = Codec(Frame)
 
 

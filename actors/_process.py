@@ -38,9 +38,12 @@ from transports import Channel, ChannelClosed, Faults, MessageDecodeError, uniqu
 from ._base import BaseActor
 from ._envelope import Envelope
 from ._errors import InjectedCrash, RemoteError
+from ._imports import ChildAsks
 from ._link import (
+    Ask,
     Call,
     Cast,
+    Details,
     Done,
     Fail,
     Hello,
@@ -86,8 +89,13 @@ class ProcessActor(BaseActor):
         env: dict[str, str] | None = None,
         socket_dir: str | None = None,
         in_registry: Registry | None = None,
+        imports: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name, in_registry=in_registry)
+        # Actors of this registry the child may reach by name: name -> its class
+        # ("pkg.module:Class", for its protocol); see actors/_imports.py.
+        self.imports = dict(imports or {})
+        self.child_details: dict[str, float | int | str] = {}
         self.target = target
         self.options = options or {}
         self.role = role
@@ -114,7 +122,12 @@ class ProcessActor(BaseActor):
         self.mailbox.close()
 
     def details(self) -> dict[str, float | int | str]:
-        return {"in_flight": len(self._pending), "bad_replies": self.bad_replies}
+        """The child actor's own details (as it last reported them), and the link's."""
+        return {
+            **self.child_details,
+            "in_flight": len(self._pending),
+            "bad_replies": self.bad_replies,
+        }
 
     def inject_crash(self, where: str = "child") -> None:
         """Chaos: an exception inside the child's actor ("child": the process exits with
@@ -150,6 +163,8 @@ class ProcessActor(BaseActor):
             self.target,
             "--options",
             json.dumps(self.options),
+            "--imports",
+            json.dumps(self.imports),
         ]
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -178,8 +193,9 @@ class ProcessActor(BaseActor):
                 self._channel = channel
                 async with trio.open_nursery() as nursery:
                     self._pumps = nursery
+                    asks = ChildAsks(self.name, self.registry, channel, nursery, set(self.imports))
                     nursery.start_soon(self._pump_out, channel)
-                    nursery.start_soon(self._pump_in, channel)
+                    nursery.start_soon(self._pump_in, channel, asks)
                     nursery.start_soon(self._escalate_stop, process)
                     code = await process.wait()
                     nursery.cancel_scope.cancel()
@@ -238,7 +254,7 @@ class ProcessActor(BaseActor):
                     Call(envelope.correlation_id, payload, envelope.kind == "stream")
                 )
 
-    async def _pump_in(self, channel: Channel[Any]) -> None:
+    async def _pump_in(self, channel: Channel[Any], asks: ChildAsks) -> None:
         decode = self.codecs.replies.decode
         while True:
             try:
@@ -269,6 +285,10 @@ class ProcessActor(BaseActor):
                     envelope = self._pending.pop(correlation_id, None)
                     if envelope is not None:
                         envelope.fail(refusal(self.codecs, self.name, payload))
+                case Ask():
+                    asks.serve(frame)
+                case Details(values):
+                    self.child_details = values
 
     def _decoded(self, decode: Callable[[Any], Any], payload: Any) -> tuple[Any] | None:
         """(the reply,) or None when the child sent one that does not decode: that reply

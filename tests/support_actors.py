@@ -107,3 +107,75 @@ class EchoActor(Actor):
                         envelope.send(item)
                 return 2.5 if bad_end else "done"
         raise TypeError(f"unexpected {message!r}")
+
+
+class Relay(msgspec.Struct, tag=True):
+    """Ask the actor `to` (imported from the parent): Echo(text) as a call, Count(n) as a
+    stream, then Refuse; answer with what came back."""
+
+    to: str
+    text: str
+    n: int
+
+
+class Tell(msgspec.Struct, tag=True):
+    """Cast Echo(text) to `to`, `times` times, in order."""
+
+    to: str
+    text: str
+    times: int
+
+
+class RelayActor(Actor):
+    """Reaches actors of its parent by name (ProcessActor imports)."""
+
+    message_type = Union[Relay, Tell]
+    reply_type = str
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        from actors import ActorError, ActorRef
+
+        match message:
+            case Relay(to, text, n):
+                ref = ActorRef(to, self.registry)
+                try:
+                    echoed = await ref.call(Echo(text))
+                    async with ref.stream(Count(n)) as items:
+                        counted = [i async for i in items]
+                except ActorError as exc:
+                    return f"{type(exc).__name__}: {exc}"
+                try:
+                    await ref.call(Refuse("no"))
+                except Rejected as exc:
+                    return f"{echoed} {counted} {type(exc.error).__name__}({exc.error.message})"
+                return "not refused"
+            case Tell(to, text, times):
+                ref = ActorRef(to, self.registry)
+                for i in range(times):
+                    ref.cast_nowait(Echo(f"{text}{i}"))
+                return "told"
+        raise TypeError(f"unexpected {message!r}")
+
+
+class Recorder(Actor):
+    """Keeps every Echo it is cast, in order (in the parent)."""
+
+    message_type = TestMessage
+    reply_type = Union[str, int]
+    error_type = Nope
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.seen: list[str] = []
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        if isinstance(message, Echo):
+            self.seen.append(message.text)
+            return message.text
+        if isinstance(message, Count):
+            for i in range(message.n):
+                envelope.send(i)
+            return message.n
+        if isinstance(message, Refuse):
+            raise Rejected(self.name, Nope(message.why))
+        raise TypeError(f"unexpected {message!r}")

@@ -228,3 +228,35 @@ async def test_the_link_socket_is_private_and_takes_only_its_child() -> None:
             finally:
                 intruder.kill()
             actor.request_stop()
+
+
+async def test_a_child_reaches_its_parents_actors_by_name_in_their_protocol() -> None:
+    """Imports: calls, streams and refusals from the child to an actor of the parent's
+    registry; casts arrive in order; a name not imported is not reachable; the child's
+    details reach the parent's introspection."""
+    from tests.support_actors import Recorder, Relay, Tell
+
+    registry = Registry()
+    recorder = Recorder("rec", in_registry=registry)
+    actor = ProcessActor(
+        "relay",
+        "tests.support_actors:RelayActor",
+        imports={"rec": "tests.support_actors:Recorder"},
+        role="relay",
+        in_registry=registry,
+    )
+    ref = ActorRef("relay", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        await nursery.start(actor.run)
+        assert "inferflux-relay" in cmdline(actor.pid)
+        assert await ref.call(Relay("rec", "hi", 3)) == "hi [0, 1, 2] Nope(no)"
+        assert await ref.call(Tell("rec", "m", 200)) == "told"
+        await wait_until(lambda: len(recorder.seen) == 201, 10)
+        assert recorder.seen[1:] == [f"m{i}" for i in range(200)]
+        # Not imported: unreachable, however it is asked.
+        answer = await ref.call(Relay("elsewhere", "x", 1))
+        assert answer.startswith("ActorUnavailable")
+        await wait_until(lambda: "in_flight" in actor.info().details, 5)
+        actor.request_stop()
+        recorder.request_stop()
