@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
         help="accept fault-injection commands on the introspection socket (tools/chaos.py)",
     )
     run.add_argument(
+        "--isolate",
+        type=lambda text: [word.strip() for word in text.split(",") if word.strip()],
+        help="actors to run each in a process of their own: scheduler,policy (server.isolate)",
+    )
+    run.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -101,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
                     "tls_key_file": args.tls_key,
                     "tls_client_ca_file": args.tls_client_ca,
                     "request_timeout_s": args.request_timeout,
+                    "isolate": args.isolate,
                 },
                 "model": {
                     "serve": args.model,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 Role = Literal["unified", "prefill", "decode"]
+Isolated = Literal["scheduler", "policy"]
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -78,6 +79,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     listen_backlog: int = 1024
     """Connections the kernel queues before they are accepted (a burst beyond it is
     refused by the kernel, with no HTTP answer)."""
+    isolate: list[Isolated] = []
+    """Actors that run each in an OS process of their own ("scheduler", "policy"; `run
+    --isolate scheduler,policy`), the same code over nng ipc, restarted by their
+    supervisor when the process dies (docs/architecture.md). The model worker always runs
+    in its own process. Empty: both in the server's process (faster: no link hop)."""
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -298,6 +304,10 @@ def _sections() -> dict[str, dict[str, type]]:
 def _parse_env(key: str, value: str, kind: type) -> Any:
     try:
         if getattr(kind, "__origin__", None) is list:  # a JSON list, e.g. policy.blocklist
+            words = getattr(kind.__args__[0], "__origin__", None) is Literal
+            if words and not value.lstrip().startswith("["):  # or words: scheduler,policy
+                value = ",".join(f'"{w.strip()}"' for w in value.split(",") if w.strip())
+                value = f"[{value}]"
             return msgspec.json.decode(value, type=kind)
         if getattr(kind, "__origin__", None) is Literal:  # checked with the rest, by msgspec
             return value

@@ -1,7 +1,8 @@
 """Wiring of the actor tree for `inferflux run --role unified`.
 
     inferflux (one_for_one, 10 restarts / 60 s)
-    ├── policy            authentication, RBAC, rate limits, guardrails (docs/security.md)
+    ├── policy            authentication, RBAC, rate limits, guardrails (docs/security.md);
+    │                     a process actor [inferflux-policy] with server.isolate
     ├── models            the model manager: loads and unloads models (serving/manager.py)
     │   └── engines       one subtree per loaded model (serving/subtree.py):
     │       └── model:ID      engine (worker-0: the model's process) and scheduler
@@ -40,7 +41,7 @@ from .ingress.response_store import ResponseStore
 from .ingress.services import Services
 from .metrics import Metrics
 from .model.store import default_model_path, resolve
-from .policy.actor import PolicyActor
+from .policy.isolated import make_policy_actor
 from .policy.setup import build_policy
 from .serving.current import CurrentModels
 from .serving.manager import ModelManager
@@ -125,17 +126,7 @@ def build_server(
     root = Supervisor(
         "inferflux",
         [
-            ChildSpec(
-                "policy",
-                lambda: PolicyActor(
-                    "policy",
-                    make_policy=policy.make_policy if policy else None,
-                    store_poll_s=policy.store_poll_s if policy else 1.0,
-                    audit=policy.audit if policy else None,
-                    anonymous_max_priority=config.policy.anonymous_max_priority,
-                    in_registry=registry,
-                ),
-            ),
+            ChildSpec("policy", lambda: make_policy_actor(config, policy, registry, socket_dir)),
             ChildSpec(
                 "models",
                 lambda: ModelManager(

@@ -2,6 +2,7 @@
 
     python tools/chaos.py --profile ci --seed 1       # a couple of minutes (runs in CI)
     python tools/chaos.py --profile soak --seed 7 --duration 1800
+    python tools/chaos.py --profile ci --seed 1 --isolate scheduler,policy
 
 1. Starts `inferflux run --chaos` (the real default model) and drives the request mix once
    undisturbed, at temperature 0 or with a seed, to get reference outputs; about one
@@ -10,13 +11,14 @@
    SIGSEGV the worker process, SIGSTOP it for a while then SIGCONT, raise an exception
    inside an actor (the worker in its process, its proxy, the scheduler or the policy,
    via the introspection socket), drop/duplicate/delay frames on the worker link for a
-   while. Some clients hang up mid-stream on purpose.
+   while; with --isolate, also SIGKILL the scheduler's or the policy's process. Some
+   clients hang up mid-stream on purpose.
 3. Heals everything, waits for quiescence, stops the server with SIGTERM, and checks:
    every request got exactly one terminal outcome; every completed stream equals its
    reference token for token (nothing lost, nothing duplicated), and a constrained one
    that finished is JSON; no sequence running or
    waiting and no slot held at quiescence; no supervisor gave up (its intensity);
-   no orphan worker process; no leaked ipc socket file.
+   no orphan worker (scheduler, policy) process; no leaked ipc socket file.
 Prints the seed and `chaos: F faults, R requests, L lost, D dup`; exits 1 on a violation.
 """
 
@@ -62,9 +64,11 @@ PROMPTS = [
     "Describe the taste of an apple.",
 ]
 ENGINE_INTENSITY = 5  # engine supervisor: restarts allowed per 60 s (config supervision.*)
-ROOT_INTENSITY = 10  # root supervisor: restarts of scheduler/policy/engine per 60 s
+ROOT_INTENSITY = 10  # root supervisor (policy, models, ingress): restarts per 60 s
+MODEL_INTENSITY = 3  # a model's subtree (model:ID: engine, metrics, scheduler) per 60 s
 WINDOW_S = 60.0
 # What each fault restarts (a child of which supervisor), when it restarts anything.
+ISOLATED_KILLS = ("sigkill-scheduler", "sigkill-policy")
 TARGETS = {
     "sigkill": "worker-0",
     "sigsegv": "worker-0",
@@ -73,6 +77,10 @@ TARGETS = {
     "link": "worker-0",  # a lost frame breaks the link: one restart (or none)
     "crash-scheduler": "scheduler",
     "crash-policy": "policy",
+    # --isolate only: the scheduler's process (restarted by model:ID) and the policy's
+    # (restarted by the root); the ingress resubmits its streams, recompute does the rest.
+    "sigkill-scheduler": "scheduler",
+    "sigkill-policy": "policy",
 }
 
 
@@ -151,7 +159,7 @@ class RestartBudget:
         parent = parent_of(tree, target)
         if parent is None:
             return False
-        limit = self.limits.get(parent.name, 3)
+        limit = self.limits.get(parent.name, MODEL_INTENSITY)
         return self.recent(parent.name, time.monotonic()) + 2 <= limit
 
     def sending(self, tree: ActorInfo, target: str) -> None:
@@ -223,12 +231,13 @@ def make_jobs(rng: random.Random, profile: dict) -> list[Job]:
 
 
 class Server:
-    def __init__(self, log_path: str, extra_env: dict[str, str]) -> None:
+    def __init__(self, log_path: str, extra_env: dict[str, str], isolate: str = "") -> None:
         self.port = free_port()
         self.log_path = log_path
         self.log = open(log_path, "w")
         command = [sys.executable, "-m", "inferflux", "run", "--chaos", "--port", str(self.port)]
         command += ["--n-parallel", "4", "--ctx-size", "512"]
+        command += ["--isolate", isolate] if isolate else []
         # Poison detection off: this nemesis kills workers at random, which to any detector
         # looks like a request crashing them (the scheduler's docstring).
         env = dict(os.environ, INFERFLUX_SUPERVISION_POISON_CRASHES="0", **extra_env)
@@ -324,6 +333,12 @@ async def nemesis(
 ) -> None:
     stopped_pid = 0
     last: tuple[str, int] | None = None  # the previous fault's kind, restarts seen by then
+    first = await trio.to_thread.run_sync(server.snapshot)
+    isolated = [
+        name
+        for name in ("scheduler", "policy")
+        if (info := first.find(name)) is not None and info.kind == "process"
+    ]
     while not done.is_set():
         with trio.move_on_after(rng.uniform(*period)):
             await done.wait()
@@ -350,8 +365,12 @@ async def nemesis(
                 "crash-scheduler",
                 "crash-policy",
                 "link",
+                *[f"sigkill-{name}" for name in isolated],
             ]
         )
+        victim = tree.find(action.removeprefix("sigkill-")) if action in ISOLATED_KILLS else None
+        if victim is not None and (victim.state != "running" or not victim.pid):
+            action = rng.choice(["sigstop", "link-soft"])  # restarting: let it come back
         if action in TARGETS and not budget.allows(tree, TARGETS[action]):
             action = rng.choice(["sigstop", "link-soft"])  # restart nothing
         if action in TARGETS:
@@ -359,6 +378,9 @@ async def nemesis(
         last = (action, budget.total())
         if action in ("sigkill", "sigsegv"):  # SIGSEGV: what a C-level crash delivers
             os.kill(worker.pid, signal.SIGKILL if action == "sigkill" else signal.SIGSEGV)
+        elif action in ISOLATED_KILLS:
+            assert victim is not None
+            os.kill(victim.pid, signal.SIGKILL)
         elif action == "sigstop":
             os.kill(worker.pid, signal.SIGSTOP)
             stopped_pid = worker.pid
@@ -414,12 +436,17 @@ def ipc_files() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "*inferflux*.sock")))
 
 
+def process_pids(tree: ActorInfo) -> set[int]:
+    """The pids of every process actor (the worker, and the isolated scheduler/policy)."""
+    return {info.pid for info in tree.walk() if info.kind == "process" and info.pid}
+
+
 def worker_pids_alive(pids: set[int]) -> set[int]:
     alive = set()
     for pid in pids:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"inferflux-worker" in f.read():
+                if re.search(rb"inferflux-(worker|scheduler|policy)", f.read()):
                     alive.add(pid)
         except OSError:
             pass
@@ -434,12 +461,18 @@ def main() -> int:
         "--duration", type=float, default=0, help="soak: repeat rounds for this many seconds"
     )
     parser.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "inferflux-chaos.log"))
+    parser.add_argument(
+        "--isolate",
+        default=os.environ.get("INFERFLUX_SERVER_ISOLATE", ""),
+        help="run these actors in processes of their own (scheduler,policy); the nemesis "
+        "then SIGKILLs those processes too",
+    )
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     rng = random.Random(args.seed)
     print(f"chaos: seed {args.seed}, profile {args.profile}; server log {args.log}", flush=True)
     files_before = ipc_files()
-    server = Server(args.log, {"INFERFLUX_SCHEDULER_WORKER_WAIT_S": "120"})
+    server = Server(args.log, {"INFERFLUX_SCHEDULER_WORKER_WAIT_S": "120"}, args.isolate)
     problems: list[str] = []
     worker_pids: set[int] = set()
     totals = Report()
@@ -460,20 +493,20 @@ def main() -> int:
             for i, outcomes in report.outcomes.items():
                 totals.outcomes.setdefault(len(totals.outcomes), []).extend(outcomes)
                 problems += check_job(jobs[i], outcomes, ref.get(i))
-            worker_pids.add(server.snapshot().find("worker-0").pid)
+            worker_pids |= process_pids(server.snapshot())
             if time.monotonic() - started >= args.duration:
                 break
         problems += check_quiescence(server)
         budget.observe(server.snapshot())
         print(f"chaos: {budget.summary()}")
-        worker_pids.add(server.snapshot().find("worker-0").pid)
+        worker_pids |= process_pids(server.snapshot())
     finally:
         code = server.stop()
     if code != 0:
         problems.append(f"server exited with {code} on SIGTERM")
     time.sleep(0.5)
     if worker_pids_alive(worker_pids):
-        problems.append(f"orphan worker processes: {sorted(worker_pids_alive(worker_pids))}")
+        problems.append(f"orphan processes: {sorted(worker_pids_alive(worker_pids))}")
     leaked = ipc_files() - files_before
     if leaked:
         problems.append(f"leaked ipc files: {sorted(leaked)}")

@@ -26,7 +26,7 @@ from actors import Actor, Envelope
 
 from .audit import AuditLog
 from .engine import Policy, priority_denial
-from .messages import Access, Admin, Authorize, Decision, Settle
+from .messages import Access, Admin, Authorize, Decision, PolicyMessage, Settle
 
 __all__ = ["Access", "Admin", "Authorize", "Decision", "PolicyActor", "Settle"]
 
@@ -34,6 +34,10 @@ log = logging.getLogger("inferflux.policy")
 
 
 class PolicyActor(Actor):
+    message_type = PolicyMessage
+    reply_type = Decision
+    error_type = None  # it refuses nothing: a denial is a Decision
+
     def __init__(
         self,
         name: str,

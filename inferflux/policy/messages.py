@@ -1,20 +1,22 @@
-"""Messages the ingress sends the policy actor (same process: passed as objects).
+"""The policy actor's protocol: what the ingress sends it, and the Decision it answers.
 
 `Access` gates every protected HTTP request (authentication, one permission, the request
 rate); `Authorize` gates a generation (models, ceilings, guardrails, concurrent
 generations, token rate, OPA); `Settle` gives back the tokens a finished generation
 reserved but did not use, and its place among the principal's running generations. `Admin`
-carries one admin operation. Every answer to Access/Authorize/Admin is a `Decision`.
+carries one admin operation. Every answer to Access/Authorize/Admin is a `Decision`, a
+denial included: the policy refuses nothing with an error Struct. All msgspec Structs, the
+same in the server's process or the policy's own (`server.isolate`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import msgspec
 
 
-class Authorize(msgspec.Struct, frozen=True):
+class Authorize(msgspec.Struct, tag=True, frozen=True):
     seq_id: int
     model: str
     prompt_tokens: int
@@ -38,7 +40,7 @@ class Authorize(msgspec.Struct, frozen=True):
     """The HTTP peer's address: failed authentications are limited per address."""
 
 
-class Access(msgspec.Struct, frozen=True, kw_only=True):
+class Access(msgspec.Struct, tag=True, frozen=True, kw_only=True):
     credential: str
     permission: str
     path: str
@@ -49,7 +51,7 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     """The HTTP peer's address: failed authentications are limited per address."""
 
 
-class Settle(msgspec.Struct, frozen=True, kw_only=True):
+class Settle(msgspec.Struct, tag=True, frozen=True, kw_only=True):
     principal: str
     reserved_tokens: int
     used_tokens: int
@@ -73,7 +75,7 @@ AdminOp = Literal[
 ]
 
 
-class Admin(msgspec.Struct, frozen=True, kw_only=True):
+class Admin(msgspec.Struct, tag=True, frozen=True, kw_only=True):
     credential: str
     op: AdminOp
     name: str = ""
@@ -106,3 +108,6 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     the first of a lockout is written; policy/failures.py)."""
     suppressed: int = 0
     """Refusals from the same address not written since its last audit line."""
+
+
+PolicyMessage = Union[Authorize, Access, Settle, Admin]

@@ -38,6 +38,9 @@ class PolicySetup:
     store_poll_s: float
 
     uses_opa: bool = False
+    secret: bytes = b""
+    """The store's passphrase when it came from the environment (a policy actor in its own
+    process gets it in its environment: policy/isolated.py); empty with a key file."""
 
     @property
     def needs_prompt_text(self) -> bool:
@@ -65,22 +68,24 @@ def auth_required(config: PolicyConfig) -> bool:
     return config.auth == "required"
 
 
-def build_policy(config: PolicyConfig) -> PolicySetup | None:
+def build_policy(config: PolicyConfig, *, in_child: bool = False) -> PolicySetup | None:
+    """`in_child`: for a policy actor in its own process (policy/isolated.py): no audit
+    log (the ingress writes it), and no warnings the server already gave."""
     required = auth_required(config)
-    if not required:
+    if not required and not in_child:
         log.warning(
             "AUTHENTICATION IS OFF: anyone who can reach this port can generate. "
             "Use --policy-store (API keys) or [policy] oidc_* to require credentials."
         )
     if not is_active(config):
         return None
-    store = _open_store(config)
+    store, secret = _open_store(config)
     if required and store is None and not config.oidc_issuer:
         raise ConfigError(
             "policy.auth = required needs credentials to check: a policy store "
             "(--policy-store) or an OIDC issuer (policy.oidc_issuer)"
         )
-    if config.oidc_issuer and store is None:
+    if config.oidc_issuer and store is None and not in_child:
         log.warning(
             "OIDC without a policy store: tokens authenticate but grant nothing, because "
             "roles live in the store (inferflux roles set NAME --permissions ... --store PATH)"
@@ -125,7 +130,7 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
 
     audit = (
         AuditLog(config.audit_log, debug=config.audit_debug, fail_closed=config.audit_fail_closed)
-        if config.audit_log
+        if config.audit_log and not in_child
         else None
     )
     if audit is not None:
@@ -133,14 +138,15 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
             audit.open()
         except OSError as exc:
             raise ConfigError(f"cannot open the audit log {config.audit_log}: {exc}") from None
-    log.info(
-        "policy: auth %s, store %s, oidc %s, opa %s, audit log %s",
-        "required" if required else "off",
-        config.store_path or "-",
-        config.oidc_issuer or "-",
-        config.opa_url or "-",
-        config.audit_log or "-",
-    )
+    if not in_child:
+        log.info(
+            "policy: auth %s, store %s, oidc %s, opa %s, audit log %s",
+            "required" if required else "off",
+            config.store_path or "-",
+            config.oidc_issuer or "-",
+            config.opa_url or "-",
+            config.audit_log or "-",
+        )
     return PolicySetup(
         auth_required=required,
         make_policy=make_policy,
@@ -149,12 +155,13 @@ def build_policy(config: PolicyConfig) -> PolicySetup | None:
         blocklist=blocklist,
         store_poll_s=config.store_poll_s,
         uses_opa=bool(config.opa_url),
+        secret=b"" if config.key_file else secret,
     )
 
 
-def _open_store(config: PolicyConfig) -> PolicyStore | None:
+def _open_store(config: PolicyConfig) -> tuple[PolicyStore | None, bytes]:
     if not config.store_path:
-        return None
+        return None, b""
     try:
         secret = read_secret(config.key_file or None)
     except PolicyStoreError as exc:
@@ -164,7 +171,7 @@ def _open_store(config: PolicyConfig) -> PolicyStore | None:
         # passphrase need not stay where every later child process would inherit it.
         os.environ.pop(KEY_ENV, None)
     try:
-        return PolicyStore.open(config.store_path, secret)
+        return PolicyStore.open(config.store_path, secret), secret
     except PolicyStoreError as exc:
         raise ConfigError(str(exc)) from None
 

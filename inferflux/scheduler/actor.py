@@ -43,7 +43,6 @@ from ..messages import (
     StepResult,
     WorkerReady,
 )
-from ..metrics import Metrics
 from .messages import (
     Abort,
     Delta,
@@ -55,6 +54,7 @@ from .messages import (
     Submit,
     WorkerGaveUp,
 )
+from .meter import Meter
 from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
@@ -98,7 +98,7 @@ class Scheduler(Actor):
         worker: str,
         n_slots: int,
         cells_per_slot: int,
-        metrics: Metrics,
+        meter: str = "",
         prefix_cache: bool = True,
         max_waiting: int = 256,
         max_waiting_per_principal: int | None = None,
@@ -109,7 +109,8 @@ class Scheduler(Actor):
         super().__init__(name, **kwargs)
         self.worker = ActorRef(worker, self.registry)
         self.kv = KVCacheManager(n_slots, cells_per_slot, prefix_cache=prefix_cache)
-        self.metrics = metrics
+        # Numbers go out as MeterReports to the `meter` actor (scheduler/meter.py).
+        self.meter = Meter(ActorRef(meter, self.registry) if meter else None)
         self.max_waiting = max_waiting
         self.worker_wait_s = worker_wait_s
         self.poison_crashes = poison_crashes
@@ -155,6 +156,7 @@ class Scheduler(Actor):
             await trio.sleep(min(0.5, self.worker_wait_s / 4))
             if self.waiting and self._down_too_long():
                 self._fail_waiting(NotReady(self._down_reason()))
+                self.meter.report()
 
     async def handle(self, message: Any, envelope: Envelope) -> Any:
         match message:
@@ -164,6 +166,7 @@ class Scheduler(Actor):
                 self._abort(seq_id)
             case WorkerGaveUp(reason):
                 self.worker_gave_up(reason)
+        self.meter.report()
         return None
 
     def _refusal(self, error: SchedulerError) -> Rejected:
@@ -190,7 +193,7 @@ class Scheduler(Actor):
         request.text_sent = submit.text_sent
         request.images = submit.images
         self._enqueue(request)
-        self.metrics.of(self.metrics.prompt_tokens).inc(len(submit.prompt))
+        self.meter.inc("prompt_tokens", len(submit.prompt))
         self._admit_waiting()
 
     def _enqueue(self, request: Request, front: bool = False) -> None:
@@ -236,8 +239,8 @@ class Scheduler(Actor):
             request.preempting = False
             self.running[request.seq_id] = request
             # The KV manager's own counts, placement by placement (see KVStats).
-            self.metrics.of(self.metrics.prefix_queries).inc(placement.n_queried)
-            self.metrics.of(self.metrics.prefix_hits).inc(placement.n_cached)
+            self.meter.inc("prefix_queries", placement.n_queried)
+            self.meter.inc("prefix_hits", placement.n_cached)
             self._cast(
                 Admit(
                     request.seq_id,
@@ -281,10 +284,12 @@ class Scheduler(Actor):
                             self._on_worker_ready()
                         else:
                             self._on_step(item)
+                        self.meter.report()
             except ActorError:
                 pass
             if self.ready.is_set():
                 self._on_worker_lost()
+                self.meter.report()
             await trio.sleep(0.05)
 
     def worker_gave_up(self, reason: str) -> None:
@@ -300,7 +305,7 @@ class Scheduler(Actor):
         for request in self.waiting.clear():
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error.message)
             request.envelope.fail(self._refusal(error))
-            self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
+            self.meter.finished("error")
         self._update_gauges()
 
     def _on_worker_ready(self) -> None:
@@ -328,7 +333,7 @@ class Scheduler(Actor):
             )
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, error)
             request.envelope.fail(self._refusal(GenerationFailed(error)))
-            self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
+            self.meter.finished("error")
         self._update_gauges()
 
     def _on_worker_lost(self) -> None:
@@ -345,8 +350,8 @@ class Scheduler(Actor):
     def _on_step(self, result: StepResult) -> None:
         self.steps += 1
         self.max_batch_seen = max(self.max_batch_seen, result.n_seqs)
-        self.metrics.of(self.metrics.batch_size).observe(result.n_seqs)
-        self.metrics.of(self.metrics.step_duration).observe(result.duration_s)
+        self.meter.observe("batch_size", result.n_seqs)
+        self.meter.observe("step_duration", result.duration_s)
         if result.n_drafted:
             self._count_drafts(result.n_drafted, result.n_accepted)
         now = time.monotonic()
@@ -356,7 +361,7 @@ class Scheduler(Actor):
                 continue
             if out.n_prompt_computed:
                 request.prompt_done += out.n_prompt_computed
-                self.metrics.of(self.metrics.prompt_computed).inc(out.n_prompt_computed)
+                self.meter.inc("prompt_computed", out.n_prompt_computed)
                 if request.prompt_done >= len(request.admitted_tokens) and not request.resident:
                     request.resident = True
                     self.kv.prompt_resident(request.slot, request.admitted_tokens)
@@ -375,18 +380,18 @@ class Scheduler(Actor):
     def _count_drafts(self, drafted: int, accepted: int) -> None:
         self.drafted += drafted
         self.accepted += accepted
-        self.metrics.of(self.metrics.spec_drafted).inc(drafted)
-        self.metrics.of(self.metrics.spec_accepted).inc(accepted)
-        self.metrics.of(self.metrics.spec_acceptance).set(self.accepted / self.drafted)
+        self.meter.inc("spec_drafted", drafted)
+        self.meter.inc("spec_accepted", accepted)
+        self.meter.set("spec_acceptance", self.accepted / self.drafted)
 
     def _record_timing(self, request: Request, now: float, n: int) -> None:
         if not request.first_token_at:
             request.first_token_at = now
-            self.metrics.of(self.metrics.ttft).observe(now - request.arrival)
+            self.meter.observe("ttft", now - request.arrival)
         else:
-            self.metrics.of(self.metrics.itl).observe((now - request.last_token_at) / n)
+            self.meter.observe("itl", (now - request.last_token_at) / n)
         request.last_token_at = now
-        self.metrics.of(self.metrics.generation_tokens).inc(n)
+        self.meter.inc("generation_tokens", n)
 
     def _finish(self, request: Request, out: SeqOutput) -> None:
         reason, token_ids, text = out.finish_reason, out.token_ids, out.text
@@ -410,7 +415,7 @@ class Scheduler(Actor):
         if reason == "error":
             log.warning("request %d trace %s: %s", request.seq_id, request.trace_id, out.error)
             request.envelope.fail(self._refusal(GenerationFailed(out.error)))
-            self.metrics.success.labels(finished_reason="error", **self.metrics.labels).inc()
+            self.meter.finished("error")
             return
         self._send(
             request,
@@ -425,8 +430,8 @@ class Scheduler(Actor):
             ),
         )
         request.envelope.reply(None)
-        self.metrics.success.labels(finished_reason=reason, **self.metrics.labels).inc()
-        self.metrics.of(self.metrics.e2e).observe(time.monotonic() - request.arrival)
+        self.meter.finished(reason)
+        self.meter.observe("e2e", time.monotonic() - request.arrival)
 
     def _send(self, request: Request, delta: Delta) -> None:
         request.text_sent += len(delta.text)
@@ -437,13 +442,14 @@ class Scheduler(Actor):
 
     # views ---------------------------------------------------------------------------
     def _update_gauges(self) -> None:
-        self.metrics.of(self.metrics.running).set(len(self.running))
-        self.metrics.of(self.metrics.waiting).set(len(self.waiting))
-        self.metrics.of(self.metrics.kv_usage).set(self.kv.stats().usage)
+        self.meter.set("running", len(self.running))
+        self.meter.set("waiting", len(self.waiting))
+        self.meter.set("kv_usage", self.kv.stats().usage)
 
     def details(self) -> dict[str, float | int | str]:
         stats = self.kv.stats()
         return {
+            "ready": int(self.ready.is_set()),
             "running": len(self.running),
             "waiting": len(self.waiting),
             "steps": self.steps,

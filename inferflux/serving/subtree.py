@@ -3,11 +3,17 @@
     model:NAME (one_for_one, 3 restarts / 60 s)
     ├── engine (one_for_one, supervision.worker_max_restarts / window)
     │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
+    ├── metrics           applies the scheduler's MeterReports to prometheus
     └── scheduler         queues, admission, KV accounting, prefix reuse
+                          (a process actor [inferflux-scheduler] with server.isolate)
 
 Each subtree registers its actors in a registry of its own, so every model has a
 "scheduler" and a "worker-0" and they never meet. A crash, even an engine that gives up,
 stays inside one subtree: the other models keep serving.
+
+An isolated scheduler is built in its own process from plain options (the same ones);
+it reaches `worker-0` and `metrics` of this subtree's registry by name, through its link
+(ProcessActor imports), and the server reads its readiness from the details it reports.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from ..ingress.served import ServedModel
 from ..metrics import Metrics
 from ..scheduler.actor import Scheduler
 from ..scheduler.messages import WorkerGaveUp
+from ..scheduler.meter import MetricsActor
 
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
+SCHEDULER_TARGET = "inferflux.scheduler.actor:Scheduler"
+METRICS_TARGET = "inferflux.scheduler.meter:MetricsActor"
 
 
 @dataclass
@@ -40,12 +49,18 @@ class EngineHandle:
     scheduler: ActorRef
     worker: ActorRef
     latest: dict[str, Any]
-    """The scheduler instance of the latest start (in-process), for readiness."""
+    """The scheduler of the latest start (the actor, or its process's proxy), for readiness."""
 
     @property
     def ready(self) -> bool:
+        """A worker is attached to the scheduler: its details say so (an isolated one
+        reports them over its link, so this lags by up to actors' DETAILS_EVERY_S)."""
         scheduler = self.latest.get("scheduler")
-        return isinstance(scheduler, Scheduler) and scheduler.ready.is_set()
+        return (
+            scheduler is not None
+            and scheduler.state == "running"
+            and scheduler.details().get("ready") == 1
+        )
 
 
 def worker_options(config: Config, model_path: str, ctx_size: int) -> dict[str, Any]:
@@ -91,20 +106,33 @@ def engine_subtree(
             in_registry=registry,
         )
 
-    def make_scheduler() -> Scheduler:
-        scheduler = Scheduler(
-            "scheduler",
-            worker="worker-0",
-            n_slots=sched.n_parallel,
-            cells_per_slot=served.ctx_size,
-            metrics=metrics.for_model(served.id),
-            prefix_cache=sched.prefix_cache,
-            max_waiting=sched.max_waiting,
-            max_waiting_per_principal=sched.max_waiting_per_principal or None,
-            worker_wait_s=sched.worker_wait_s,
-            poison_crashes=supervision.poison_crashes,
-            in_registry=registry,
-        )
+    options: dict[str, Any] = {
+        "worker": "worker-0",
+        "n_slots": sched.n_parallel,
+        "cells_per_slot": served.ctx_size,
+        "meter": "metrics",
+        "prefix_cache": sched.prefix_cache,
+        "max_waiting": sched.max_waiting,
+        "max_waiting_per_principal": sched.max_waiting_per_principal or None,
+        "worker_wait_s": sched.worker_wait_s,
+        "poison_crashes": supervision.poison_crashes,
+    }
+
+    def make_scheduler() -> Scheduler | ProcessActor:
+        scheduler: Scheduler | ProcessActor
+        if "scheduler" in config.server.isolate:
+            scheduler = ProcessActor(
+                "scheduler",
+                SCHEDULER_TARGET,
+                options,
+                role="scheduler",
+                socket_dir=socket_dir,
+                env=child_environment(os.environ),
+                in_registry=registry,
+                imports={"worker-0": WORKER_TARGET, "metrics": METRICS_TARGET},
+            )
+        else:
+            scheduler = Scheduler("scheduler", in_registry=registry, **options)
         latest["scheduler"] = scheduler
         return scheduler
 
@@ -127,7 +155,13 @@ def engine_subtree(
                         on_give_up=engine_gave_up,
                     ),
                 ),
-                ChildSpec("scheduler", make_scheduler),
+                ChildSpec(
+                    "metrics",
+                    lambda: MetricsActor(
+                        "metrics", metrics=metrics.for_model(served.id), in_registry=registry
+                    ),
+                ),
+                ChildSpec("scheduler", make_scheduler, shutdown_timeout_s=10),
             ],
             max_restarts=3,
             max_seconds=60,

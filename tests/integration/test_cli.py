@@ -71,7 +71,7 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         (engines,) = names["models"]["children"]  # the supervisor of the models' subtrees
         (subtree,) = engines["children"]
         assert subtree["name"] == f"model:{MODEL_ID}"
-        assert [c["name"] for c in subtree["children"]] == ["engine", "scheduler"]
+        assert [c["name"] for c in subtree["children"]] == ["engine", "metrics", "scheduler"]
         worker = subtree["children"][0]["children"][0]
         assert worker["kind"] == "process" and worker["pid"] > 0
         deadline = time.monotonic() + 10

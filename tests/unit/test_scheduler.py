@@ -31,6 +31,7 @@ from inferflux.messages import (
 from inferflux.metrics import Metrics
 from inferflux.scheduler.actor import Scheduler
 from inferflux.scheduler.messages import Abort, Delta, NotReady, Overloaded, Submit
+from inferflux.scheduler.meter import MetricsActor
 
 
 class CrashNow(msgspec.Struct):
@@ -137,19 +138,29 @@ class Harness:
             worker="worker",
             n_slots=n_slots,
             cells_per_slot=4096,
-            metrics=Metrics("scripted"),
+            meter="metrics",
             max_waiting=max_waiting,
             in_registry=self.registry,
         )
+        self.metrics = Metrics("scripted")
         self.root = Supervisor(
             "root",
             [
                 ChildSpec("worker", make_worker),
+                ChildSpec(
+                    "metrics",
+                    lambda: MetricsActor(
+                        "metrics", metrics=self.metrics, in_registry=self.registry
+                    ),
+                ),
                 ChildSpec("scheduler", lambda: self.scheduler),
             ],
         )
         self.ref = ActorRef("scheduler", self.registry)
         self.finished: list[int] = []
+
+    def _make_metrics(self) -> MetricsActor:
+        return MetricsActor("metrics", metrics=self.metrics, in_registry=self.registry)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[trio.Nursery]:
@@ -311,7 +322,6 @@ async def test_requests_get_503_when_the_worker_stays_down() -> None:
         worker="worker",
         n_slots=2,
         cells_per_slot=4096,
-        metrics=Metrics("scripted"),
         worker_wait_s=0.3,
         in_registry=registry,
     )
@@ -347,3 +357,20 @@ async def test_requests_get_503_when_the_worker_stays_down() -> None:
                 async for _ in deltas:
                     pass
         root.request_stop()
+
+
+async def test_numbers_reach_prometheus_as_reports_to_the_metrics_actor() -> None:
+    """The scheduler holds no prometheus object: MeterReports to `metrics` carry them."""
+    h = Harness(n_slots=2)
+    async with h.running() as nursery:
+        for seq_id in (1, 2, 3):
+            nursery.start_soon(h.generate, seq_id, [seq_id, 7], 5)
+    registry = h.metrics.registry
+    labels = {"model": "scripted", "role": "unified"}
+    assert registry.get_sample_value("inferflux:generation_tokens_total", labels) == 15
+    assert registry.get_sample_value("inferflux:prompt_tokens_total", labels) == 6
+    finished = {**labels, "finished_reason": "length"}
+    assert registry.get_sample_value("inferflux:request_success_total", finished) == 3
+    assert registry.get_sample_value("inferflux:e2e_request_latency_seconds_count", labels) == 3
+    assert registry.get_sample_value("inferflux:num_requests_running", labels) == 0
+    assert h.scheduler.details()["ready"] == 1
