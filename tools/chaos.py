@@ -368,8 +368,8 @@ async def nemesis(
                 *[f"sigkill-{name}" for name in isolated],
             ]
         )
-        victim = tree.find(action.removeprefix("sigkill-")) if action in ISOLATED_KILLS else None
-        if victim is not None and (victim.state != "running" or not victim.pid):
+        victim = tree.find(TARGETS[action]) if action in TARGETS else None
+        if action in TARGETS and (victim is None or victim.state != "running" or not victim.pid):
             action = rng.choice(["sigstop", "link-soft"])  # restarting: let it come back
         if action in TARGETS and not budget.allows(tree, TARGETS[action]):
             action = rng.choice(["sigstop", "link-soft"])  # restart nothing
