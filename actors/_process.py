@@ -14,6 +14,9 @@ Failure handling:
 - The child watches its stdin, a pipe from the parent: when the parent dies, for whatever
   reason, the pipe closes and the child exits at once. No orphans.
 
+Imports: `imports` names actors of this registry the child may reach by name, over the
+same link (actors/_imports.py); the child also reports its actor's details() there.
+
 Environment: `env`, when given, is the child's entire environment, not additions to this
 process's: a caller that keeps secrets from its children passes exactly what they need.
 Without it the child inherits this process's environment.

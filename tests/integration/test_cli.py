@@ -91,7 +91,7 @@ def test_actor_tree_is_visible_over_http_and_the_introspection_socket(
         rows = {line.split()[0]: line for line in table.splitlines()[1:]}
         assert set(rows) == {
             "inferflux", "policy", "models", "engines", f"model:{MODEL_ID}", "engine",
-            "worker-0", "scheduler", "ingress",
+            "worker-0", "metrics", "scheduler", "ingress",
         }  # fmt: skip
         assert " process " in rows["worker-0"] and str(worker["pid"]) in rows["worker-0"]
         assert "scheduler: running 0  waiting 0" in summary
