@@ -23,10 +23,10 @@ from typing import Any
 import msgspec
 import trio
 
-from transports import Channel
+from transports import Channel, MessageDecodeError
 
 from ._envelope import Envelope
-from ._errors import ActorUnavailable
+from ._errors import ActorUnavailable, RemoteError
 from ._link import Ask, Done, Fail, Item, PayloadCodecs, Refused, import_target
 from ._node_serve import PeerRequests
 from ._node_wire import failure, refusal
@@ -78,7 +78,16 @@ class ParentAsks:
         return True
 
     def answer(self, frame: Item | Done | Fail | Refused, peer: str = "parent") -> None:
-        """An answer from the parent to one of our asks."""
+        """An answer from the parent to one of our asks; one that does not decode fails
+        its ask (a bad reply is no reason to take the whole process down)."""
+        try:
+            self._answer(frame, peer)
+        except MessageDecodeError as exc:
+            entry = self._pending.pop(frame.correlation_id, None)
+            if entry is not None:
+                entry[0].fail(RemoteError(entry[2], "BadReply", str(exc)))
+
+    def _answer(self, frame: Item | Done | Fail | Refused, peer: str) -> None:
         match frame:
             case Item(correlation_id, payload):
                 entry = self._pending.get(correlation_id)

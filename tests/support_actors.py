@@ -126,10 +126,16 @@ class Tell(msgspec.Struct, tag=True):
     times: int
 
 
+class RelayGarbage(msgspec.Struct, tag=True):
+    """Stream Garbage() from `to`: its 1.5 is no reply the child decodes."""
+
+    to: str
+
+
 class RelayActor(Actor):
     """Reaches actors of its parent by name (ProcessActor imports)."""
 
-    message_type = Union[Relay, Tell]
+    message_type = Union[Relay, Tell, RelayGarbage]
     reply_type = str
 
     async def handle(self, message: Any, envelope: Envelope) -> Any:
@@ -149,6 +155,12 @@ class RelayActor(Actor):
                 except Rejected as exc:
                     return f"{echoed} {counted} {type(exc.error).__name__}({exc.error.message})"
                 return "not refused"
+            case RelayGarbage(to):
+                try:
+                    async with ActorRef(to, self.registry).stream(Garbage()) as items:
+                        return f"got {[i async for i in items]}"
+                except ActorError as exc:
+                    return f"{type(exc).__name__}: {exc}"
             case Tell(to, text, times):
                 ref = ActorRef(to, self.registry)
                 for i in range(times):
@@ -178,4 +190,8 @@ class Recorder(Actor):
             return message.n
         if isinstance(message, Refuse):
             raise Rejected(self.name, Nope(message.why))
+        if isinstance(message, Garbage):
+            for item in (1, 1.5, 2):
+                envelope.send(item)
+            return "done"
         raise TypeError(f"unexpected {message!r}")

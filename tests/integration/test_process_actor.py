@@ -234,7 +234,7 @@ async def test_a_child_reaches_its_parents_actors_by_name_in_their_protocol() ->
     """Imports: calls, streams and refusals from the child to an actor of the parent's
     registry; casts arrive in order; a name not imported is not reachable; the child's
     details reach the parent's introspection."""
-    from tests.support_actors import Recorder, Relay, Tell
+    from tests.support_actors import Recorder, Relay, RelayGarbage, Tell
 
     registry = Registry()
     recorder = Recorder("rec", in_registry=registry)
@@ -254,6 +254,10 @@ async def test_a_child_reaches_its_parents_actors_by_name_in_their_protocol() ->
         assert await ref.call(Tell("rec", "m", 200)) == "told"
         await wait_until(lambda: len(recorder.seen) == 201, 10)
         assert recorder.seen[1:] == [f"m{i}" for i in range(200)]
+        # A reply the child cannot decode fails that ask alone; the child lives on.
+        answer = await ref.call(RelayGarbage("rec"))
+        assert answer.startswith("RemoteError") and "BadReply" in answer, answer
+        assert await ref.call(Relay("rec", "again", 1)) == "again [0] Nope(no)"
         # Not imported: unreachable, however it is asked.
         answer = await ref.call(Relay("elsewhere", "x", 1))
         assert answer.startswith("ActorUnavailable")
