@@ -30,7 +30,7 @@ from ..messages import ImageInput
 from ..model.chat_template import TemplateError
 from ..worker.projector import Picture
 from .errors import APIError
-from .request_types import ChatMessage
+from .request_types import ChatMessage, ImagePart
 from .served import ServedModel
 from .tool_prompt import NO_TOOLS, ToolPlan, render_chat
 
@@ -59,8 +59,19 @@ def _bad(message: str, param: str, code: str = "invalid_image") -> APIError:
 
 def image_parts(messages: list[ChatMessage]) -> list[tuple[str, str]]:
     """(param, url) of every image part, in order."""
+    return [(param, part.image_url.url) for param, part in _named(messages)]
+
+
+def image_origins(messages: list[ChatMessage], origins: dict[int, str]) -> dict[str, str]:
+    """For the APIs read into a chat request (Responses, Messages): the chat parameter of
+    each image part -> where that API's client put it (`origins`: id(part) -> its path),
+    so a 400 names the client's own field."""
+    return {param: origins[id(part)] for param, part in _named(messages) if id(part) in origins}
+
+
+def _named(messages: list[ChatMessage]) -> list[tuple[str, ImagePart]]:
     return [
-        (f"messages[{i}].content[{j}].image_url.url", part.image_url.url)
+        (f"messages[{i}].content[{j}].image_url.url", part)
         for i, message in enumerate(messages)
         for j, part in message.images()
     ]

@@ -14,11 +14,14 @@ from quart import Blueprint, Response
 from . import pipeline
 from .errors import APIError
 from .http import json_response, read_json
+from .images import image_origins
 from .messages_render import MessagesRenderer
 from .messages_types import (
     AnyChoice,
+    Base64Source,
     CountTokensRequest,
     DocumentBlockIn,
+    FileSource,
     ImageBlockIn,
     MessageParam,
     MessagesRequest,
@@ -37,6 +40,8 @@ from .request_types import (
     ChosenFunction,
     FunctionCall,
     FunctionDefinition,
+    ImagePart,
+    ImageURL,
     JSONSchemaFormat,
     JSONSchemaSpec,
     NamedToolChoice,
@@ -60,13 +65,15 @@ def messages_blueprint(services: Services, runner: Runner) -> Blueprint:
     @messages.post("/v1/messages")
     async def create() -> Response:
         request = await read_json(MESSAGES, services.max_body_bytes)
-        chat = as_chat(request)
+        origins: dict[int, str] = {}
+        chat = as_chat(request, origins)
+        images = image_origins(chat.messages, origins)
 
         async def prepare(model: ServedModel) -> Prepared:
             try:
                 return await pipeline.prepare_chat(model, chat)
             except APIError as error:
-                raise renamed(error) from None
+                raise renamed(error, images) from None
 
         def render(model: ServedModel, prepared: Prepared) -> Renderer:
             return MessagesRenderer(
@@ -81,7 +88,8 @@ def messages_blueprint(services: Services, runner: Runner) -> Blueprint:
     @messages.post("/v1/messages/count_tokens")
     async def count_tokens() -> Response:
         request = await read_json(COUNT_TOKENS, services.max_body_bytes)
-        chat = as_chat(request)
+        origins: dict[int, str] = {}
+        chat = as_chat(request, origins)
         offered = "none" if chat.tool_choice == "none" else "auto"
         tools = ToolPlan(read_tools(chat.tools), offered, parallel=True)
         lease = await services.models.acquire(request.model)
@@ -89,9 +97,9 @@ def messages_blueprint(services: Services, runner: Runner) -> Blueprint:
             model = lease.model
             chars = sum(len(m.text()) for m in chat.messages)
             pipeline.check_prompt_size(model, chars, "messages")
-            prompt = await pipeline.off_loop(pipeline.chat_prompt, model, chat.messages, tools)
+            prompt, _ = await pipeline.messages_prompt(model, chat.messages, tools)
         except APIError as error:
-            raise renamed(error) from None
+            raise renamed(error, image_origins(chat.messages, origins)) from None
         finally:
             lease.release()
         return json_response(TokenCount(len(prompt)))
@@ -99,26 +107,34 @@ def messages_blueprint(services: Services, runner: Runner) -> Blueprint:
     return messages
 
 
-def renamed(error: APIError) -> APIError:
-    """The error naming the Anthropic parameter instead of the chat one."""
-    if error.param is not None and error.param.startswith("tools[") and ".function." in error.param:
-        error.param = error.param.replace(".function.parameters", ".input_schema")
+def renamed(error: APIError, images: dict[str, str] | None = None) -> APIError:
+    """The error naming the Anthropic parameter instead of the chat one (`images`: an
+    image part's chat parameter -> its block's path)."""
+    param = error.param or ""
+    if images and param in images:
+        error.param = images[param]
+    elif param.startswith("tools[") and ".function." in param:
+        error.param = param.replace(".function.parameters", ".input_schema")
     elif error.param == "stop":
         error.param = "stop_sequences"
-    elif error.param is not None and error.param.startswith("response_format"):
+    elif param.startswith("response_format"):
         error.param = "output_config.format.schema"
     return error
 
 
-def as_chat(request: MessagesRequest | CountTokensRequest) -> ChatCompletionRequest:
-    """The chat completion request a Messages request means."""
+def as_chat(
+    request: MessagesRequest | CountTokensRequest, origins: dict[int, str] | None = None
+) -> ChatCompletionRequest:
+    """The chat completion request a Messages request means (image blocks as chat image
+    parts, each one's path noted in `origins` by id)."""
+    origins = {} if origins is None else origins
     messages: list[ChatMessage] = []
     if request.system:
         system = request.system
         text = system if isinstance(system, str) else "".join(b.text for b in system)
         messages.append(ChatMessage("system", text))
     for i, message in enumerate(request.messages):
-        messages += _chat_messages(message, f"messages[{i}].content")
+        messages += _chat_messages(message, f"messages[{i}].content", origins)
     if not request.messages:
         raise APIError(400, "messages: at least one message is required", param="messages")
     tool_choice, parallel = _tool_choice(request)
@@ -167,13 +183,13 @@ def _tool_choice(request: MessagesRequest | CountTokensRequest) -> tuple[ToolCho
     return "auto", parallel
 
 
-def _chat_messages(message: MessageParam, param: str) -> list[ChatMessage]:
+def _chat_messages(message: MessageParam, param: str, origins: dict[int, str]) -> list[ChatMessage]:
     """One Anthropic message as chat messages: tool results first (as tool messages), then
-    the text; an assistant's tool_use blocks as its tool_calls."""
+    the text and images; an assistant's tool_use blocks as its tool_calls."""
     if isinstance(message.content, str):
         return [ChatMessage(message.role, message.content)]
     results: list[ChatMessage] = []
-    texts: list[TextPart] = []
+    texts: list[TextPart | ImagePart] = []
     calls: list[ToolCallIn] = []
     for j, block in enumerate(message.content):
         if isinstance(block, TextBlockIn):
@@ -183,10 +199,9 @@ def _chat_messages(message: MessageParam, param: str) -> list[ChatMessage]:
         elif isinstance(block, ToolResultBlockIn) and message.role == "user":
             results.append(ChatMessage("tool", _result_text(block, f"{param}[{j}]"),
                                        tool_call_id=block.tool_use_id))  # fmt: skip
-        elif isinstance(block, ImageBlockIn):
-            raise _unsupported("this model takes no image input (it has no multimodal "
-                               "projector)", f"{param}[{j}]")  # fmt: skip
-        elif isinstance(block, (ToolUseBlockIn, ToolResultBlockIn)):
+        elif isinstance(block, ImageBlockIn) and message.role == "user":
+            texts.append(_image(block, f"{param}[{j}]", origins))
+        elif isinstance(block, (ToolUseBlockIn, ToolResultBlockIn, ImageBlockIn)):
             raise _unsupported(f"a {message.role} message cannot hold this block",
                                f"{param}[{j}]")  # fmt: skip
         elif isinstance(block, DocumentBlockIn):
@@ -197,11 +212,25 @@ def _chat_messages(message: MessageParam, param: str) -> list[ChatMessage]:
     return results + ([ChatMessage("user", texts)] if texts else [])
 
 
+def _image(block: ImageBlockIn, param: str, origins: dict[int, str]) -> ImagePart:
+    source = block.source
+    if isinstance(source, FileSource):
+        raise _unsupported("images by file_id are not supported (this server has no Files "
+                           "API); send a base64 source", f"{param}.source")  # fmt: skip
+    if isinstance(source, Base64Source):
+        image = ImagePart(ImageURL(f"data:{source.media_type};base64,{source.data}"))
+        origins[id(image)] = f"{param}.source.data"
+    else:
+        image = ImagePart(ImageURL(source.url))
+        origins[id(image)] = f"{param}.source.url"
+    return image
+
+
 def _result_text(block: ToolResultBlockIn, param: str) -> str:
     content = block.content
     if isinstance(content, list):
         if any(isinstance(part, ImageBlockIn) for part in content):
-            raise _unsupported("this model takes no image input", param)
+            raise _unsupported("images in a tool_result are not supported", param)
         content = "".join(part.text for part in content if isinstance(part, TextBlockIn))
     return f"Error: {content}" if block.is_error else content
 

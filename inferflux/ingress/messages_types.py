@@ -23,8 +23,24 @@ class TextBlockIn(msgspec.Struct, tag="text", tag_field="type"):
     text: str
 
 
+class Base64Source(msgspec.Struct, tag="base64", tag_field="type"):
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str
+
+
+class URLSource(msgspec.Struct, tag="url", tag_field="type"):
+    url: str
+
+
+class FileSource(msgspec.Struct, tag="file", tag_field="type"):
+    file_id: str
+
+
 class ImageBlockIn(msgspec.Struct, tag="image", tag_field="type"):
-    source: dict[str, Any]
+    """An image (issue 16), read as chat's image_url (ingress/images.py): base64 as a data:
+    URI, a url as chat's URL; a file needs a Files API this server does not have."""
+
+    source: Union[Base64Source, URLSource, FileSource]
 
 
 class DocumentBlockIn(msgspec.Struct, tag="document", tag_field="type"):

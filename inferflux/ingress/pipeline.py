@@ -103,15 +103,8 @@ async def prepare_chat(model: ServedModel, chat: ChatCompletionRequest) -> Prepa
             "response_format",
         )
     check_prompt_size(model, sum(_chars(m) for m in chat.messages), "messages")
-    parts = image_parts(chat.messages)
-    images: list[ImageInput] = []
     started = time.perf_counter()
-    if parts:
-        check_accepted(model, parts)
-        decoded = await off_loop(read_images, parts)
-        prompt, images = await off_loop(image_prompt, model, chat.messages, decoded, tools)
-    else:
-        prompt = await off_loop(chat_prompt, model, chat.messages, tools)
+    prompt, images = await messages_prompt(model, chat.messages, tools)
     max_tokens = chat.max_completion_tokens or chat.max_tokens
     max_param = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
     return Prepared(
@@ -156,6 +149,20 @@ async def prepare_completion(model: ServedModel, completion: CompletionRequest) 
 async def off_loop(run: Callable[..., T], *args: Any) -> T:
     """`run(*args)` in a worker thread; a client that leaves stops waiting for it."""
     return await trio.to_thread.run_sync(run, *args, abandon_on_cancel=True)
+
+
+async def messages_prompt(
+    model: ServedModel, messages: list[ChatMessage], tools: ToolPlan = NO_TOOLS
+) -> tuple[list[int], list[ImageInput]]:
+    """The prompt of chat messages, with their images read and laid out (images.py): the
+    one way every API that takes messages (chat, Responses, Messages, count_tokens) makes
+    its prompt."""
+    parts = image_parts(messages)
+    if not parts:
+        return await off_loop(chat_prompt, model, messages, tools), []
+    check_accepted(model, parts)
+    decoded = await off_loop(read_images, parts)
+    return await off_loop(image_prompt, model, messages, decoded, tools)
 
 
 def check_prompt_size(model: ServedModel, chars: int, param: str) -> None:

@@ -55,7 +55,10 @@ class ResponseStore:
     def put(
         self, principal: str, response_id: str, body: bytes, conversation: list[ChatMessage]
     ) -> None:
-        size = len(body) + sum(len(m.text()) + 64 for m in conversation)
+        size = len(body) + sum(
+            len(m.text()) + 64 + sum(len(p.image_url.url) for _, p in m.images())
+            for m in conversation
+        )
         if size > self.max_bytes:
             return  # larger than the whole store: not kept (GET answers 404)
         self._expire()

@@ -17,6 +17,7 @@ from . import pipeline
 from .context import current
 from .errors import APIError
 from .http import json_response, read_json
+from .images import image_origins
 from .pipeline import Prepared
 from .render import Renderer
 from .request_types import (
@@ -25,6 +26,8 @@ from .request_types import (
     ChosenFunction,
     FunctionCall,
     FunctionDefinition,
+    ImagePart,
+    ImageURL,
     JSONSchemaFormat,
     JSONSchemaSpec,
     NamedToolChoice,
@@ -95,8 +98,10 @@ def responses_blueprint(services: Services, runner: Runner, store: ResponseStore
             if stored is None:
                 raise _not_found(request.previous_response_id, "previous_response_id")
             history = stored.conversation
-        conversation = history + input_messages(request.input)
+        origins: dict[int, str] = {}
+        conversation = history + input_messages(request.input, origins)
         chat = as_chat(request, conversation)
+        images = image_origins(chat.messages, origins)
         # Kept once it completes (a stream completes after this handler returned).
         principal = context.principal
 
@@ -109,7 +114,7 @@ def responses_blueprint(services: Services, runner: Runner, store: ResponseStore
             try:
                 return await pipeline.prepare_chat(model, chat)
             except APIError as error:
-                raise renamed(error) from None
+                raise renamed(error, images) from None
 
         def render(model: ServedModel, prepared: Prepared) -> Renderer:
             return ResponsesRenderer(
@@ -137,8 +142,12 @@ def responses_blueprint(services: Services, runner: Runner, store: ResponseStore
     return responses
 
 
-def renamed(error: APIError) -> APIError:
-    """The error with the chat parameter it names replaced by the Responses one."""
+def renamed(error: APIError, images: dict[str, str] | None = None) -> APIError:
+    """The error with the chat parameter it names replaced by the Responses one (`images`:
+    an image part's chat parameter -> its path in `input`)."""
+    if images and error.param in images:
+        error.param = images[error.param]
+        return error
     for chat_param, param in PARAMS.items():
         if error.param is not None and error.param == chat_param:
             error.message = error.message.replace(chat_param, param)
@@ -196,17 +205,22 @@ def _response_format(request: ResponsesRequest) -> ResponseFormat | None:
     return form
 
 
-def input_messages(given: str | list[dict[str, Any]]) -> list[ChatMessage]:
-    """The input as chat messages: message items as they are, consecutive function_call
+def input_messages(
+    given: str | list[dict[str, Any]], origins: dict[int, str] | None = None
+) -> list[ChatMessage]:
+    """The input as chat messages: message items as they are (input_image parts as chat
+    image parts, each one's path noted in `origins` by id), consecutive function_call
     items as one assistant message with tool_calls, a function_call_output as a tool
     message."""
+    origins = {} if origins is None else origins
     if isinstance(given, str):
         return [ChatMessage("user", given)]
     messages: list[ChatMessage] = []
     for i, raw in enumerate(given):
         item = _item(raw, i)
         if isinstance(item, MessageItem):
-            messages.append(ChatMessage(item.role, _text(item.content, f"input[{i}].content")))
+            content = _content(item.content, f"input[{i}].content", origins)
+            messages.append(ChatMessage(item.role, content))
         elif isinstance(item, FunctionCallItem):
             call = ToolCallIn(FunctionCall(item.name, item.arguments), id=item.call_id)
             last = messages[-1] if messages else None
@@ -215,7 +229,7 @@ def input_messages(given: str | list[dict[str, Any]]) -> list[ChatMessage]:
             else:
                 messages.append(ChatMessage("assistant", None, tool_calls=[call]))
         else:
-            output = _text(item.output, f"input[{i}].output")
+            output = _content(item.output, f"input[{i}].output", None)
             messages.append(ChatMessage("tool", output, tool_call_id=item.call_id))
     if not messages:
         raise _invalid("input must hold at least one item", "input")
@@ -244,16 +258,18 @@ def _item(raw: dict[str, Any], i: int) -> InputItem:
         raise _invalid(f"{text} (at {param})", param) from None
 
 
-def _text(content: str | list[ContentPart], param: str) -> list[TextPart] | str:
+def _content(
+    content: str | list[ContentPart], param: str, origins: dict[int, str] | None
+) -> list[TextPart | ImagePart] | str:
+    """A message's content as chat parts; images only where `origins` notes them (message
+    items), not in a function_call_output."""
     if isinstance(content, str):
         return content
-    parts = []
+    parts: list[TextPart | ImagePart] = []
     for j, part in enumerate(content):
-        if isinstance(part, InputImage):
-            raise APIError(
-                400, "this model takes no image input (it has no multimodal projector)",
-                param=f"{param}[{j}]", code="unsupported_content",
-            )  # fmt: skip
+        if isinstance(part, InputImage) and origins is not None:
+            parts.append(_image(part, f"{param}[{j}]", origins))
+            continue
         if not isinstance(part, (InputText, OutputTextIn)):
             raise APIError(
                 400, f"{type(part).__name__} content is not supported here",
@@ -261,3 +277,15 @@ def _text(content: str | list[ContentPart], param: str) -> list[TextPart] | str:
             )  # fmt: skip
         parts.append(TextPart(part.text))
     return parts
+
+
+def _image(part: InputImage, param: str, origins: dict[int, str]) -> ImagePart:
+    if part.image_url is None:
+        raise APIError(
+            400, "images by file_id are not supported (this server has no Files API); "
+            "send image_url with a data: URI", param=f"{param}.file_id",
+            code="unsupported_content",
+        )  # fmt: skip
+    image = ImagePart(ImageURL(part.image_url, part.detail))
+    origins[id(image)] = f"{param}.image_url"
+    return image

@@ -36,8 +36,12 @@ class OutputTextIn(msgspec.Struct, tag="output_text", tag_field="type"):
 
 
 class InputImage(msgspec.Struct, tag="input_image", tag_field="type"):
+    """An image (issue 16): `image_url` read as chat's image_url (ingress/images.py);
+    `file_id` needs a Files API this server does not have."""
+
     image_url: str | None = None
     file_id: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None  # accepted, not used
 
 
 class InputFile(msgspec.Struct, tag="input_file", tag_field="type"):

@@ -220,7 +220,7 @@ def test_stored_responses_can_be_read_and_deleted(server: RunningServer) -> None
         ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": [{"type": "input_image",
                                                    "image_url": "data:,"}]}]},
-         "input[0].content[0]"),
+         "input[0].content[0].image_url"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tools": [{**WEATHER, "parameters": {"type": "string"}}]}, "tools[0].parameters"),
         ({"tool_choice": "required"}, "tool_choice"),
