@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 Role = Literal["unified", "prefill", "decode"]
 Isolated = Literal["scheduler", "policy"]
+HostName = Annotated[
+    str, msgspec.Meta(pattern=r"^(([A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|[0-9A-Fa-f:.]+)$")
+]
+"""A host name or IP address as a URL carries it (no scheme, port or path)."""
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,6 +62,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allowed_hosts: list[str] = []
     """Host header values accepted besides loopback names while bound to a loopback
     address (DNS rebinding); bound elsewhere, any Host is accepted."""
+    image_fetch: list[HostName] = []
+    """Host names (or IP addresses, as written in URLs; any port) whose http(s) image URLs
+    chat, Responses and Messages requests may name: the server fetches them (no redirects,
+    at most the data-URI cap of 8 MiB). Empty: no URL is fetched, images come inline as
+    data: URIs. Never list hosts whose other content clients must not read."""
+    image_fetch_timeout_s: float = 10.0
+    """How long fetching one image URL may take: connecting and each read; the whole fetch
+    is checked after every chunk (so it ends within about twice this)."""
     request_timeout_s: float = 0.0
     """Deadline of a generation request from its arrival, in seconds: beyond it the request
     ends with a `timeout` error (504, or an error event when streamed) and frees its slot.

@@ -3,9 +3,9 @@
     read_images     the request's image_url parts -> Decoded (RGB), or a 400 naming the part
     image_prompt    messages + decoded images -> prompt ids + ImageInput per image
 
-An image reaches the server as a data: URI only. http(s) URLs are refused: fetching
-arbitrary addresses from inside the server is a request-forgery hole, and the allow-list
-that would make it safe (`server.image_fetch`) is not built yet. Decoding is Pillow's, in
+An image reaches the server as a data: URI, or as an http(s) URL on a host the operator
+listed in `server.image_fetch` (image_fetch.py: fetching arbitrary addresses from inside
+the server is a request-forgery hole, so the default list is empty). Decoding is Pillow's, in
 the ingress, never in the worker (whose C decoder a hostile file could crash): the format
 must be one of FORMATS, its header's size is checked against MAX_PIXELS before a pixel is
 decoded, and any failure of the decoder is the client's 400.
@@ -30,19 +30,20 @@ from ..messages import ImageInput
 from ..model.chat_template import TemplateError
 from ..worker.projector import Picture
 from .errors import APIError
+from .image_fetch import ImageFetch
+from .limits import MAX_IMAGE_BYTES
 from .request_types import ChatMessage, ImagePart
 from .served import ServedModel
 from .tool_prompt import NO_TOOLS, ToolPlan, render_chat
 
 MAX_IMAGES = 8
 """Images in one request."""
-MAX_IMAGE_BYTES = 8 * 1024 * 1024
-"""Of one image's file (decoded from base64); the body limit (server.max_body_bytes)
-applies to the request as a whole, too."""
 MAX_PIXELS = 4096 * 1024
 """Width x height of one image (4 MP; its RGB copy travels to the worker: 12 MB)."""
 MAX_ASPECT = 20
 """Longest side over shortest side: a 1-pixel-high strip would be resized to nothing."""
+NO_FETCH = ImageFetch()
+"""Fetches nothing: every http(s) URL is a 400 saying how to allow its host."""
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 _DATA_URI = re.compile(r"data:image/([a-z0-9.+-]{1,20});base64,", re.IGNORECASE)
 
@@ -90,22 +91,21 @@ def check_accepted(model: ServedModel, parts: list[tuple[str, str]]) -> None:
         raise _bad(f"at most {MAX_IMAGES} images per request, got {len(parts)}", parts[0][0])
 
 
-def read_images(parts: list[tuple[str, str]]) -> list[Decoded]:
-    """Decode each image part. Blocking (Pillow): run it off the event loop."""
-    return [read_image(url, param) for param, url in parts]
+def read_images(parts: list[tuple[str, str]], fetch: ImageFetch = NO_FETCH) -> list[Decoded]:
+    """Decode each image part (fetching http(s) URLs as `fetch` allows). Blocking (Pillow,
+    the fetch): run it off the event loop."""
+    return [read_image(url, param, fetch) for param, url in parts]
 
 
-def read_image(url: str, param: str) -> Decoded:
+def read_image(url: str, param: str, fetch: ImageFetch = NO_FETCH) -> Decoded:
     match = _DATA_URI.match(url)
     if match is None:
         if url[:8].lower().startswith(("http://", "https://")):
-            raise _bad(
-                "image URLs are not fetched by this server; send the image inline as a "
-                "data: URI (data:image/png;base64,...)",
-                param,
-                code="unsupported_content",
-            )
-        raise _bad("an image must be a data: URI (data:image/png;base64,...)", param)
+            return Decoded(*_decode(fetch.fetch(url, param), param))
+        raise _bad(
+            "an image must be a data: URI (data:image/png;base64,...) or an http(s) URL",
+            param,
+        )
     payload = url[match.end() :]
     if len(payload) > (MAX_IMAGE_BYTES * 4) // 3 + 4:
         raise _bad(f"the image is larger than {MAX_IMAGE_BYTES} bytes", param)

@@ -23,6 +23,9 @@ MAX_SCHEMA_BYTES = 64 * 1024
 """A JSON schema (response_format, one tool's parameters) as JSON: compiling a grammar
 grows with it."""
 ADMIN_BODY_BYTES = 64 * 1024
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+"""Of one image's file (decoded from base64, or fetched: image_fetch.py); the body limit
+(server.max_body_bytes) applies to the request as a whole, too."""
 MAX_EMBEDDING_INPUTS = 2048
 """OpenAI's limit on the inputs of one embeddings request."""
 

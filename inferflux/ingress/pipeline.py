@@ -161,7 +161,7 @@ async def messages_prompt(
     if not parts:
         return await off_loop(chat_prompt, model, messages, tools), []
     check_accepted(model, parts)
-    decoded = await off_loop(read_images, parts)
+    decoded = await off_loop(read_images, parts, model.image_fetch)
     return await off_loop(image_prompt, model, messages, decoded, tools)
 
 

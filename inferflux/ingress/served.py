@@ -8,6 +8,7 @@ from functools import cached_property
 from ..model.chat_template import ChatTemplate
 from ..worker.llama import Model
 from ..worker.projector import Projector
+from .image_fetch import ImageFetch
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,18 @@ class ServedModel:
     """The model's projector file: it takes images (issue 16)."""
     projector: Projector | None = field(default=None, compare=False)
     """Lays images out (positions, the model's text around them); no encoding here."""
+    image_fetch: ImageFetch = field(default_factory=ImageFetch, compare=False)
+    """The hosts image URLs may be fetched from (server.image_fetch; none by default)."""
 
     @classmethod
-    def open(cls, model_id: str, path: str, ctx_size: int, mmproj: str = "") -> ServedModel:
+    def open(
+        cls,
+        model_id: str,
+        path: str,
+        ctx_size: int,
+        mmproj: str = "",
+        image_fetch: ImageFetch | None = None,
+    ) -> ServedModel:
         """Load the GGUF's vocabulary and walk it once for the checks that need it;
         ctx_size is capped at what the model was trained for. Blocking (~0.5 s for the
         default model): run it in a thread."""
@@ -38,7 +48,8 @@ class ServedModel:
             tokenizer.detokenize([info.eos], special=True),
         )
         ctx = min(ctx_size, info.n_ctx_train or ctx_size)
-        served = cls(model_id, tokenizer, template, ctx, mmproj, projector)
+        fetch = image_fetch or ImageFetch()
+        served = cls(model_id, tokenizer, template, ctx, mmproj, projector, fetch)
         _ = served.max_prompt_chars, served.special_texts
         return served
 

@@ -29,6 +29,7 @@ from actors import Actor, ActorInfo, ActorRef, Supervisor
 
 from ..config import Config
 from ..ingress.errors import APIError
+from ..ingress.image_fetch import ImageFetch
 from ..ingress.served import ServedModel
 from ..metrics import Metrics
 from ..model.store import ModelStoreError, list_models, resolve
@@ -265,7 +266,7 @@ class ModelManager(Actor):
             await entry.loaded.wait()
             return
         entry.state, entry.error, entry.loaded = "loading", "", trio.Event()
-        started = time.monotonic()
+        started, server = time.monotonic(), self.config.server
         try:
             await self._make_room(entry)
             served = await trio.to_thread.run_sync(
@@ -274,6 +275,7 @@ class ModelManager(Actor):
                 entry.path,
                 self.config.model.ctx_size,
                 self._mmproj(entry),
+                ImageFetch(tuple(server.image_fetch), server.image_fetch_timeout_s),
             )
             spec, handle = engine_subtree(
                 self.config, served, entry.path, self.metrics, self.socket_dir
