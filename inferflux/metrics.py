@@ -66,6 +66,12 @@ class Metrics:
             "Ingress time to decode a request's images and lay them out in its prompt.",
             LATENCY_BUCKETS,
         )
+        self.image_encode = histogram(
+            "image_encode_seconds",
+            "Worker time to encode one image with the projector, off the step loop (images "
+            "encoded between two steps are each observed as their mean).",
+            LATENCY_BUCKETS,
+        )
         self.step_duration = histogram(
             "step_duration_seconds", "Engine step time.", LATENCY_BUCKETS
         )

@@ -354,6 +354,8 @@ class Scheduler(Actor):
         self.meter.observe("step_duration", result.duration_s)
         if result.n_drafted:
             self._count_drafts(result.n_drafted, result.n_accepted)
+        for _ in range(result.images_encoded):  # the worker sends their total: each its mean
+            self.meter.observe("image_encode", result.encode_s / result.images_encoded)
         now = time.monotonic()
         for out in result.outputs:
             request = self.running.get(out.seq_id)

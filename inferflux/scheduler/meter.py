@@ -34,7 +34,7 @@ Counter = Literal[
     "spec_drafted",
     "spec_accepted",
 ]
-Histogram = Literal["batch_size", "step_duration", "ttft", "itl", "e2e"]
+Histogram = Literal["batch_size", "step_duration", "ttft", "itl", "e2e", "image_encode"]
 Gauge = Literal["running", "waiting", "kv_usage", "spec_acceptance"]
 
 

@@ -45,7 +45,12 @@ def test_an_image_completion_streamed_and_not(vision: RunningServer) -> None:
     text_only = c.chat.completions.create(messages=ask("Describe the picture."), **GREEDY)
     messages = ask("Describe the picture.", data_uri(png(seed=11)))
     images_before = vision.metric("inferflux:images_total")
+    encoded_before = vision.metric("inferflux:image_encode_seconds_count", model=MODEL_ID)
+    encode_s_before = vision.metric("inferflux:image_encode_seconds_sum", model=MODEL_ID)
     reply = c.chat.completions.create(messages=messages, **GREEDY)
+    # The worker's encode time, exported by the scheduler's metrics (the image is new).
+    assert vision.metric("inferflux:image_encode_seconds_count", model=MODEL_ID) > encoded_before
+    assert vision.metric("inferflux:image_encode_seconds_sum", model=MODEL_ID) > encode_s_before
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens == 40 and reply.choices[0].message.content
     # prompt_tokens counts the image's positions (and the model's marker text around it).

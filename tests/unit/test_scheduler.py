@@ -23,6 +23,7 @@ from inferflux.messages import (
     Admit,
     Attach,
     Cancel,
+    ImageInput,
     SamplingParams,
     SeqOutput,
     StepResult,
@@ -50,6 +51,7 @@ class ScriptedWorker(Actor):
         self.port: Envelope | None = None
         self.admitted: list[Admit] = []
         self.steps = 0
+        self.images = 0  # encoded (as the real worker reports them: 0.25 s each)
 
     async def started(self) -> None:
         self.nursery.start_soon(self._loop)
@@ -62,6 +64,7 @@ class ScriptedWorker(Actor):
                 envelope.send(WorkerReady())
             case Admit():
                 self.admitted.append(message)
+                self.images += len(message.images)
                 self.seqs[message.seq_id] = {
                     "tokens": list(message.tokens),
                     "n_past": message.n_cached,
@@ -113,7 +116,10 @@ class ScriptedWorker(Actor):
                     )
                 )
             self.steps += 1
-            self.port.send(StepResult(self.steps, len(outputs), len(outputs), 0.0, outputs))
+            images, self.images = self.images, 0
+            result = StepResult(self.steps, len(outputs), len(outputs), 0.0, outputs)
+            self.port.send(msgspec.structs.replace(result, images_encoded=images,
+                                                   encode_s=0.25 * images))  # fmt: skip
 
 
 def expected_tokens(prompt: list[int], n: int) -> list[int]:
@@ -374,3 +380,20 @@ async def test_numbers_reach_prometheus_as_reports_to_the_metrics_actor() -> Non
     assert registry.get_sample_value("inferflux:e2e_request_latency_seconds_count", labels) == 3
     assert registry.get_sample_value("inferflux:num_requests_running", labels) == 0
     assert h.scheduler.details()["ready"] == 1
+
+
+async def test_the_workers_image_encode_time_reaches_prometheus() -> None:
+    h = Harness(n_slots=2)
+    image = ImageInput("d", 2, 2, bytes(12), [(1, 2)])
+    submit = Submit(1, [5, -9, -9, 6], SamplingParams(max_tokens=2), images=[image, image])
+    labels = {"model": "scripted", "role": "unified"}
+    get = h.metrics.registry.get_sample_value
+    async with h.running():
+        async with h.ref.stream(submit) as deltas:
+            async for _ in deltas:
+                pass
+        await wait_for(lambda: get("inferflux:image_encode_seconds_count", labels))
+    assert get("inferflux:image_encode_seconds_count", labels) == 2  # two images, each 0.25 s
+    assert get("inferflux:image_encode_seconds_sum", labels) == 0.5
+    assert get("inferflux:image_encode_seconds_bucket", {**labels, "le": "0.1"}) == 0
+    assert get("inferflux:image_encode_seconds_bucket", {**labels, "le": "0.25"}) == 2
