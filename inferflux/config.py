@@ -75,7 +75,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ends with a `timeout` error (504, or an error event when streamed) and frees its slot.
     0: none."""
     read_timeout_s: float = 30.0
-    """A client that sends nothing for this long while its request is being read is cut."""
+    """A request body that has not arrived this long after its headers is answered 408
+    (a slow or stalled upload). 0: wait for ever. Headers are bounded by the 5 s idle
+    timeout; a response, streamed or not, has no such limit (see request_timeout_s)."""
     autoload: bool = True
     """A request for a model in the store that is not loaded loads it (keep_alive_s
     later it unloads again when idle); false: only the models named at start serve."""

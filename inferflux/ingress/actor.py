@@ -53,14 +53,19 @@ class IngressActor(Actor):
         config.errorlog = logging.getLogger("hypercorn.error")
         settings = self.settings
         config.backlog = settings.listen_backlog
-        config.read_timeout = int(settings.read_timeout_s) or None
         if settings.tls_cert_file:
             config.certfile, config.keyfile = settings.tls_cert_file, settings.tls_key_file
         if settings.tls_client_ca_file:
             config.ca_certs = settings.tls_client_ca_file
             config.verify_mode = ssl.CERT_REQUIRED
         self.serving = IngressState(self.nursery)
-        app = OpenRequestCap(create_app(self.services, self.serving), settings.max_open_requests)
+        quart_app = create_app(self.services, self.serving)
+        # A body that does not arrive in time is a 408. Not hypercorn's read_timeout: that
+        # one times every read of the connection, also while a response streams (a client
+        # reading a stream sends nothing), so it cut every stream longer than it. Headers
+        # are bounded by the idle timeout, which runs until a request's head is complete.
+        quart_app.config["BODY_TIMEOUT"] = settings.read_timeout_s or None
+        app = OpenRequestCap(quart_app, settings.max_open_requests)
 
         async def serve_then_signal(task_status: trio.TaskStatus[list[str]]) -> None:
             try:

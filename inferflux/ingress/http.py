@@ -84,7 +84,7 @@ def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
-                415: "unsupported_media_type"}  # fmt: skip
+                408: "request_timeout", 415: "unsupported_media_type"}  # fmt: skip
         message = error.description or error.name
         if error.code == 413:
             message = f"request body larger than the limit of {max_body_bytes} bytes"

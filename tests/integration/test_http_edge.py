@@ -4,6 +4,8 @@ storm in which every connection gets an HTTP answer."""
 
 from __future__ import annotations
 
+import json
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -152,3 +154,44 @@ async def test_a_storm_of_connections_gets_an_http_answer_each(edge: RunningServ
     assert len(statuses) == 500
     assert set(statuses) <= {200, 429, 503} and statuses.count(200) > 0
     assert statuses.count(503) > 0  # the cap of 24 open requests did its part
+
+
+def test_the_body_has_a_deadline_and_a_stream_does_not(tmp_path: Path) -> None:
+    """server.read_timeout_s bounds the wait for a request's body (408), and only that: a
+    stream the client reads for longer than it, sending nothing, runs to its end. (It once
+    was hypercorn's read timeout, which timed every read of the connection and cut every
+    stream longer than 30 s without a word in the log.)"""
+    config = tmp_path / "read.toml"
+    config.write_text("[server]\nread_timeout_s = 1.0\n")
+    server = start_server(str(tmp_path), "--n-parallel", "1", "--ctx-size", "1024",
+                          "--threads", "2", "--config", str(config))  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        started = time.monotonic()
+        stream = client.chat.completions.create(
+            model=MODEL_ID, messages=ASK, stream=True, extra_body=LONG
+        )
+        chunks = [chunk for chunk in stream if chunk.choices]
+        took = time.monotonic() - started
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert took > 3 * 1.0, f"the stream took {took:.1f}s: too short to show anything"
+        # A body that stalls after its head: 408 in the OpenAI shape, about a second later.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            waited = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += raw.recv(65536)
+            head, _, body = answer.decode().partition("\r\n\r\n")
+            length = int(head.lower().split("content-length:")[1].split()[0])
+            while len(body.encode()) < length:
+                body += raw.recv(65536).decode()
+            assert time.monotonic() - waited < 5
+        assert head.startswith("HTTP/1.1 408"), answer
+        assert json.loads(body)["error"]["code"] == "request_timeout", body
+        assert client.chat.completions.create(model=MODEL_ID, messages=ASK, max_tokens=2)
+    finally:
+        stop_server(server)
