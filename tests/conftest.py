@@ -17,6 +17,12 @@ from inferflux.model.store import default_model_path
 from inferflux.testing import dies_with_parent, free_port, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The wire check (docs/actors.md): in every test, in-process messages, replies, stream
+# items and refusals to an actor with a protocol are encoded and decoded by that protocol,
+# as a link would, so the suite proves each protocol crosses a wire. Server processes the
+# tests start inherit it. ACTORS_WIRE_CHECK=0 turns it off.
+os.environ.setdefault("ACTORS_WIRE_CHECK", "1")
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 
 
