@@ -10,6 +10,7 @@ it ~30 us for SmolLM2's 49k-token vocabulary (measured), next to a ~60 ms batche
 from __future__ import annotations
 
 import ctypes
+import warnings
 from functools import cache, lru_cache
 
 import llguidance
@@ -26,7 +27,12 @@ class GrammarError(ValueError):
 @cache
 def grammar_tokenizer(model: Model) -> llguidance.LLTokenizer:
     """llguidance's view of the model's vocabulary (~0.3 s to build; once per model)."""
-    return lltokenizer_from_vocab(model.vocab)
+    with warnings.catch_warnings():
+        # llguidance asks llama-cpp-python for each token's attributes through a name
+        # deprecated in favour of llama_vocab_get_attr: one warning per token (49k for
+        # the default model) and the same answer. Its call, not ours.
+        warnings.filterwarnings("ignore", "llama_token_get_attr is deprecated", DeprecationWarning)
+        return lltokenizer_from_vocab(model.vocab)
 
 
 @lru_cache(maxsize=256)
