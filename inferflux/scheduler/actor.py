@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -37,8 +36,6 @@ from ..messages import (
     Admit,
     Attach,
     Cancel,
-    ImageInput,
-    SamplingParams,
     SeqOutput,
     StepResult,
     WorkerReady,
@@ -55,34 +52,10 @@ from .messages import (
     WorkerGaveUp,
 )
 from .meter import Meter
+from .request import Request
 from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
-
-
-@dataclass(eq=False)
-class Request:
-    seq_id: int
-    prompt: list[int]
-    sampling: SamplingParams
-    priority: int
-    envelope: Envelope
-    arrival: float = field(default_factory=time.monotonic)
-    generated: list[int] = field(default_factory=list)
-    slot: int = -1
-    admitted_tokens: list[int] = field(default_factory=list)
-    prompt_done: int = 0
-    resident: bool = False
-    cached_tokens: int = 0
-    aborted: bool = False  # the client left
-    preempting: bool = False  # cancelled by us, to be re-admitted
-    text_sent: int = 0  # characters delivered to the client (for recompute)
-    trace_id: str = ""
-    principal: str = "anonymous"
-    crashes: int = 0  # worker crashes it was running in without making progress since
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-    images: list[ImageInput] = field(default_factory=list)  # re-encoded on every Admit
 
 
 class Scheduler(Actor):
