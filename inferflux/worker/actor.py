@@ -8,8 +8,11 @@ milliseconds, and messages queue in nng meanwhile, to be taken in order before t
 
 A sequence with a grammar that is not compiled yet waits for it in a task of its own (the
 compile runs in a thread, ~250 ms for a dozen-field schema): the message loop goes on
-taking other Admits and Cancels meanwhile. A Cancel that arrives during the compile is
-applied right after the Admit, so the scheduler still gets its "cancelled" output.
+taking other Admits and Cancels meanwhile. Its slot's cells are set up at once all the
+same (the reused prefix copied, the rest dropped: Engine.reserve), because the
+scheduler's KV manager plans every later placement on them. A Cancel that arrives during
+the compile is applied right after the Admit, so the scheduler still gets its "cancelled"
+output.
 A sequence with images (issue 16) waits the same way while they are encoded, in a thread,
 one image at a time (worker/projector.py); images wholly inside the reused prefix are not
 encoded at all.
@@ -139,6 +142,7 @@ class DeviceWorker(Actor):
                     if self.crash_on_text in self.engine.model.detokenize(tokens):
                         os.abort()
                 if message.sampling.grammar or message.images:
+                    self.engine.reserve(message)  # now: in order with every other message
                     self._compiling[message.seq_id] = False
                     self.nursery.start_soon(self._prepare_then_admit, message, self._epoch)
                 else:
@@ -183,7 +187,7 @@ class DeviceWorker(Actor):
         if error:
             self.engine.fail(admit.seq_id, error)
         else:
-            self.engine.admit(admit, images)
+            self.engine.start(admit, images)
             if cancelled:
                 self.engine.cancel(admit.seq_id)
         self._wake.set()

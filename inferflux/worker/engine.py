@@ -70,6 +70,18 @@ class Engine:
     def admit(self, admit: Admit, images: list[ImageRows] | None = None) -> None:
         """`images`: the embeddings of the prompt's images (the worker encoded them off
         the step loop); those past the reused prefix are decoded before text follows."""
+        self.reserve(admit)
+        self.start(admit, images)
+
+    def reserve(self, admit: Admit) -> None:
+        """Make the slot's cells what the scheduler's KV manager believes from this Admit
+        on: the reused prefix (copied from another slot if need be), nothing after it.
+
+        This must run in message order, when the Admit arrives, even when the sequence
+        starts later (`start`, once its grammar is compiled or its images encoded): the
+        manager's next placement may copy this slot's prefix, or overwrite the slot this
+        one copies from. Deferring the copy let a later Admit change the source first,
+        and a sequence ran on another prompt's cells (the soak run of issue 18)."""
         if admit.seq_id in self.sequences:
             raise ValueError(f"sequence {admit.seq_id} is already running")
         ctx = self.context
@@ -78,6 +90,16 @@ class Engine:
             # between per-slot streams llama.cpp only copies whole sequences.
             ctx.seq_rm(admit.slot, 0)
             ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
+        ctx.seq_rm(admit.slot, self._reused(admit))  # anything past what is reused is dropped
+
+    @staticmethod
+    def _reused(admit: Admit) -> int:
+        return min(admit.n_cached, len(admit.tokens) - 1)  # the last token gives logits
+
+    def start(self, admit: Admit, images: list[ImageRows] | None = None) -> None:
+        """Start generating in the slot `reserve` prepared for this Admit."""
+        if admit.seq_id in self.sequences:
+            raise ValueError(f"sequence {admit.seq_id} is already running")
         # Recompute (n_generated > 0): the tokens already sent are prefilled with the
         # prompt. In per-slot KV streams that gives bit-identical logits, so the
         # continuation equals the undisturbed run; penalties, the RNG and the detokenizer
@@ -99,8 +121,7 @@ class Engine:
         sampler.skip_draws(len(generated))
         output = TextOutput(admit.sampling.stop)
         replayed = "".join(output.feed(self.model.piece(t)) for t in generated)
-        n_past = min(admit.n_cached, len(admit.tokens) - 1)  # the last token gives logits
-        ctx.seq_rm(admit.slot, n_past)  # anything past what is reused is dropped
+        n_past = self._reused(admit)
         seq = Sequence(
             seq_id=admit.seq_id,
             slot=admit.slot,

@@ -4,6 +4,7 @@ compiles in its own task, so other Admits and Cancels never wait behind it (issu
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -61,4 +62,67 @@ async def test_a_grammar_compiles_without_holding_up_other_messages(model_path: 
                         break
         assert seen_while_compiling  # seq 2 ran while seq 1's grammar was still compiling
         assert finished == {1: "length", 2: "length", 3: "cancelled"}
+        nursery.cancel_scope.cancel()
+
+
+CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+async def collect(
+    results: AsyncIterator[StepResult], seq_ids: set[int], seen: list[set[int]] | None = None
+) -> dict[int, list[int]]:
+    """Every token of `seq_ids` until each has finished; `seen`: who made progress in
+    each step."""
+    tokens: dict[int, list[int]] = {seq_id: [] for seq_id in seq_ids}
+    done: set[int] = set()
+    with trio.fail_after(60):
+        async for result in results:
+            if seen is not None:
+                seen.append({out.seq_id for out in result.outputs if out.token_ids})
+            for out in result.outputs:
+                if out.seq_id in seq_ids:
+                    tokens[out.seq_id] += out.token_ids
+                    if out.finish_reason:
+                        done.add(out.seq_id)
+            if done == seq_ids:
+                return tokens
+    raise AssertionError("the result stream ended")
+
+
+async def test_a_deferred_admit_sets_up_its_cells_in_message_order(model_path: str) -> None:
+    """The soak failure of issue 18: A (a grammar to compile) copies its prefix from slot 0;
+    the KV manager's next placement puts B in slot 0, over A's source, since it plans on A's
+    copy being done. B's Admit arrives while A's grammar still compiles. A must run on its
+    own prompt all the same: it gives what it gives alone in a fresh slot."""
+    registry = Registry()
+    worker = DeviceWorker(
+        "w", model_path=model_path, n_slots=3, cells_per_slot=256, step_tokens=256, threads=2,
+        in_registry=registry,
+    )  # fmt: skip
+    ref = ActorRef("w", registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        assert worker.engine is not None
+        model = worker.engine.model
+        castle = model.tokenize(CHAT.format("Describe a castle at night."), add_special=True)
+        garden = model.tokenize(CHAT.format("Give advice to a new gardener."), add_special=True)
+        common = next(i for i, (a, b) in enumerate(zip(castle, garden, strict=False)) if a != b)
+        constrained = SamplingParams(max_tokens=24, temperature=0, grammar=fresh_grammar())
+        async with ref.stream(Attach(), buffer=10_000) as results:
+            assert isinstance(await anext(results), WorkerReady)
+            await ref.cast(Admit(9, 0, castle, SamplingParams(max_tokens=1, temperature=0)))
+            await collect(results, {9})  # slot 0 now holds the castle prompt
+            await ref.cast(Admit(1, 1, castle, constrained, len(castle) - 1, copy_from=0))
+            await ref.cast(Admit(2, 0, garden, SamplingParams(max_tokens=8, temperature=0), common))
+            steps: list[set[int]] = []
+            raced = await collect(results, {1, 2}, steps)
+            # The same request alone, in a slot of its own, nothing reused.
+            await ref.cast(Admit(3, 2, castle, constrained))
+            alone = await collect(results, {3})
+        # B made tokens before A made any (A's grammar was compiling): the case under test.
+        assert steps.index(next(s for s in steps if 1 in s)) > steps.index(
+            next(s for s in steps if 2 in s)
+        )
+        assert model.detokenize(raced[1]) == model.detokenize(alone[3])
+        assert raced[1] == alone[3]
         nursery.cancel_scope.cancel()
