@@ -39,7 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--mmproj", help="multimodal projector GGUF of the (first) model: images")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    run.add_argument("--role", default=None, help="unified (prefill and decode come later)")
+    run.add_argument(
+        "--role",
+        choices=["unified", "prefill", "decode"],
+        help="unified (default): prefill and decode here; prefill: compute prompts for "
+        "decode nodes (with --cluster-listen); decode: the OpenAI API, long prompts "
+        "prefilled on --prefill nodes (docs/disaggregation.md)",
+    )
+    run.add_argument(
+        "--cluster-listen", help="role prefill: where decode nodes join (cluster.listen)"
+    )
+    run.add_argument(
+        "--prefill",
+        type=lambda text: [word.strip() for word in text.split(",") if word.strip()],
+        help="role decode: the prefill nodes, ADDR[,ADDR...] (cluster.prefill)",
+    )
     run.add_argument("--config", help="TOML or YAML config file (see config/inferflux.toml)")
     run.add_argument("--n-parallel", type=int, help="sequences generated at once (default 16)")
     run.add_argument("--ctx-size", type=int, help="context window per sequence (default 2048)")
@@ -87,13 +101,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    if args.role is not None and args.role != "unified":
-        print(
-            f"inferflux: --role {args.role} is not available yet; only --role unified is "
-            "(disaggregated prefill/decode is on the roadmap)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         config = load_config(
             args.config,
@@ -120,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
                     "n_parallel": args.n_parallel,
                     "prefix_cache": False if args.no_prefix_cache else None,
                 },
+                "role": args.role,
+                "cluster": {"listen": args.cluster_listen, "prefill": args.prefill},
                 "policy": {
                     "store_path": args.policy_store,
                     "key_file": args.policy_key_file,
@@ -127,12 +136,6 @@ def _run(args: argparse.Namespace) -> int:
                 },
             },
         )
-        if config.role != "unified":
-            print(
-                f"inferflux: role {config.role!r} is not available yet; use unified",
-                file=sys.stderr,
-            )
-            return 2
         _check_port_free(config.server.host, config.server.port)
     except (ConfigError, ModelStoreError, PortInUse) as exc:
         print(f"inferflux: {exc}", file=sys.stderr)

@@ -242,15 +242,44 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     `anonymous`). Priority preempts other callers' work: 0 allows only the default."""
 
 
+class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Disaggregated prefill/decode (docs/disaggregation.md): how nodes find each other."""
+
+    listen: str = ""
+    """role prefill: the node's door (`tls+tcp://HOST:PORT`, or `tcp://127.0.0.1:PORT` on
+    one host) where decode nodes join (`run --cluster-listen`)."""
+    prefill: list[str] = []
+    """role decode: the prefill nodes' doors (`run --prefill ADDR[,ADDR...]`)."""
+    ca_file: str = ""
+    """PEM CA that signed every node's certificate (tls+tcp:// needs all three files)."""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure: bool = False
+    """Allow plain tcp:// off loopback (prompts in the clear; logged as a warning)."""
+    min_prefill_tokens: int = 512
+    """role decode: a prompt goes to a prefill node when this many of its tokens are not
+    in the local prefix cache; shorter ones are prefilled here."""
+    prefill_timeout_s: float = 30.0
+    """role decode: a remote prefill (compute and transfer) taking longer is given up,
+    and the prompt prefilled here."""
+    heartbeat_s: float = 0.5
+    down_after_s: float = 3.0
+    """A peer not heard from for this long is down: what was in flight to it fails (and
+    is prefilled here)."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     role: Role = "unified"
-    """unified: one server does prefill and decode. prefill/decode: not available yet."""
+    """unified: one server does prefill and decode. prefill: computes prompts for decode
+    nodes (no OpenAI API; cluster.listen). decode: the OpenAI API, long prompts prefilled
+    on the prefill nodes of cluster.prefill (docs/disaggregation.md)."""
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig = msgspec.field(default_factory=SpeculativeConfig)
     supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
 
 class ConfigError(ValueError):
@@ -279,7 +308,8 @@ def load_config(
         raw["role"] = environ[f"{ENV_PREFIX}ROLE"]
     for section, values in (overrides or {}).items():
         if section == "role":
-            raw["role"] = values
+            if values is not None:
+                raw["role"] = values
             continue
         for field_name, value in values.items():
             if value is not None:
@@ -370,5 +400,27 @@ def _check(config: Config) -> None:
         path = getattr(server, name)
         if path and not os.path.isfile(path):
             problems.append(f"server.{name}: no such file: {path}")
+    problems += _cluster_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _cluster_problems(config: Config) -> list[str]:
+    cluster, problems = config.cluster, []
+    if config.role == "prefill" and not cluster.listen:
+        problems.append("role prefill needs cluster.listen (--cluster-listen ADDR)")
+    if config.role == "decode" and not cluster.prefill:
+        problems.append("role decode needs cluster.prefill (--prefill ADDR[,ADDR...])")
+    if config.role != "unified" and "scheduler" in config.server.isolate:
+        problems.append(f"role {config.role} cannot isolate the scheduler yet")
+    if config.role != "unified" and len(config.model.serve) > 1:
+        problems.append(f"role {config.role} serves one model")
+    tls = [cluster.ca_file, cluster.cert_file, cluster.key_file]
+    if any(tls) and not all(tls):
+        problems.append("cluster.ca_file, cert_file and key_file go together")
+    for path in filter(None, tls):
+        if not os.path.isfile(path):
+            problems.append(f"cluster: no such file: {path}")
+    if cluster.min_prefill_tokens < 1:
+        problems.append("cluster.min_prefill_tokens must be >= 1")
+    return problems

@@ -45,6 +45,17 @@ class ImageInput(msgspec.Struct, frozen=True, array_like=True):
     spans: list[tuple[int, int]]
 
 
+class KVState(msgspec.Struct, frozen=True, array_like=True):
+    """A sequence's KV, exported by a prefill node's worker for a decode node's
+    (llama_state_seq_get_data): the cells of `n_tokens` prompt tokens. `fingerprint` names
+    the model and KV layout it was computed with; a worker whose own differs refuses it
+    and prefills itself."""
+
+    fingerprint: str
+    n_tokens: int
+    data: bytes
+
+
 class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     """Start a sequence in `slot`.
 
@@ -68,6 +79,11 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     text_sent: int = 0  # recompute: characters of text the client already has
     trace_id: str = ""  # the request's W3C trace id, for the worker's logs
     images: list[ImageInput] = []
+    # Disaggregated prefill (issue 14). On a prefill node: export the sequence's KV when it
+    # finishes (SeqOutput.kv_state). On a decode node: the slot's KV comes from this state
+    # (it holds tokens[:kv_state.n_tokens], n_cached says the same) instead of copy_from.
+    export_kv: bool = False
+    kv_state: KVState | None = None
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -113,7 +129,11 @@ WorkerMessage = Union[Admit, Cancel, Attach, Embed]
 
 
 class WorkerReady(msgspec.Struct, tag=True, frozen=True, array_like=True):
-    """First on the result stream: this worker's KV cache is empty and it takes Admits."""
+    """First on the result stream: this worker's KV cache is empty and it takes Admits.
+    `fingerprint`: the model and KV layout its exported states have (KVState), and the
+    only ones it loads."""
+
+    fingerprint: str = ""
 
 
 class TokenLogprob(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -133,6 +153,7 @@ class SeqOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     kv_tokens: int = 0  # tokens of this sequence now held in KV (on finish: what stays cached)
     logprobs: list[TokenLogprob] = []  # one per token_ids entry, when requested
     error: str = ""  # finish_reason "error": what went wrong (a grammar that broke)
+    kv_state: KVState | None = None  # on finishing, when the Admit asked for export_kv
 
 
 class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):

@@ -85,6 +85,22 @@ class Metrics:
         self.spec_acceptance = gauge(
             "spec_decode_acceptance_rate", "Accepted / drafted tokens since the server started."
         )
+        # Disaggregated prefill (issue 14), on decode nodes with prefill peers.
+        self.disagg = counter(
+            "disagg_requests_total",
+            "Fresh requests by where their prompt was computed: remote (a prefill node), "
+            "local (here, by choice), fallback (here, after the remote prefill failed).",
+            ("path",),
+        )
+        self.kv_transfer = histogram(
+            "kv_transfer_seconds",
+            "A remote prefill, asked to answered: the prompt computed there and its KV "
+            "state brought here.",
+            LATENCY_BUCKETS,
+        )
+        self.kv_transfer_bytes = counter(
+            "kv_transfer_bytes_total", "Bytes of KV state received from prefill nodes."
+        )
         self.labels = {"model": model, "role": role}
 
     def watch_tree(self, snapshot: Callable[[], ActorInfo]) -> None:

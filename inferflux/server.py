@@ -1,11 +1,12 @@
-"""Wiring of the actor tree for `inferflux run --role unified`.
+"""Wiring of the actor tree for `inferflux run` (every role).
 
     inferflux (one_for_one, 10 restarts / 60 s)
     ├── policy            authentication, RBAC, rate limits, guardrails (docs/security.md);
     │                     a process actor [inferflux-policy] with server.isolate
     ├── models            the model manager: loads and unloads models (serving/manager.py)
     │   └── engines       one subtree per loaded model (serving/subtree.py):
-    │       └── model:ID      engine (worker-0: the model's process) and scheduler
+    │       └── model:ID      engine (worker-0: the model's process) and scheduler;
+    │                         with --role prefill/decode also `cluster` (serving/cluster.py)
     └── ingress           hypercorn + quart-trio: the OpenAI HTTP API
 
 Start order is top to bottom (the HTTP port opens last, once the startup models are
@@ -122,6 +123,7 @@ def build_server(
             max_per_principal=config.server.responses_per_principal,
             max_bytes=config.server.responses_max_bytes,
         ),
+        openai_api=config.role != "prefill",
     )
     root = Supervisor(
         "inferflux",

@@ -62,6 +62,8 @@ def create_app(services: Services, state: IngressState) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     install_error_handlers(app, services.max_body_bytes)
     app.register_blueprint(health_blueprint(services, state))
+    if not services.openai_api:  # a prefill node: /livez, /readyz, /metrics
+        return app
     for blueprint in services.gate.blueprints(services.models, state.nursery):
         app.register_blueprint(blueprint)
     gate = services.gate

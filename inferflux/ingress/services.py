@@ -35,6 +35,8 @@ class Services:
     """Deadline of a generation request from its arrival (0: none)."""
     responses: ResponseStore = field(default_factory=ResponseStore)
     """Stored responses of the Responses API (outlive an ingress restart)."""
+    openai_api: bool = True
+    """False on a prefill node: health and metrics only (its clients are decode nodes)."""
 
 
 @dataclass

@@ -138,6 +138,12 @@ class KVCacheManager:
         cached = [s for s, state in enumerate(self.state) if state == "cached"]
         return min(cached, key=lambda s: self._last_used[s])  # LRU eviction
 
+    def unadvertise(self, slot: int) -> None:
+        """The running slot's cells are not what `place` said, until later (a prefill node
+        computes its prompt): nobody may reuse them meanwhile."""
+        self.tree.remove(slot)
+        self.cells[slot] = 0
+
     # events from the worker ---------------------------------------------------------
     def prompt_resident(self, slot: int, prompt: list[int]) -> None:
         """The whole prompt of the sequence in `slot` is now in KV: others may reuse it."""

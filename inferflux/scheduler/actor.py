@@ -52,6 +52,7 @@ from .messages import (
     WorkerGaveUp,
 )
 from .meter import Meter
+from .remote_prefill import Prefilled, PrefillPeers, prefill_on
 from .request import Request
 from .waiting import WaitingQueue
 
@@ -77,6 +78,9 @@ class Scheduler(Actor):
         max_waiting_per_principal: int | None = None,
         worker_wait_s: float = 30.0,
         poison_crashes: int = 2,
+        prefill_peers: list[str] | None = None,
+        min_prefill_tokens: int = 512,
+        prefill_timeout_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -104,6 +108,9 @@ class Scheduler(Actor):
         self.drafted = 0  # speculative decoding: draft tokens the worker verified
         self.accepted = 0
         self.worker_restarts = 0
+        self.worker_fingerprint = ""  # the model and KV layout of the attached worker
+        # Disaggregated prefill (issue 14): prefill nodes' schedulers, imported by name.
+        self.peers = PrefillPeers(prefill_peers or [], min_prefill_tokens, prefill_timeout_s)
 
     # requests ------------------------------------------------------------------------
     async def started(self) -> None:
@@ -165,6 +172,7 @@ class Scheduler(Actor):
         request.trace_id = submit.trace_id
         request.text_sent = submit.text_sent
         request.images = submit.images
+        request.export_kv = submit.export_kv
         self._enqueue(request)
         self.meter.inc("prompt_tokens", len(submit.prompt))
         self._admit_waiting()
@@ -176,6 +184,8 @@ class Scheduler(Actor):
     def _abort(self, seq_id: int) -> None:
         request = self.running.get(seq_id)
         if request is not None:
+            if request.remote is not None:
+                request.remote.cancel()  # _prefill_remotely ends it
             if not request.aborted:
                 request.aborted = True
                 self._cast(Cancel(seq_id, request.trace_id))
@@ -210,10 +220,20 @@ class Scheduler(Actor):
             request.resident = False
             request.cached_tokens = max(request.cached_tokens, placement.n_cached)
             request.preempting = False
+            request.admissions += 1
             self.running[request.seq_id] = request
             # The KV manager's own counts, placement by placement (see KVStats).
             self.meter.inc("prefix_queries", placement.n_queried)
             self.meter.inc("prefix_hits", placement.n_cached)
+            if self.peers.names and request.admissions == 1:
+                remote = self.peers.wants(request, placement.n_cached)
+                self.meter.inc("disagg_remote" if remote else "disagg_local")
+            if self.peers.wants(request, placement.n_cached):
+                # The slot is reserved; its cells come later, from the prefill node.
+                self.kv.unadvertise(placement.slot)
+                request.remote = trio.CancelScope()
+                self.nursery.start_soon(self._prefill_remotely, request, request.admissions)
+                continue
             self._cast(
                 Admit(
                     request.seq_id,
@@ -226,12 +246,17 @@ class Scheduler(Actor):
                     request.text_sent,
                     request.trace_id,
                     request.images,
+                    request.export_kv,
                 )
             )
         self._update_gauges()
 
     def _maybe_preempt_for(self, request: Request) -> None:
-        candidates = [r for r in self.running.values() if not r.preempting and not r.aborted]
+        candidates = [
+            r
+            for r in self.running.values()
+            if not r.preempting and not r.aborted and r.remote is None
+        ]
         if not candidates:
             return
         victim = min(candidates, key=lambda r: (r.priority, -r.arrival))
@@ -254,6 +279,7 @@ class Scheduler(Actor):
                 ) as results:
                     async for item in results:
                         if isinstance(item, WorkerReady):
+                            self.worker_fingerprint = item.fingerprint
                             self._on_worker_ready()
                         else:
                             self._on_step(item)
@@ -315,6 +341,9 @@ class Scheduler(Actor):
         self.ready = trio.Event()
         self.down_since = self.down_since or time.monotonic()
         for request in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
+            if request.remote is not None:  # placed again, and asked again
+                request.remote.cancel()
+                request.remote = None
             request.crashes += 1  # a suspect until it makes progress
             self._enqueue(request, front=True)
         self.running.clear()
@@ -351,6 +380,84 @@ class Scheduler(Actor):
                 continue
             self._finish(request, out)
         self._admit_waiting()
+
+    # disaggregated prefill ----------------------------------------------------------
+    async def _prefill_remotely(self, request: Request, admission: int) -> None:
+        """Have a prefill node compute the prompt and its first token, then decode here;
+        prefill here instead on any failure (scheduler/remote_prefill.py)."""
+        assert request.remote is not None
+        peer = self.peers.choose()
+        answer = None
+        with request.remote:
+            try:
+                if peer is not None:
+                    answer = await prefill_on(
+                        ActorRef(peer, self.registry), request, self.peers.timeout_s
+                    )
+            except (ActorError, Rejected) as exc:
+                log.warning("request %d trace %s: prefill node %s: %s", request.seq_id,
+                            request.trace_id, peer, exc)  # fmt: skip
+        if self.running.get(request.seq_id) is not request or request.admissions != admission:
+            return  # the worker restarted meanwhile: it was placed again
+        request.remote = None
+        if request.aborted:
+            del self.running[request.seq_id]
+            self.kv.release(request.slot, None)
+            request.envelope.reply(None)
+        elif answer is None or not self._resume_prefilled(request, answer):
+            if peer is not None and not request.aborted:
+                self.peers.failed(peer)
+            self.meter.inc("disagg_fallback")
+            del self.running[request.seq_id]
+            self.kv.release(request.slot, None)
+            request.local_only = True
+            self._enqueue(request, front=True)
+        self._admit_waiting()
+        self.meter.report()
+
+    def _resume_prefilled(self, request: Request, answer: Prefilled) -> bool:
+        """Admit a request whose prompt a prefill node computed: its KV state and first
+        token. False when the answer is no use here (the request is then prefilled here)."""
+        state = answer.kv_state
+        if answer.finish_reason == "error" or len(answer.token_ids) != 1:
+            return False
+        self.meter.observe("kv_transfer", answer.seconds)
+        if answer.finish_reason == "stop":  # the first token ended it: nothing to decode
+            self._record_timing(request, time.monotonic(), 1)
+            request.generated = list(answer.token_ids)
+            self._finish(request, SeqOutput(request.seq_id, answer.token_ids, answer.text, "stop"))
+            return True
+        if state is None or state.fingerprint != self.worker_fingerprint:
+            return False
+        self.meter.inc("kv_transfer_bytes", len(state.data))
+        self._record_timing(request, time.monotonic(), 1)
+        request.generated = list(answer.token_ids)
+        request.admitted_tokens = request.prompt + request.generated
+        request.prompt_done = state.n_tokens
+        request.cached_tokens = max(request.cached_tokens, state.n_tokens)
+        # The token now; its text comes from the worker, which replays it through its own
+        # detokenizer (recompute's path, one token long), so stop strings and split
+        # characters are held back as in a unified run.
+        self._send(request, Delta(list(answer.token_ids), "", logprobs=answer.logprobs))
+        if request.aborted:  # the client left just now
+            del self.running[request.seq_id]
+            self.kv.release(request.slot, None)
+            request.envelope.reply(None)
+            return True
+        self._cast(
+            Admit(
+                request.seq_id,
+                request.slot,
+                request.admitted_tokens,
+                request.sampling,
+                state.n_tokens,
+                n_generated=1,
+                text_sent=request.text_sent,
+                trace_id=request.trace_id,
+                kv_state=state,
+            )
+        )
+        return True
 
     def _count_drafts(self, drafted: int, accepted: int) -> None:
         self.drafted += drafted
@@ -402,6 +509,7 @@ class Scheduler(Actor):
                 len(request.generated),
                 request.cached_tokens,
                 out.logprobs,
+                out.kv_state,
             ),
         )
         request.envelope.reply(None)

@@ -9,7 +9,7 @@ from typing import Union
 
 import msgspec
 
-from ..messages import FinishReason, ImageInput, SamplingParams, TokenLogprob
+from ..messages import FinishReason, ImageInput, KVState, SamplingParams, TokenLogprob
 
 
 class Submit(msgspec.Struct, tag=True, frozen=True):
@@ -29,6 +29,9 @@ class Submit(msgspec.Struct, tag=True, frozen=True):
     """Who asked (the policy's principal): the waiting queue is shared fairly by it."""
     images: list[ImageInput] = []
     """The prompt's images (their rows are image ids in `prompt`)."""
+    export_kv: bool = False
+    """A prefill job from a decode node (issue 14): the last Delta carries the sequence's
+    KV state (the prompt's cells; the sampled token is not in them)."""
 
 
 class Abort(msgspec.Struct, tag=True, frozen=True):
@@ -46,6 +49,7 @@ class Delta(msgspec.Struct, frozen=True, array_like=True, gc=False):
     completion_tokens: int = 0
     cached_tokens: int = 0
     logprobs: list[TokenLogprob] = []
+    kv_state: KVState | None = None  # the last Delta of a Submit with export_kv
 
 
 class WorkerGaveUp(msgspec.Struct, tag=True, frozen=True):

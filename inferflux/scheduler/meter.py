@@ -33,8 +33,14 @@ Counter = Literal[
     "generation_tokens",
     "spec_drafted",
     "spec_accepted",
+    "disagg_remote",
+    "disagg_local",
+    "disagg_fallback",
+    "kv_transfer_bytes",
 ]
-Histogram = Literal["batch_size", "step_duration", "ttft", "itl", "e2e", "image_encode"]
+Histogram = Literal[
+    "batch_size", "step_duration", "ttft", "itl", "e2e", "image_encode", "kv_transfer"
+]
 Gauge = Literal["running", "waiting", "kv_usage", "spec_acceptance"]
 
 
@@ -111,7 +117,10 @@ class MetricsActor(Actor):
 def apply(metrics: Metrics, report: MeterReport) -> None:
     of = metrics.of
     for name, n in report.counters.items():
-        of(getattr(metrics, name)).inc(n)
+        if name.startswith("disagg_"):  # one counter, by path
+            metrics.disagg.labels(**metrics.labels, path=name.removeprefix("disagg_")).inc(n)
+        else:
+            of(getattr(metrics, name)).inc(n)
     for hname, values in report.observations.items():
         histogram = of(getattr(metrics, hname))
         for value in values:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import trio
+
 from actors import Envelope
 
 from ..messages import ImageInput, SamplingParams
@@ -34,3 +36,8 @@ class Request:
     first_token_at: float = 0.0
     last_token_at: float = 0.0
     images: list[ImageInput] = field(default_factory=list)  # re-encoded on every Admit
+    export_kv: bool = False  # a prefill job from a decode node: its KV state goes back
+    admissions: int = 0  # how many times it was placed (a remote prefill's answer must
+    # belong to the current placement)
+    remote: trio.CancelScope | None = None  # while a prefill node computes its prompt
+    local_only: bool = False  # its remote prefill failed: prefill it here

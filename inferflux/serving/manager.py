@@ -277,8 +277,10 @@ class ModelManager(Actor):
                 self._mmproj(entry),
                 ImageFetch(tuple(server.image_fetch), server.image_fetch_timeout_s),
             )
+            # The first startup model is the one a prefill or decode node serves its peers.
+            clustered = bool(self.startup) and entry.id == self.startup[0][0]
             spec, handle = engine_subtree(
-                self.config, served, entry.path, self.metrics, self.socket_dir
+                self.config, served, entry.path, self.metrics, self.socket_dir, clustered
             )
             await self.engines.start_child(spec)
             with trio.fail_after(self.config.server.model_load_timeout_s):

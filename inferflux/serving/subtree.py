@@ -34,6 +34,7 @@ from ..metrics import Metrics
 from ..scheduler.actor import Scheduler
 from ..scheduler.messages import WorkerGaveUp
 from ..scheduler.meter import MetricsActor
+from .cluster import ClusterNode, prefill_peer_names
 
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
 SCHEDULER_TARGET = "inferflux.scheduler.actor:Scheduler"
@@ -85,8 +86,12 @@ def engine_subtree(
     model_path: str,
     metrics: Metrics,
     socket_dir: str | None,
+    clustered: bool = False,
 ) -> tuple[ChildSpec, EngineHandle]:
-    """The ChildSpec of one model's subtree (for the root supervisor) and its handle."""
+    """The ChildSpec of one model's subtree (for the root supervisor) and its handle.
+    `clustered`: the model this node serves to its cluster peers (role prefill or decode:
+    the subtree then has a `cluster` node, serving/cluster.py)."""
+    clustered = clustered and config.role != "unified"
     registry = Registry()
     latest: dict[str, Any] = {}
     handle = EngineHandle(
@@ -117,6 +122,13 @@ def engine_subtree(
         "worker_wait_s": sched.worker_wait_s,
         "poison_crashes": supervision.poison_crashes,
     }
+    if clustered and config.role == "decode":
+        options |= {
+            "prefill_peers": prefill_peer_names(config),
+            "min_prefill_tokens": config.cluster.min_prefill_tokens,
+            "prefill_timeout_s": config.cluster.prefill_timeout_s,
+        }
+    cluster = [ChildSpec("cluster", lambda: ClusterNode(config, registry))] if clustered else []
 
     def make_scheduler() -> Scheduler | ProcessActor:
         scheduler: Scheduler | ProcessActor
@@ -161,6 +173,7 @@ def engine_subtree(
                         "metrics", metrics=metrics.for_model(served.id), in_registry=registry
                     ),
                 ),
+                *cluster,
                 ChildSpec("scheduler", make_scheduler, shutdown_timeout_s=10),
             ],
             max_restarts=3,

@@ -135,14 +135,17 @@ class DeviceWorker(Actor):
                 self._epoch += 1
                 self._results = envelope
                 envelope.defer()
-                envelope.send(WorkerReady())
+                envelope.send(WorkerReady(self.engine.fingerprint))
             case Admit():
                 if self.crash_on_text:  # chaos mode only
                     tokens = [t for t in message.tokens if t >= 0]  # no image ids
                     if self.crash_on_text in self.engine.model.detokenize(tokens):
                         os.abort()
                 if message.sampling.grammar or message.images:
-                    self.engine.reserve(message)  # now: in order with every other message
+                    # Its cells now, in order with every other message (Engine.reserve).
+                    if not self.engine.reserve(message):
+                        self._wake.set()
+                        return None
                     self._compiling[message.seq_id] = False
                     self.nursery.start_soon(self._prepare_then_admit, message, self._epoch)
                 else:

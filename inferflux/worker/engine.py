@@ -20,7 +20,7 @@ import time
 import llama_cpp as L
 
 from ..config import SpeculativeConfig
-from ..messages import Admit, SeqOutput, StepResult
+from ..messages import Admit, KVState, SeqOutput, StepResult
 from .constraint import Constraint, GrammarError
 from .llama import Context, Model
 from .logprobs import log_softmax, token_logprob
@@ -59,6 +59,9 @@ class Engine:
         self._finished: list[SeqOutput] = []
         self.steps = 0
         self.spec: Speculation | None = None
+        # An exported sequence's KV fits another worker only with the same model and the
+        # same per-slot stream layout (llama.cpp checks the cells; this, the rest).
+        self.fingerprint = f"{model.fingerprint()}; {context.cells_per_slot} cells per slot, f16"
         if speculative is not None and speculative.enabled:
             self.spec = Speculation(speculative, context)
 
@@ -70,10 +73,10 @@ class Engine:
     def admit(self, admit: Admit, images: list[ImageRows] | None = None) -> None:
         """`images`: the embeddings of the prompt's images (the worker encoded them off
         the step loop); those past the reused prefix are decoded before text follows."""
-        self.reserve(admit)
-        self.start(admit, images)
+        if self.reserve(admit):
+            self.start(admit, images)
 
-    def reserve(self, admit: Admit) -> None:
+    def reserve(self, admit: Admit) -> bool:
         """Make the slot's cells what the scheduler's KV manager believes from this Admit
         on: the reused prefix (copied from another slot if need be), nothing after it.
 
@@ -81,16 +84,42 @@ class Engine:
         starts later (`start`, once its grammar is compiled or its images encoded): the
         manager's next placement may copy this slot's prefix, or overwrite the slot this
         one copies from. Deferring the copy let a later Admit change the source first,
-        and a sequence ran on another prompt's cells (the soak run of issue 18)."""
+        and a sequence ran on another prompt's cells (the soak run of issue 18).
+
+        False when the sequence cannot start here: its KV state from a prefill node did
+        not load. It ends "preempted", and the scheduler re-admits it to prefill here."""
         if admit.seq_id in self.sequences:
             raise ValueError(f"sequence {admit.seq_id} is already running")
         ctx = self.context
+        if admit.kv_state is not None:
+            return self._restore(admit, admit.kv_state)
         if admit.copy_from >= 0:
             # Copy the whole source stream, then cut it back to the shared prefix below:
             # between per-slot streams llama.cpp only copies whole sequences.
             ctx.seq_rm(admit.slot, 0)
             ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
         ctx.seq_rm(admit.slot, self._reused(admit))  # anything past what is reused is dropped
+        return True
+
+    def _restore(self, admit: Admit, state: KVState) -> bool:
+        ctx = self.context
+        ctx.seq_rm(admit.slot, 0)
+        why = ""
+        if state.fingerprint != self.fingerprint:
+            why = f"it was computed for {state.fingerprint!r}, this worker is {self.fingerprint!r}"
+        elif not ctx.set_seq_state(admit.slot, state.data):
+            why = "llama.cpp refused it"
+        elif (last := ctx.seq_pos_max(admit.slot)) != state.n_tokens - 1 or (
+            state.n_tokens != admit.n_cached
+        ):
+            why = f"it holds positions 0-{last} for an Admit of {admit.n_cached} cached tokens"
+        if not why:
+            ctx.seq_rm(admit.slot, self._reused(admit))
+            return True
+        log.warning("sequence %d: the prefilled KV state is refused (%s)", admit.seq_id, why)
+        ctx.seq_rm(admit.slot, 0)
+        self._finished.append(SeqOutput(admit.seq_id, [], "", "preempted"))
+        return False
 
     @staticmethod
     def _reused(admit: Admit) -> int:
@@ -137,6 +166,7 @@ class Engine:
             logprobs=admit.sampling.logprobs,
             fast_greedy=sampler.plain_greedy and constraint is None and admit.sampling.logprobs < 0,
             images=sorted(images or [], key=lambda image: image.start),
+            export_kv=admit.export_kv,
         )
         self.sequences[admit.seq_id] = seq
         if self.spec is not None:
@@ -376,8 +406,11 @@ class Engine:
         return False
 
     def _finish(self, seq: Sequence, reason: str, error: str = "") -> None:
+        kv_state = None
         if reason in ("stop", "length"):
             seq.new_text.append(seq.output.flush())
+            if seq.export_kv:  # a prefill job: its prompt's KV (the new token is not in it)
+                kv_state = KVState(self.fingerprint, seq.n_past, self.context.seq_state(seq.slot))
         self._finished.append(
             SeqOutput(
                 seq.seq_id,
@@ -388,6 +421,7 @@ class Engine:
                 seq.n_past,
                 seq.new_logprobs,
                 error,
+                kv_state,
             )
         )
         seq.sampler.close()

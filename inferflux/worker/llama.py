@@ -91,6 +91,17 @@ class Model:
         # threads while the event loop renders logprobs with the same Model.
         self._buffers = threading.local()
 
+    def fingerprint(self) -> str:
+        """What a sequence's exported KV depends on besides the context's layout: the
+        model's architecture, size and weights (their byte count and parameter count; the
+        file's name would not catch a re-quantized copy)."""
+        desc = ctypes.create_string_buffer(256)
+        L.llama_model_desc(self.ptr, desc, len(desc))
+        return (
+            f"{desc.value.decode(errors='replace')}, {L.llama_model_n_params(self.ptr)} params, "
+            f"{L.llama_model_size(self.ptr)} bytes, {L.llama_model_n_layer(self.ptr)} layers"
+        )
+
     def _ctx_train_from_meta(self) -> int:
         # A vocab-only load skips hyper-parameters; the GGUF metadata still has them.
         value = self.meta(f"{self.meta('general.architecture')}.context_length")
@@ -246,6 +257,24 @@ class Context:
 
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
+
+    def seq_pos_max(self, seq: int) -> int:
+        """The last position the sequence holds in KV; -1 when it holds none."""
+        return L.llama_memory_seq_pos_max(self.memory, seq)
+
+    def seq_state(self, seq: int) -> bytes:
+        """One sequence's KV as llama.cpp serializes it (llama_state_seq_get_data): what a
+        prefill node hands to a decode node."""
+        size = L.llama_state_seq_get_size(self.ptr, seq)
+        buffer = (ctypes.c_uint8 * size)()
+        written = L.llama_state_seq_get_data(self.ptr, buffer, size, seq)
+        return bytes(memoryview(buffer)[:written])
+
+    def set_seq_state(self, seq: int, state: bytes) -> bool:
+        """Load `state` (seq_state's output) into this sequence's stream; False when llama.cpp
+        refuses it (another model's layout, more cells than the stream has)."""
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return L.llama_state_seq_set_data(self.ptr, buffer, len(state), seq) != 0
 
     def decode(self, n_tokens: int) -> int:
         self.batch.n_tokens = n_tokens

@@ -23,11 +23,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("role", ["prefill", "decode"])
-def test_roles_not_available_yet_are_refused_clearly(role: str) -> None:
+@pytest.mark.parametrize(
+    ("role", "needs"),
+    [("prefill", "needs cluster.listen (--cluster-listen ADDR)"),
+     ("decode", "needs cluster.prefill (--prefill ADDR[,ADDR...])")],
+)  # fmt: skip
+def test_a_role_without_its_cluster_address_is_refused_clearly(role: str, needs: str) -> None:
     result = run_cli("run", "--role", role)
     assert result.returncode == 2
-    assert f"--role {role} is not available yet" in result.stderr
+    assert f"role {role} {needs}" in result.stderr
 
 
 def test_bad_config_and_bad_model_are_clear_errors(tmp_path) -> None:

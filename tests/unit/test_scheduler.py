@@ -24,6 +24,7 @@ from inferflux.messages import (
     Attach,
     Cancel,
     ImageInput,
+    KVState,
     SamplingParams,
     SeqOutput,
     StepResult,
@@ -72,6 +73,7 @@ class ScriptedWorker(Actor):
                     "generated": message.n_generated,
                     "max": message.sampling.max_tokens,
                     "cancel": False,
+                    "export_kv": message.export_kv,
                 }
             case Cancel(seq_id):
                 if seq_id in self.seqs:
@@ -105,6 +107,8 @@ class ScriptedWorker(Actor):
                     s["n_past"] += 0 if prefill else 1
                 else:
                     del self.seqs[seq_id]
+                # A prefill job's "KV state": as many bytes as the prompt has tokens.
+                state = KVState("", s["n_past"], bytes(s["n_past"])) if s["export_kv"] else None
                 outputs.append(
                     SeqOutput(
                         seq_id,
@@ -113,6 +117,7 @@ class ScriptedWorker(Actor):
                         "length" if done else None,
                         max(prefill, 0),
                         s["n_past"],
+                        kv_state=state if done else None,
                     )
                 )
             self.steps += 1
@@ -130,7 +135,9 @@ def expected_tokens(prompt: list[int], n: int) -> list[int]:
 
 
 class Harness:
-    def __init__(self, n_slots: int = 2, max_waiting: int = 64) -> None:
+    def __init__(
+        self, n_slots: int = 2, max_waiting: int = 64, extra: list[ChildSpec] = (), **options: Any
+    ) -> None:
         self.registry = Registry()
         self.workers: list[ScriptedWorker] = []
 
@@ -147,11 +154,13 @@ class Harness:
             meter="metrics",
             max_waiting=max_waiting,
             in_registry=self.registry,
+            **options,
         )
         self.metrics = Metrics("scripted")
         self.root = Supervisor(
             "root",
             [
+                *extra,
                 ChildSpec("worker", make_worker),
                 ChildSpec(
                     "metrics",

@@ -1,0 +1,123 @@
+"""Disaggregated prefill, the decode side (issue 14): which requests a prefill node
+computes, and asking one.
+
+A request goes to a prefill node when its uncached prompt is at least `min_tokens` long,
+nothing of it was generated yet, it has no images, it wants more than one token, and some
+peer is not being avoided. The scheduler has placed it first: its slot is reserved, so
+this node's KV bounds the transfers in flight. The peer (a prefill node's scheduler,
+reached over a node link) runs the prompt in its own continuous batch, samples the first
+token from the prompt's logits and answers with it and the sequence's KV state. The
+scheduler then admits the request here with that state and that token, as the recompute
+of one generated token: the text is the one unified serving gives (measured 40/40;
+re-decoding the last prompt token instead diverges).
+
+Whatever goes wrong (the peer is down, partitioned, refuses, answers too late, or for
+another model) costs a local prefill, never an error: the peer is avoided for a while and
+the request goes back to the front of the queue, to be prefilled here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from actors import ActorRef
+
+from ..messages import FinishReason, KVState, TokenLogprob
+from .messages import Delta, Submit
+from .request import Request
+
+log = logging.getLogger("inferflux.scheduler")
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """A prefill node's answer: the first token (its text, why it may be the last) and the
+    prompt's KV state."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None
+    kv_state: KVState | None
+    logprobs: list[TokenLogprob]
+    seconds: float
+
+
+@dataclass
+class PrefillPeers:
+    """The prefill nodes this scheduler may use: actor names in its registry (each a
+    scheduler imported over a node link), taken in turn, skipping any that failed lately."""
+
+    names: list[str]
+    min_tokens: int = 512
+    timeout_s: float = 30.0
+    avoid_s: float = 10.0
+    _avoid_until: dict[str, float] = field(default_factory=dict)
+    _turn: int = 0
+
+    def wants(self, request: Request, n_cached: int) -> bool:
+        return (
+            bool(self.names)
+            and not request.local_only
+            and not request.generated
+            and not request.images
+            and request.sampling.max_tokens > 1
+            and len(request.prompt) - n_cached >= self.min_tokens
+            and self._available() is not None
+        )
+
+    def _available(self) -> str | None:
+        now = time.monotonic()
+        for i in range(len(self.names)):
+            name = self.names[(self._turn + i) % len(self.names)]
+            if self._avoid_until.get(name, 0.0) <= now:
+                return name
+        return None
+
+    def choose(self) -> str | None:
+        name = self._available()
+        if name is not None:
+            self._turn = (self.names.index(name) + 1) % len(self.names)
+        return name
+
+    def failed(self, name: str) -> None:
+        """Avoid this peer for a while; after that it is tried again (probed by use)."""
+        self._avoid_until[name] = time.monotonic() + self.avoid_s
+
+
+async def prefill_on(peer: ActorRef, request: Request, timeout_s: float) -> Prefilled | None:
+    """Ask `peer` to prefill `request` and sample its first token; None when it takes longer
+    than `timeout_s`. Raises what the peer or the link raise (ActorError, Rejected)."""
+    started = time.monotonic()
+    first_only = msgspec.structs.replace(request.sampling, max_tokens=1)
+    # Its own id on the peer: several decode nodes share it, each numbering its requests.
+    submit = Submit(
+        secrets.randbits(62),
+        request.prompt,
+        first_only,
+        request.priority,
+        request.trace_id,
+        principal=request.principal,
+        export_kv=True,
+    )
+    token_ids: list[int] = []
+    logprobs: list[TokenLogprob] = []
+    text = ""
+    finish: FinishReason | None = None
+    state: KVState | None = None
+    with trio.move_on_after(timeout_s):
+        async with peer.stream(submit, first_timeout_s=timeout_s) as deltas:
+            async for delta in deltas:
+                assert isinstance(delta, Delta)
+                token_ids += delta.token_ids
+                logprobs += delta.logprobs
+                text += delta.text
+                finish = delta.finish_reason or finish
+                state = delta.kv_state or state
+        return Prefilled(token_ids, text, finish, state, logprobs, time.monotonic() - started)
+    return None

@@ -1,0 +1,114 @@
+"""Disaggregated prefill in the decode node's scheduler (issue 14), without a model: the
+scripted worker of test_scheduler.py on both sides, a prefill scheduler standing for the
+prefill node (over a node link in production; tests/integration/test_disagg.py runs the
+real thing). A long prompt is prefilled there and decoded here with the same tokens as
+unified; a short one stays here; a prefill node that is missing, refuses, or is too slow
+costs a local prefill and no error, and is avoided for a while; a client that leaves
+during the remote prefill frees its slot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from actors import ChildSpec, Envelope
+from inferflux.scheduler.actor import Scheduler
+from tests.unit.test_scheduler import Harness, ScriptedWorker, expected_tokens, wait_for
+
+LONG = list(range(1, 41))  # 40 uncached tokens: remote (min_prefill_tokens 16)
+SHORT = [7, 8, 9]
+
+
+class SlowWorker(ScriptedWorker):
+    """A prefill worker that holds its Admits for `delay_s` (a busy or hung node)."""
+
+    def __init__(self, name: str, delay_s: float, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.delay_s = delay_s
+
+    async def handle(self, message: Any, envelope: Envelope) -> Any:
+        await trio.sleep(self.delay_s)
+        return await super().handle(message, envelope)
+
+
+class DisaggHarness(Harness):
+    def __init__(self, prefill_delay_s: float = 0.0, peers: tuple[str, ...] = ("prefill",),
+                 timeout_s: float = 5.0) -> None:  # fmt: skip
+        self.prefill_workers: list[ScriptedWorker] = []
+
+        def make_prefill_worker() -> ScriptedWorker:
+            worker = SlowWorker("pworker", prefill_delay_s, in_registry=self.registry)
+            self.prefill_workers.append(worker)
+            return worker
+
+        def make_prefill_scheduler() -> Scheduler:
+            return Scheduler(
+                "prefill", worker="pworker", n_slots=2, cells_per_slot=4096,
+                in_registry=self.registry,
+            )  # fmt: skip
+
+        super().__init__(
+            extra=[
+                ChildSpec("pworker", make_prefill_worker),
+                ChildSpec("prefill", make_prefill_scheduler),
+            ],
+            prefill_peers=list(peers),
+            min_prefill_tokens=16,
+            prefill_timeout_s=timeout_s,
+        )
+
+
+def count(h: Harness, path: str) -> float:
+    labels = {**h.metrics.labels, "path": path}
+    return h.metrics.registry.get_sample_value("inferflux:disagg_requests_total", labels) or 0.0
+
+
+async def test_a_long_prompt_is_prefilled_remotely_and_decoded_here_identically() -> None:
+    h = DisaggHarness()
+    async with h.running():
+        await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
+        tokens, reason = await h.generate(1, LONG, 12)
+        short, _ = await h.generate(2, SHORT, 5)
+        await wait_for(lambda: count(h, "remote") == 1 and count(h, "local") == 1)
+    assert (tokens, reason) == (expected_tokens(LONG, 12), "length")
+    assert short == expected_tokens(SHORT, 5)
+    [job] = h.prefill_workers[0].admitted  # the long prompt only
+    assert job.export_kv and job.sampling.max_tokens == 1 and job.tokens == LONG
+    here = {a.seq_id: a for a in h.workers[0].admitted}
+    resumed = here[1]
+    assert resumed.kv_state is not None and resumed.kv_state.n_tokens == len(LONG)
+    assert resumed.n_cached == len(LONG) and resumed.n_generated == 1
+    assert resumed.tokens == LONG + tokens[:1]
+    assert here[2].kv_state is None  # short: prefilled here
+
+
+async def test_a_missing_peer_costs_a_local_prefill_then_is_avoided() -> None:
+    h = DisaggHarness(peers=("nobody",))
+    async with h.running():
+        first, _ = await h.generate(1, LONG, 6)
+        second, _ = await h.generate(2, LONG[::-1], 6)
+        await wait_for(lambda: count(h, "fallback") == 1)
+    assert first == expected_tokens(LONG, 6) and second == expected_tokens(LONG[::-1], 6)
+    assert count(h, "remote") == 1 and count(h, "local") == 1  # the second: peer avoided
+    assert all(a.kv_state is None for a in h.workers[0].admitted)
+    assert not h.scheduler.running and h.scheduler.kv.running == 0
+
+
+async def test_a_prefill_node_too_slow_costs_a_local_prefill() -> None:
+    h = DisaggHarness(prefill_delay_s=1.0, timeout_s=0.3)
+    async with h.running():
+        tokens, reason = await h.generate(1, LONG, 6)
+        await wait_for(lambda: count(h, "fallback") == 1)
+    assert (tokens, reason) == (expected_tokens(LONG, 6), "length")
+
+
+async def test_a_client_leaving_during_the_remote_prefill_frees_its_slot() -> None:
+    h = DisaggHarness(prefill_delay_s=0.5)
+    async with h.running():
+        with trio.move_on_after(0.1):
+            await h.generate(1, LONG, 6)  # the client hangs up mid-way
+        await wait_for(lambda: not h.scheduler.running, timeout_s=5)
+        assert h.scheduler.kv.running == 0
+        tokens, _ = await h.generate(2, SHORT, 3)  # and the server goes on
+    assert tokens == expected_tokens(SHORT, 3)
