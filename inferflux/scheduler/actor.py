@@ -225,10 +225,10 @@ class Scheduler(Actor):
             # The KV manager's own counts, placement by placement (see KVStats).
             self.meter.inc("prefix_queries", placement.n_queried)
             self.meter.inc("prefix_hits", placement.n_cached)
-            if self.peers.names and request.admissions == 1:
-                remote = self.peers.wants(request, placement.n_cached)
-                self.meter.inc("disagg_remote" if remote else "disagg_local")
-            if self.peers.wants(request, placement.n_cached):
+            remote = self.peers.wants(request, placement.n_cached)
+            if self.peers.names and request.admissions == 1 and not remote:
+                self.meter.inc("disagg_local")
+            if remote:
                 # The slot is reserved; its cells come later, from the prefill node.
                 self.kv.unadvertise(placement.slot)
                 request.remote = trio.CancelScope()
@@ -421,6 +421,7 @@ class Scheduler(Actor):
         state = answer.kv_state
         if answer.finish_reason == "error" or len(answer.token_ids) != 1:
             return False
+        self.meter.inc("disagg_remote")
         self.meter.observe("kv_transfer", answer.seconds)
         if answer.finish_reason == "stop":  # the first token ended it: nothing to decode
             self._record_timing(request, time.monotonic(), 1)
