@@ -7,6 +7,7 @@ same prompts, same run.
     python tools/bench.py --workload free code typos json --speculative both \\
         --llama-spec ngram-simple ngram-mod    # speculative decoding on/off vs llama-server's
     python tools/bench.py --structured         # json_schema overhead (8 vs 8 streams)
+    python tools/bench.py --disagg             # prefill node + decode node vs unified
 
 Each server is started here, measured alone (this machine has 2 cores), then stopped.
 Clients are the official `openai` client (AsyncOpenAI), streaming, greedy. For each
@@ -30,6 +31,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchkit.disagg import disagg_main  # noqa: E402
 from benchkit.interleave import run_interleaved  # noqa: E402
 from benchkit.limit import engine_limit  # noqa: E402
 from benchkit.load import load, load_shared  # noqa: E402
@@ -140,6 +142,15 @@ def main() -> None:
         help="structured-output overhead: 8 json_schema streams vs 8 free ones "
         "(InferFlux, and llama-server when LLAMA_SERVER is set)",
     )
+    parser.add_argument(
+        "--disagg",
+        action="store_true",
+        help="decode latency under long prompts: unified on both cores vs a prefill node "
+        "and a decode node on one core each (tools/benchkit/disagg.py)",
+    )
+    parser.add_argument("--disagg-streams", type=int, default=8)
+    parser.add_argument("--disagg-every", type=float, default=4.0, help="seconds")
+    parser.add_argument("--disagg-seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=3, help="--structured alternations")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--log-dir", default="/tmp")
@@ -152,6 +163,12 @@ def main() -> None:
         f"python {platform.python_version()}; model {os.path.basename(model_path)}",
         flush=True,
     )
+    if args.disagg:
+        results = disagg_main(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return
     if args.structured:
         chosen = [t for t in targets(args, model_path) if t.name in ("inferflux", "llama-server")]
         structured_main(args, chosen)

@@ -39,6 +39,7 @@ class Target:
     with_top: bool = False  # run the inferflux-top UI (headless, 1 s polls) against it
     cwd: str = REPO  # InferFlux runs from the source tree it is started in
     top: subprocess.Popen | None = None
+    probe: str = "/v1/models"  # ready when this answers 200 ("/readyz": a prefill node)
 
     @property
     def is_inferflux(self) -> bool:
@@ -61,6 +62,11 @@ class Target:
                     f"{self.name} exited with {self.process.returncode}; see {log.name}"
                 )
             try:
+                if self.probe != "/v1/models":
+                    if httpx.get(f"http://127.0.0.1:{self.port}{self.probe}").status_code == 200:
+                        return
+                    time.sleep(0.5)
+                    continue
                 models = httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=2)
                 if models.status_code == 200:
                     self.model = models.json()["data"][0]["id"]
