@@ -231,12 +231,14 @@ def make_jobs(rng: random.Random, profile: dict) -> list[Job]:
 
 
 class Server:
-    def __init__(self, log_path: str, extra_env: dict[str, str], isolate: str = "") -> None:
+    def __init__(
+        self, log_path: str, extra_env: dict[str, str], isolate: str = "", *extra: str
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.log = open(log_path, "w")
         command = [sys.executable, "-m", "inferflux", "run", "--chaos", "--port", str(self.port)]
-        command += ["--n-parallel", "4", "--ctx-size", "512"]
+        command += ["--n-parallel", "4", "--ctx-size", "512", *extra]
         command += ["--isolate", isolate] if isolate else []
         # Poison detection off: this nemesis kills workers at random, which to any detector
         # looks like a request crashing them (the scheduler's docstring).
@@ -268,6 +270,40 @@ class Server:
         stop_process(self.process, 60)
         self.log.close()
         return self.process.returncode
+
+
+# --disagg: the server is a decode node; every prompt (min_prefill_tokens 16) goes to a
+# prefill node, which the nemesis SIGKILLs (and starts again at the same door) or SIGSTOPs
+# past the heartbeat timeout. Either must cost a local prefill: the same text, no error.
+DISAGG_ENV = {
+    "INFERFLUX_CLUSTER_MIN_PREFILL_TOKENS": "16",
+    "INFERFLUX_CLUSTER_HEARTBEAT_S": "0.25",
+    "INFERFLUX_CLUSTER_DOWN_AFTER_S": "1.5",
+}
+
+
+class PrefillNode:
+    """The prefill node of --disagg, started again at the same door after each SIGKILL."""
+
+    def __init__(self, log_path: str) -> None:
+        self.log_path = log_path
+        self.door = f"tcp://127.0.0.1:{free_port()}"
+        self.starts = 0
+        self.pids: set[int] = set()
+        self.server = self._start()
+
+    def _start(self) -> Server:
+        self.starts += 1
+        log = f"{self.log_path}.prefill-{self.starts}"
+        server = Server(log, DISAGG_ENV, "", "--role", "prefill", "--cluster-listen", self.door)
+        server.wait_ready()
+        self.pids |= process_pids(server.snapshot())
+        return server
+
+    def kill_and_restart(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGKILL)
+        self.server.stop()
+        self.server = self._start()
 
 
 async def drive(url: str, model: str, jobs: list[Job], concurrency: int, report: Report) -> None:
@@ -330,6 +366,7 @@ async def nemesis(
     report: Report,
     done: trio.Event,
     budget: RestartBudget,
+    prefill: PrefillNode | None = None,
 ) -> None:
     stopped_pid = 0
     last: tuple[str, int] | None = None  # the previous fault's kind, restarts seen by then
@@ -366,6 +403,7 @@ async def nemesis(
                 "crash-policy",
                 "link",
                 *[f"sigkill-{name}" for name in isolated],
+                *(["sigkill-prefill", "sigstop-prefill"] if prefill else []),
             ]
         )
         victim = tree.find(TARGETS[action]) if action in TARGETS else None
@@ -378,6 +416,15 @@ async def nemesis(
         last = (action, budget.total())
         if action in ("sigkill", "sigsegv"):  # SIGSEGV: what a C-level crash delivers
             os.kill(worker.pid, signal.SIGKILL if action == "sigkill" else signal.SIGSEGV)
+        elif action == "sigkill-prefill":
+            assert prefill is not None
+            await trio.to_thread.run_sync(prefill.kill_and_restart)
+        elif action == "sigstop-prefill":  # past the heartbeat timeout: the link goes down
+            assert prefill is not None
+            pid = prefill.server.process.pid
+            os.kill(pid, signal.SIGSTOP)
+            await trio.sleep(rng.uniform(0.5, 3.0))
+            os.kill(pid, signal.SIGCONT)
         elif action in ISOLATED_KILLS:
             assert victim is not None
             os.kill(victim.pid, signal.SIGKILL)
@@ -421,12 +468,13 @@ async def chaos_run(
     profile: dict,
     rng: random.Random,
     budget: RestartBudget,
+    prefill: PrefillNode | None = None,
 ) -> Report:
     report = Report()
     done = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_restarts, server, budget, done)
-        nursery.start_soon(nemesis, server, rng, profile["period"], report, done, budget)
+        nursery.start_soon(nemesis, server, rng, profile["period"], report, done, budget, prefill)
         await drive(server.url, model, jobs, profile["concurrency"], report)
         done.set()
     return report
@@ -467,12 +515,21 @@ def main() -> int:
         help="run these actors in processes of their own (scheduler,policy); the nemesis "
         "then SIGKILLs those processes too",
     )
+    parser.add_argument(
+        "--disagg",
+        action="store_true",
+        help="the server is a decode node with a prefill node; the nemesis also SIGKILLs "
+        "and SIGSTOPs the prefill node",
+    )
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     rng = random.Random(args.seed)
     print(f"chaos: seed {args.seed}, profile {args.profile}; server log {args.log}", flush=True)
     files_before = ipc_files()
-    server = Server(args.log, {"INFERFLUX_SCHEDULER_WORKER_WAIT_S": "120"}, args.isolate)
+    prefill = PrefillNode(args.log) if args.disagg else None
+    env = {"INFERFLUX_SCHEDULER_WORKER_WAIT_S": "120"}
+    roles = ("--role", "decode", "--prefill", prefill.door) if prefill else ()
+    server = Server(args.log, env | (DISAGG_ENV if prefill else {}), args.isolate, *roles)
     problems: list[str] = []
     worker_pids: set[int] = set()
     totals = Report()
@@ -488,7 +545,7 @@ def main() -> int:
         started = time.monotonic()
         budget = RestartBudget(server.snapshot().name)  # one for all rounds
         while True:
-            report = trio.run(chaos_run, server, model, jobs, profile, rng, budget)
+            report = trio.run(chaos_run, server, model, jobs, profile, rng, budget, prefill)
             totals.faults += report.faults
             for i, outcomes in report.outcomes.items():
                 totals.outcomes.setdefault(len(totals.outcomes), []).extend(outcomes)
@@ -500,8 +557,13 @@ def main() -> int:
         budget.observe(server.snapshot())
         print(f"chaos: {budget.summary()}")
         worker_pids |= process_pids(server.snapshot())
+        if prefill is not None:
+            problems += check_disagg(server, prefill)
     finally:
         code = server.stop()
+        if prefill is not None:
+            prefill.server.stop()
+            worker_pids |= prefill.pids
     if code != 0:
         problems.append(f"server exited with {code} on SIGTERM")
     time.sleep(0.5)
@@ -555,6 +617,24 @@ def check_job(job: Job, outcomes: list[Outcome], ref: Outcome | None) -> list[st
         f"{kind} tokens in request {job.index} ({got.completion_tokens} vs {ref.completion_tokens}"
         f" tokens): got {got.text[:80]!r}... expected {ref.text[:80]!r}..."
     ]
+
+
+def check_disagg(server: Server, prefill: PrefillNode) -> list[str]:
+    """Both paths ran: prompts computed on the prefill node, and local prefills after its
+    failures (and no prefill node left stuck on anything)."""
+    paths: dict[str, float] = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("inferflux:disagg_requests_total{"):
+            paths[line.split('path="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    print(f"chaos: prompts computed by path: {paths}; prefill node started {prefill.starts}x")
+    problems = []
+    if not paths.get("remote"):
+        problems.append("no prompt was computed on the prefill node")
+    tree = prefill.server.snapshot()
+    scheduler = tree.find("scheduler")
+    if scheduler is None or scheduler.details.get("running") or scheduler.details.get("waiting"):
+        problems.append(f"prefill node not quiescent: {scheduler and scheduler.details}")
+    return problems
 
 
 def check_quiescence(server: Server) -> list[str]:

@@ -35,10 +35,12 @@ async def test_duplicates_are_discarded(side: str) -> None:
         assert got == list(range(200))
         injector = faulty._injector
         assert injector is not None and injector.duplicated > 50
-        assert server.duplicates_dropped == injector.duplicated
         with trio.move_on_after(0.2) as scope:  # nothing extra arrives
             await server.receive()
         assert scope.cancelled_caught
+        # Counted after that wait: the last message's copy may still have been on its way
+        # (seen under load: 99 of 100 dropped by the time the 200th original arrived).
+        assert server.duplicates_dropped == injector.duplicated
 
 
 @pytest.mark.parametrize("side", ["sender", "receiver"])
