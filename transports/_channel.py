@@ -130,6 +130,7 @@ class Channel(Generic[M]):
         self._peer_epoch = -1
         self._expected = 0
         self.duplicates_dropped = 0
+        self.duplicates_sent = 0  # fault injection: copies nng took (a full buffer drops one)
         self._injector: FaultInjector | None = None
         self._pending_duplicate: bytes | None = None
         self._token = trio.lowlevel.current_trio_token()
@@ -310,6 +311,7 @@ class Channel(Generic[M]):
         for _ in range(copies - 1):  # a duplicate: same number, dropped by the peer
             try:
                 self._socket.send(framed, block=False)
+                self.duplicates_sent += 1
             except (pynng.TryAgain, pynng.Closed):
                 pass
         return True

@@ -38,9 +38,10 @@ async def test_duplicates_are_discarded(side: str) -> None:
         with trio.move_on_after(0.2) as scope:  # nothing extra arrives
             await server.receive()
         assert scope.cancelled_caught
-        # Counted after that wait: the last message's copy may still have been on its way
-        # (seen under load: 99 of 100 dropped by the time the 200th original arrived).
-        assert server.duplicates_dropped == injector.duplicated
+        # A sender's copy that finds nng's buffer full is not sent (seen under load: 99 of
+        # 100): compare with the copies that went.
+        made = client.duplicates_sent if side == "sender" else injector.duplicated
+        assert made > 50 and server.duplicates_dropped == made
 
 
 @pytest.mark.parametrize("side", ["sender", "receiver"])
