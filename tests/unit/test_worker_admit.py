@@ -92,8 +92,9 @@ async def collect(
 async def test_a_deferred_admit_sets_up_its_cells_in_message_order(model_path: str) -> None:
     """The soak failure of issue 18: A (a grammar to compile) copies its prefix from slot 0;
     the KV manager's next placement puts B in slot 0, over A's source, since it plans on A's
-    copy being done. B's Admit arrives while A's grammar still compiles. A must run on its
-    own prompt all the same: it gives what it gives alone in a fresh slot."""
+    copy being done, and C copies A's prefix from A's slot. B's and C's Admits arrive while
+    A's grammar still compiles. A and C must run on their own prompts all the same: each
+    gives what it gives alone in a fresh slot."""
     registry = Registry()
     worker = DeviceWorker(
         "w", model_path=model_path, n_slots=3, cells_per_slot=256, step_tokens=256, threads=2,
@@ -108,21 +109,27 @@ async def test_a_deferred_admit_sets_up_its_cells_in_message_order(model_path: s
         garden = model.tokenize(CHAT.format("Give advice to a new gardener."), add_special=True)
         common = next(i for i, (a, b) in enumerate(zip(castle, garden, strict=False)) if a != b)
         constrained = SamplingParams(max_tokens=24, temperature=0, grammar=fresh_grammar())
+        greedy = SamplingParams(max_tokens=8, temperature=0)
         async with ref.stream(Attach(), buffer=10_000) as results:
             assert isinstance(await anext(results), WorkerReady)
             await ref.cast(Admit(9, 0, castle, SamplingParams(max_tokens=1, temperature=0)))
             await collect(results, {9})  # slot 0 now holds the castle prompt
             await ref.cast(Admit(1, 1, castle, constrained, len(castle) - 1, copy_from=0))
-            await ref.cast(Admit(2, 0, garden, SamplingParams(max_tokens=8, temperature=0), common))
+            await ref.cast(Admit(2, 0, garden, greedy, common))
+            # And C reuses A's slot, which holds A's prefix from A's Admit on.
+            await ref.cast(Admit(4, 2, castle, greedy, len(castle) - 1, copy_from=1))
             steps: list[set[int]] = []
-            raced = await collect(results, {1, 2}, steps)
-            # The same request alone, in a slot of its own, nothing reused.
+            raced = await collect(results, {1, 2, 4}, steps)
+            # The same requests alone, in a slot of their own, nothing reused.
             await ref.cast(Admit(3, 2, castle, constrained))
             alone = await collect(results, {3})
+            await ref.cast(Admit(5, 2, castle, greedy))
+            alone |= await collect(results, {5})
         # B made tokens before A made any (A's grammar was compiling): the case under test.
         assert steps.index(next(s for s in steps if 1 in s)) > steps.index(
             next(s for s in steps if 2 in s)
         )
         assert model.detokenize(raced[1]) == model.detokenize(alone[3])
         assert raced[1] == alone[3]
+        assert raced[4] == alone[5]
         nursery.cancel_scope.cancel()
