@@ -162,9 +162,12 @@ def model_lines(sample: Sample) -> list[str]:
             continue
         scheduler = info.find("scheduler")
         d = scheduler.details if scheduler else {}
+        # A decode node (a cluster node in the subtree): its prompts on prefill nodes now.
+        clustered = any(child.kind == "node" for child in info.children)
+        remote = f", remote prefills {d.get('remote_prefills', 0)}" if clustered else ""
         lines.append(
             f"{info.name.removeprefix('model:')}: {info.state}, running {d.get('running', 0)}, "
-            f"waiting {d.get('waiting', 0)}, KV cells {d.get('kv_cells_used', 0)}, "
+            f"waiting {d.get('waiting', 0)}{remote}, KV cells {d.get('kv_cells_used', 0)}, "
             f"subtree restarts {info.restarts}"
         )
     manager = sample.tree.find("models")

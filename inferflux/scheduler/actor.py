@@ -543,4 +543,6 @@ class Scheduler(Actor):
             "prefix_hit_tokens": stats.prefix_hit_tokens,
             "worker_restarts": self.worker_restarts,
             "poisoned": self.poisoned,
+            # Disaggregated prefill: prompts being computed on a prefill node right now.
+            "remote_prefills": sum(1 for r in self.running.values() if r.remote is not None),
         }

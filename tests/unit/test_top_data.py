@@ -4,8 +4,8 @@ imported through it; a link that went down says so."""
 
 import trio
 
-from actors import ActorRef, ChildSpec, Node, Registry, Supervisor
-from inferflux.top_data import Sample, actor_rows, render
+from actors import ActorInfo, ActorRef, ChildSpec, Node, Registry, Supervisor
+from inferflux.top_data import Sample, actor_rows, model_lines, render
 from tests.support_actors import Echo, EchoActor
 from transports import SocketDir, unique_address
 
@@ -60,3 +60,21 @@ async def test_top_shows_nodes_links_and_remote_actors() -> None:
             assert rows["far-echo"][2] == "stopped"
             root.request_stop()
             nursery.cancel_scope.cancel()
+
+
+def test_a_decode_node_shows_its_prompts_on_prefill_nodes() -> None:
+    def model(*children: ActorInfo) -> ActorInfo:
+        scheduler = ActorInfo(
+            name="scheduler", kind="actor", state="running",
+            details={"running": 3, "waiting": 0, "remote_prefills": 2},
+        )  # fmt: skip
+        return ActorInfo(
+            name="model:m", kind="supervisor", state="running", children=[*children, scheduler]
+        )
+
+    node = ActorInfo(name="node decode@h:8000", kind="node", state="running")
+    [decode] = model_lines(Sample(ActorInfo(name="inferflux", kind="supervisor",
+                                            state="running", children=[model(node)])))  # fmt: skip
+    assert "running 3, waiting 0, remote prefills 2," in decode
+    [unified] = model_lines(Sample(model()))
+    assert "remote prefills" not in unified
