@@ -429,6 +429,12 @@ class Scheduler(Actor):
             self._finish(request, SeqOutput(request.seq_id, answer.token_ids, answer.text, "stop"))
             return True
         if state is None or state.fingerprint != self.worker_fingerprint:
+            log.warning(
+                "request %d trace %s: the prefill node's KV state does not fit this worker "
+                "(%s, here %s): serve the same model with the same --ctx-size on both",
+                request.seq_id, request.trace_id,
+                state.fingerprint if state else "no state", self.worker_fingerprint,
+            )  # fmt: skip
             return False
         self.meter.inc("kv_transfer_bytes", len(state.data))
         self._record_timing(request, time.monotonic(), 1)
