@@ -24,6 +24,7 @@ import logging
 import socket as socket_module
 from typing import Any
 
+import msgspec
 import pynng
 import trio
 
@@ -45,6 +46,7 @@ from ._registry import Registry
 
 log = logging.getLogger("actors.node")
 KNOCK_TIMEOUT_S = 5.0
+UNSPECIFIED_HOSTS = ("0.0.0.0", "::")
 KNOCK_MAX_BYTES = 4096  # "join NAME": a door reads nothing bigger
 REFUSALS_POLL_S = 1.0
 
@@ -244,13 +246,18 @@ class Node:
                 return sock.recv().decode()
 
         try:
-            link_address = await trio.to_thread.run_sync(knock, abandon_on_cancel=True)
+            answered = await trio.to_thread.run_sync(knock, abandon_on_cancel=True)
         except pynng.NNGException as exc:
             # pynng's CryptoError/AuthenticationError: the handshake failed (either side's
             # certificate); Timeout: no answer (a door that refused us says nothing).
             failed = JoinFailed(address, f"{type(exc).__name__}: {exc}")
             log.warning("node %r: %s", self.name, failed)
             raise failed from None
+        link_address = parse_address(answered)
+        if link_address.host in UNSPECIFIED_HOSTS:
+            # A door listening on every interface answers with the wildcard address: the
+            # link is at the host we knocked at (and its certificate names that host).
+            link_address = msgspec.structs.replace(link_address, host=addr.host)
         return Channel.dial(
             link_address,
             node_codec,

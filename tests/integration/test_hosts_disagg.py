@@ -92,10 +92,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         for name, cert, key in (("a", tls.cert, tls.key), ("b", tls.client_cert, tls.client_key)):
             files = f'ca_file = "{tls.ca}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
             (tmp / f"{name}.toml").write_text(common + files)
+        # The prefill node listens on every interface of its host (as in a pod), the decode
+        # node knocks at its address: the link address the door answers is the wildcard,
+        # which the decode node must read as "the host I knocked at".
+        listen = f"tls+tcp://0.0.0.0:{PREFILL_PORT}"
         door = f"tls+tcp://{hosts.address_a}:{PREFILL_PORT}"
         prefill = NamespacedServer(
             hosts, hosts.ns_a, tmp / "prefill.log", *SETTINGS,
-            "--role", "prefill", "--cluster-listen", door, "--config", str(tmp / "a.toml"),
+            "--role", "prefill", "--cluster-listen", listen, "--config", str(tmp / "a.toml"),
         )  # fmt: skip
         started.append(prefill)
         decode = NamespacedServer(
