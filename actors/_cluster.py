@@ -101,6 +101,7 @@ class Node:
         self.refused_peers = 0  # peers that failed to authenticate, at doors and links
         self._link_scopes: dict[str, trio.CancelScope] = {}
         self._seen: dict[int, dict[str, int]] = {}
+        self._server_names: dict[str, str] = {}  # joined address -> certificate name
         self._nursery: trio.Nursery | None = None
 
     async def run(self, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -151,8 +152,12 @@ class Node:
             log.warning("node %r: INSECURE plain tcp link at %s", self.name, address)
         return addr
 
-    def _tls_for(self, addr: Address) -> TLS | None:
-        return self.tls if addr.scheme == "tls+tcp" else None
+    def _tls_for(self, addr: Address, server_name: str = "") -> TLS | None:
+        if addr.scheme != "tls+tcp" or self.tls is None:
+            return None
+        if not server_name:
+            return self.tls
+        return msgspec.structs.replace(self.tls, server_name=server_name)
 
     # the door ----------------------------------------------------------------------------
     async def serve(self, address: str) -> Address:
@@ -219,20 +224,29 @@ class Node:
         return channel.address
 
     # joining a peer ------------------------------------------------------------------------
-    async def join(self, address: str) -> NodeLink:
+    async def join(self, address: str, server_name: str = "") -> NodeLink:
         """Knock on a peer's door and run the link it gives; returns before the link is up
-        (`await link.wait_up()`)."""
+        (`await link.wait_up()`). `server_name`: the name the peer's certificate must
+        carry, when `address` is one of the addresses a name resolved to."""
+        self._server_names[address] = server_name
         channel = await self._knock(address)
         link = self._link(channel)
         self.links[address] = link
         await self.nursery.start(self._run_link, address, link, address)
         return link
 
+    def leave(self, address: str) -> None:
+        """Close the link joined at `address` (its imported actors leave the registry)."""
+        scope = self._link_scopes.get(address)
+        if scope is not None:
+            scope.cancel()
+        self.links.pop(address, None)
+
     async def _knock(self, address: str) -> Channel[Any]:
         """Ask the door at `address` for a link; a channel dialing it (JoinFailed if the
         door does not answer)."""
         addr = self._checked(address)
-        tls = self._tls_for(addr)
+        tls = self._tls_for(addr, self._server_names.get(address, ""))
 
         def knock() -> str:
             timeout = int(self.knock_timeout_s * 1000)

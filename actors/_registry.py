@@ -56,6 +56,10 @@ class Registry:
         for watcher in list(self._watchers):
             watcher(name, up, why)
 
+    def names(self) -> list[str]:
+        """The actors running now (with `watch`, a directory that stays current)."""
+        return [name for name, mailbox in self._mailboxes.items() if not mailbox.closed]
+
     def lookup(self, name: str) -> Mailbox:
         mailbox = self._mailboxes.get(name)
         if mailbox is None or mailbox.closed:

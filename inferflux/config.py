@@ -249,7 +249,8 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """role prefill: the node's door (`tls+tcp://HOST:PORT`, or `tcp://127.0.0.1:PORT` on
     one host) where decode nodes join (`run --cluster-listen`)."""
     prefill: list[str] = []
-    """role decode: the prefill nodes' doors (`run --prefill ADDR[,ADDR...]`)."""
+    """role decode: the prefill nodes' doors (`run --prefill ADDR[,ADDR...]`); a host name
+    is every address it resolves to, resolved again every 10 s (serving/cluster.py)."""
     ca_file: str = ""
     """PEM CA that signed every node's certificate (tls+tcp:// needs all three files)."""
     cert_file: str = ""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -78,7 +79,7 @@ class Scheduler(Actor):
         max_waiting_per_principal: int | None = None,
         worker_wait_s: float = 30.0,
         poison_crashes: int = 2,
-        prefill_peers: list[str] | None = None,
+        prefill_prefix: str = "",
         min_prefill_tokens: int = 512,
         prefill_timeout_s: float = 30.0,
         **kwargs: Any,
@@ -109,13 +110,21 @@ class Scheduler(Actor):
         self.accepted = 0
         self.worker_restarts = 0
         self.worker_fingerprint = ""  # the model and KV layout of the attached worker
+        self._unwatch_peers: Callable[[], None] = lambda: None
         # Disaggregated prefill (issue 14): prefill nodes' schedulers, imported by name.
-        self.peers = PrefillPeers(prefill_peers or [], min_prefill_tokens, prefill_timeout_s)
+        self.peers = PrefillPeers(prefill_prefix, min_prefill_tokens, prefill_timeout_s)
 
     # requests ------------------------------------------------------------------------
     async def started(self) -> None:
+        if self.peers.prefix:
+            for name in self.registry.names():
+                self.peers.seen(name, True)
+            self._unwatch_peers = self.registry.watch(self.peers.seen)
         self.nursery.start_soon(self._follow_worker)
         self.nursery.start_soon(self._expire_while_down)
+
+    async def stopping(self) -> None:
+        self._unwatch_peers()
 
     def _down_too_long(self) -> bool:
         return (

@@ -50,15 +50,27 @@ class Prefilled:
 
 @dataclass
 class PrefillPeers:
-    """The prefill nodes this scheduler may use: actor names in its registry (each a
-    scheduler imported over a node link), taken in turn, skipping any that failed lately."""
+    """The prefill nodes this scheduler may use: the actors in its registry whose names
+    start with `prefix` (each a prefill node's scheduler, imported over a node link by
+    serving/cluster.py, and gone when its link closes), taken in turn, skipping any that
+    failed lately. `seen` keeps the list current (Registry.watch)."""
 
-    names: list[str]
+    prefix: str
     min_tokens: int = 512
     timeout_s: float = 30.0
     avoid_s: float = 10.0
+    names: list[str] = field(default_factory=list)
     _avoid_until: dict[str, float] = field(default_factory=dict)
     _turn: int = 0
+
+    def seen(self, name: str, up: bool, why: str = "") -> None:
+        if not self.prefix or not name.startswith(self.prefix):
+            return
+        if up and name not in self.names:
+            self.names = sorted([*self.names, name])
+        elif not up and name in self.names:
+            self.names = [n for n in self.names if n != name]
+            self._avoid_until.pop(name, None)
 
     def wants(self, request: Request, n_cached: int) -> bool:
         return (
@@ -82,7 +94,7 @@ class PrefillPeers:
     def choose(self) -> str | None:
         name = self._available()
         if name is not None:
-            self._turn = (self.names.index(name) + 1) % len(self.names)
+            self._turn = self.names.index(name) + 1
         return name
 
     def failed(self, name: str) -> None:

@@ -34,7 +34,7 @@ from ..metrics import Metrics
 from ..scheduler.actor import Scheduler
 from ..scheduler.messages import WorkerGaveUp
 from ..scheduler.meter import MetricsActor
-from .cluster import ClusterNode, prefill_peer_names
+from .cluster import PEER_PREFIX, ClusterNode
 
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
 SCHEDULER_TARGET = "inferflux.scheduler.actor:Scheduler"
@@ -124,7 +124,7 @@ def engine_subtree(
     }
     if clustered and config.role == "decode":
         options |= {
-            "prefill_peers": prefill_peer_names(config),
+            "prefill_prefix": PEER_PREFIX,
             "min_prefill_tokens": config.cluster.min_prefill_tokens,
             "prefill_timeout_s": config.cluster.prefill_timeout_s,
         }

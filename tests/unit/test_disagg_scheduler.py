@@ -2,9 +2,9 @@
 scripted worker of test_scheduler.py on both sides, a prefill scheduler standing for the
 prefill node (over a node link in production; tests/integration/test_disagg.py runs the
 real thing). A long prompt is prefilled there and decoded here with the same tokens as
-unified; a short one stays here; a prefill node that is missing, refuses, or is too slow
-costs a local prefill and no error, and is avoided for a while; a client that leaves
-during the remote prefill frees its slot."""
+unified; a short one stays here; a prefill node that refuses or is too slow costs a local
+prefill and no error, and is avoided for a while; peers are found by name in the registry
+as they come and go; a client that leaves during the remote prefill frees its slot."""
 
 from __future__ import annotations
 
@@ -33,8 +33,13 @@ class SlowWorker(ScriptedWorker):
 
 
 class DisaggHarness(Harness):
-    def __init__(self, prefill_delay_s: float = 0.0, peers: tuple[str, ...] = ("prefill",),
-                 timeout_s: float = 5.0) -> None:  # fmt: skip
+    """The decode scheduler finds its prefill peers by name prefix in its registry:
+    `prefill-0` here, a scheduler with a scripted worker (`refusing`: with no worker at
+    all, so it refuses every job as not ready)."""
+
+    def __init__(
+        self, prefill_delay_s: float = 0.0, timeout_s: float = 5.0, refusing: bool = False
+    ) -> None:
         self.prefill_workers: list[ScriptedWorker] = []
 
         def make_prefill_worker() -> ScriptedWorker:
@@ -44,16 +49,17 @@ class DisaggHarness(Harness):
 
         def make_prefill_scheduler() -> Scheduler:
             return Scheduler(
-                "prefill", worker="pworker", n_slots=2, cells_per_slot=4096,
-                in_registry=self.registry,
+                "prefill-0", worker="nobody" if refusing else "pworker", n_slots=2,
+                cells_per_slot=4096, worker_wait_s=0.0, in_registry=self.registry,
             )  # fmt: skip
 
         super().__init__(
             extra=[
                 ChildSpec("pworker", make_prefill_worker),
-                ChildSpec("prefill", make_prefill_scheduler),
+                # temporary: a stopped one stays stopped (a peer that left)
+                ChildSpec("prefill-0", make_prefill_scheduler, restart="temporary"),
             ],
-            prefill_peers=list(peers),
+            prefill_prefix="prefill-",
             min_prefill_tokens=16,
             prefill_timeout_s=timeout_s,
         )
@@ -83,8 +89,8 @@ async def test_a_long_prompt_is_prefilled_remotely_and_decoded_here_identically(
     assert here[2].kv_state is None  # short: prefilled here
 
 
-async def test_a_missing_peer_costs_a_local_prefill_then_is_avoided() -> None:
-    h = DisaggHarness(peers=("nobody",))
+async def test_a_refusing_peer_costs_a_local_prefill_then_is_avoided() -> None:
+    h = DisaggHarness(refusing=True)
     async with h.running():
         first, _ = await h.generate(1, LONG, 6)
         second, _ = await h.generate(2, LONG[::-1], 6)
@@ -93,6 +99,18 @@ async def test_a_missing_peer_costs_a_local_prefill_then_is_avoided() -> None:
     assert count(h, "remote") == 0 and count(h, "local") == 1  # the second: peer avoided
     assert all(a.kv_state is None for a in h.workers[0].admitted)
     assert not h.scheduler.running and h.scheduler.kv.running == 0
+
+
+async def test_peers_come_and_go_with_their_names_in_the_registry() -> None:
+    h = DisaggHarness()
+    async with h.running():
+        await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
+        assert h.scheduler.peers.names == ["prefill-0"]
+        h.root.child("prefill-0").request_stop()  # e.g. its node link closed
+        await wait_for(lambda: h.scheduler.peers.names == [])
+        tokens, _ = await h.generate(1, LONG, 6)  # no peer: prefilled here, no attempt
+    assert tokens == expected_tokens(LONG, 6)
+    assert len(h.prefill_workers[0].admitted) == 0 and count(h, "fallback") == 0
 
 
 async def test_a_prefill_node_too_slow_costs_a_local_prefill() -> None:
