@@ -2,10 +2,11 @@
 resource is valid for the Kubernetes API (kubernetes-validate, strict), and the pieces hold
 together: each container's command line and environment give a configuration the server
 accepts (its own CLI and config loader, stopped before anything listens or loads), probes
-reach /readyz and /livez on the server's port, the decode pods dial exactly the pods the
-prefill StatefulSet creates, on the port they listen on, with the cluster TLS files where
-the Secret is mounted, every workload has a disruption budget, the autoscaler targets the
-API Deployment on a metric the server exports, and the image runs what the pods expect.
+reach /readyz and /livez on the server's port, the decode pods find the prefill pods through
+a headless Service over exactly them, on the port they listen on, with the cluster TLS files
+where the Secret is mounted (and the README's certificate carrying the name dialed), every
+workload has a disruption budget, the autoscaler targets the API Deployment on a metric the
+server exports, and the image runs what the pods expect.
 
 Nothing here loads a model or starts a server."""
 
@@ -310,31 +311,69 @@ def test_roles(overlay: str) -> None:
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", DISAGGREGATED)
-def test_decode_dials_every_prefill_pod_where_it_listens(overlay: str) -> None:
+def test_decode_finds_the_prefill_pods_through_a_headless_service(overlay: str) -> None:
+    """A host name in --prefill is every address it resolves to (serving/cluster.py): each
+    entry must name a headless Service whose ready endpoints are exactly the prefill pods,
+    dialed with TLS on the port they listen on (a headless Service maps no ports: the
+    decode node connects to each pod's address on the port written in --prefill)."""
     docs = render(overlay)
     decode, prefill = api_and_prefill(overlay)
     listen = parse_address(config_of(overlay, prefill).cluster.listen)
     assert (listen.scheme, listen.host) == ("tls+tcp", "0.0.0.0")
     assert container_port(server_container(prefill), "cluster") == listen.port
-    dialed = [parse_address(a) for a in config_of(overlay, decode).cluster.prefill]
-    assert {a.scheme for a in dialed} == {"tls+tcp"}, "nodes talk over mutual TLS"
-    assert {a.port for a in dialed} == {listen.port}
-    # The pods the StatefulSet creates, by the DNS names its governing Service gives them.
-    spec = prefill["spec"]
-    service = named(docs, "Service", spec["serviceName"])
-    pods = [
-        f"{prefill['metadata']['name']}-{i}.{spec['serviceName']}" for i in range(spec["replicas"])
+    doors = config_of(overlay, decode).cluster.prefill
+    assert doors, "decode pods with no --prefill"
+    for door in doors:
+        dialed = parse_address(door)
+        assert dialed.scheme == "tls+tcp", f"{door}: nodes talk over mutual TLS"
+        assert dialed.port == listen.port, f"{door}: the prefill pods listen on {listen.port}"
+        service = named(docs, "Service", prefill_service_name(dialed.host))
+        spec = service["spec"]
+        assert spec.get("clusterIP") == "None", f"{door}: not headless, one peer for all pods"
+        assert not spec.get("publishNotReadyAddresses"), f"{door}: pods resolve before ready"
+        selector = match_labels(spec["selector"], service["metadata"]["name"])
+        assert selected(docs, selector) == [prefill], f"{door} resolves to other pods"
+        ports = [p for p in spec["ports"] if p["port"] == listen.port]
+        assert ports, f"{service['metadata']['name']} has no port {listen.port}"
+        assert ports[0].get("protocol", "TCP") == "TCP"
+        target = ports[0].get("targetPort", ports[0]["port"])
+        assert container_port(server_container(prefill), target) == listen.port
+    # The prefill pods come and go with `replicas` alone: their budget must not depend on
+    # the count, and the autoscaler stays on the API pods (its metric is theirs).
+    (budget,) = [
+        b
+        for b in of_kind(docs, "PodDisruptionBudget")
+        if selects(match_labels(b["spec"]["selector"], "pdb"), pod_labels(prefill))
     ]
-    hosts = [a.host for a in dialed]
-    assert sorted(hosts) == sorted(pods), f"--prefill names {hosts}, the pods are {pods}"
-    assert service["spec"].get("clusterIP") == "None", "per-pod DNS needs a headless Service"
-    assert selected(docs, service["spec"]["selector"]) == [prefill]
-    ports = [p for p in service["spec"]["ports"] if p["port"] == listen.port]
-    assert ports, f"{spec['serviceName']} has no port {listen.port}"
-    assert container_port(server_container(prefill), ports[0]["targetPort"]) == listen.port
-    # An autoscaled StatefulSet would create pods no decode pod knows of.
+    assert "maxUnavailable" in budget["spec"], "a minAvailable is tied to a replica count"
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
-        assert hpa["spec"]["scaleTargetRef"]["kind"] != "StatefulSet"
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert (ref["kind"], ref["name"]) == (decode["kind"], decode["metadata"]["name"])
+
+
+def prefill_service_name(host: str) -> str:
+    """The Service a --prefill host names: `svc`, `svc.NAMESPACE.svc` or
+    `svc.NAMESPACE.svc.cluster.local` (a pod's own name would be one peer, not all)."""
+    match = re.fullmatch(r"([a-z0-9-]+)(\.[a-z0-9-]+\.svc(\.cluster\.local)?)?", host)
+    assert match, f"--prefill host {host!r} is not a Service name"
+    return match.group(1)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", DISAGGREGATED)
+def test_the_certificate_instructions_name_what_decode_dials(overlay: str) -> None:
+    """The decode node checks the prefill certificate against the host in --prefill, not
+    the pod address: the README's openssl and cert-manager lines must give that name."""
+    decode, _ = api_and_prefill(overlay)
+    hosts = {parse_address(d).host for d in config_of(overlay, decode).cluster.prefill}
+    readme = (K8S / "README.md").read_text()
+    (san,) = re.findall(r"subjectAltName=([^'\s]+)", readme)
+    sans = {entry.removeprefix("DNS:") for entry in san.split(",") if entry.startswith("DNS:")}
+    (dns_names,) = re.findall(r"dnsNames: \[([^\]]*)\]", readme)
+    names = {n.strip() for n in dns_names.split(",")}
+    for host in hosts:
+        assert host in sans, f"the openssl SAN ({san}) lacks {host}"
+        assert host in names, f"the cert-manager dnsNames ({dns_names}) lack {host}"
 
 
 @needs_kubectl
