@@ -70,9 +70,8 @@ class Generation:
         self.in_flight.count += 1
         self._counted = True
         try:
-            self._items = await self._stack.enter_async_context(
-                self.scheduler.stream(self.submit, first_timeout_s=5.0)
-            )
+            # A scheduler restarting right now (it crashed) is waited for, as below.
+            await self._open(self.submit, None)
             while True:
                 try:
                     self.first = await anext(self._items)
@@ -124,11 +123,17 @@ class Generation:
         )
         await self._stack.aclose()
         self._stack = AsyncExitStack()
+        await self._open(resumed, cause)
+
+    async def _open(self, submit: Submit, cause: ActorError | None) -> None:
+        """Open the scheduler's stream, waiting up to RESUBMIT_WINDOW_S for a scheduler
+        that is restarting (not running: ActorUnavailable). Its refusals (Rejected) are
+        answers, not outages: they go to the client at once."""
         deadline = trio.current_time() + RESUBMIT_WINDOW_S
         while True:
             try:
                 self._items = await self._stack.enter_async_context(
-                    self.scheduler.stream(resumed, first_timeout_s=5.0)
+                    self.scheduler.stream(submit, first_timeout_s=5.0)
                 )
                 return
             except ActorError as exc:
