@@ -272,11 +272,11 @@ class Server:
         return self.process.returncode
 
 
-# --disagg: the server is a decode node; every prompt (min_prefill_tokens 16) goes to a
+# --disagg: the server is a decode node; every fresh prompt (min_prefill_tokens 1) goes to a
 # prefill node, which the nemesis SIGKILLs (and starts again at the same door) or SIGSTOPs
 # past the heartbeat timeout. Either must cost a local prefill: the same text, no error.
 DISAGG_ENV = {
-    "INFERFLUX_CLUSTER_MIN_PREFILL_TOKENS": "16",
+    "INFERFLUX_CLUSTER_MIN_PREFILL_TOKENS": "1",
     "INFERFLUX_CLUSTER_HEARTBEAT_S": "0.25",
     "INFERFLUX_CLUSTER_DOWN_AFTER_S": "1.5",
 }
