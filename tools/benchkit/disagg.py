@@ -101,7 +101,9 @@ async def long_prompts(
     client: openai.AsyncOpenAI, target: Target, until: float, every_s: float, ttfts: list[float]
 ) -> None:
     async def one(serial: int) -> None:
-        with trio.move_on_at(until + GRACE_S):  # one still waiting then counts as unfinished
+        # One still waiting then counts as unfinished (`until` is time.monotonic()'s: Trio's
+        # clock has an offset of its own).
+        with trio.move_on_after(until + GRACE_S - time.monotonic()):
             await first_token(serial)
 
     async def first_token(serial: int) -> None:
