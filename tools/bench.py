@@ -149,7 +149,7 @@ def main() -> None:
         "and a decode node on one core each (tools/benchkit/disagg.py)",
     )
     parser.add_argument("--disagg-streams", type=int, default=8)
-    parser.add_argument("--disagg-every", type=float, default=25.0, help="seconds")
+    parser.add_argument("--disagg-every", type=float, default=40.0, help="seconds")
     parser.add_argument("--disagg-seconds", type=float, default=150.0)
     parser.add_argument("--repeats", type=int, default=3, help="--structured alternations")
     parser.add_argument("--json", help="also write the raw results to this file")

@@ -6,12 +6,13 @@ The same load, one setup after the other:
   (`taskset`, one llama.cpp thread each), joined over tcp on loopback.
 Load: `--disagg-streams` clients decode continuously (short prompt, 200 tokens each,
 back to back) while a ~2,000-token prompt (each one new: no prefix reuse) arrives every
-`--disagg-every` seconds (25: one core prefills such a prompt in ~20 s here, so more
-often than that only builds a queue), for `--disagg-seconds`. Reported: the decoding streams'
-inter-token latency (gaps between content chunks) p50/p99/max, their tok/s, the long
-prompts' TTFT, and for the disaggregated setup the share of a remote prefill spent
-moving the KV (decode side's remote prefill time minus the prefill node's own request
-time, over the latter; means from both nodes' /metrics).
+`--disagg-every` seconds (40: one core prefills such a prompt in ~26 s here, so much
+more often than that only builds a queue on the prefill node), for `--disagg-seconds`.
+Reported: the decoding streams' inter-token latency (gaps between content chunks)
+p50/p99/max, their tok/s, the long prompts' TTFT, and for the disaggregated setup the
+share of a remote prefill spent moving the KV: the decode side's remote prefill time
+minus the prefill node's own request time, over the latter (means from both nodes'
+/metrics; a prompt that timed out on the prefill node skews it).
 """
 
 from __future__ import annotations
