@@ -27,6 +27,7 @@ from .logprobs import log_softmax, token_logprob
 from .output import TextOutput
 from .sampling import Sampler
 from .sequence import ImageRows, Sequence
+from .slot_cells import reused, set_up_cells
 from .speculation import Speculation
 
 # ggml's CPU flash attention rounds the rows of any chunk below 64 rows of one stream the
@@ -77,53 +78,17 @@ class Engine:
             self.start(admit, images)
 
     def reserve(self, admit: Admit) -> bool:
-        """Make the slot's cells what the scheduler's KV manager believes from this Admit
-        on: the reused prefix (copied from another slot if need be), nothing after it.
-
-        This must run in message order, when the Admit arrives, even when the sequence
-        starts later (`start`, once its grammar is compiled or its images encoded): the
-        manager's next placement may copy this slot's prefix, or overwrite the slot this
-        one copies from. Deferring the copy let a later Admit change the source first,
-        and a sequence ran on another prompt's cells (the soak run of issue 18).
-
-        False when the sequence cannot start here: its KV state from a prefill node did
-        not load. It ends "preempted", and the scheduler re-admits it to prefill here."""
+        """Set up the slot's cells now, in message order (worker/slot_cells.py), even when
+        the sequence starts later. False when it cannot start here: its KV state from a
+        prefill node did not load; it ends "preempted", and the scheduler re-admits it to
+        prefill here."""
         if admit.seq_id in self.sequences:
             raise ValueError(f"sequence {admit.seq_id} is already running")
-        ctx = self.context
-        if admit.kv_state is not None:
-            return self._restore(admit, admit.kv_state)
-        if admit.copy_from >= 0:
-            # Copy the whole source stream, then cut it back to the shared prefix below:
-            # between per-slot streams llama.cpp only copies whole sequences.
-            ctx.seq_rm(admit.slot, 0)
-            ctx.seq_cp(admit.copy_from, admit.slot, -1, -1)
-        ctx.seq_rm(admit.slot, self._reused(admit))  # anything past what is reused is dropped
-        return True
-
-    def _restore(self, admit: Admit, state: KVState) -> bool:
-        ctx = self.context
-        ctx.seq_rm(admit.slot, 0)
-        why = ""
-        if state.fingerprint != self.fingerprint:
-            why = f"it was computed for {state.fingerprint!r}, this worker is {self.fingerprint!r}"
-        elif not ctx.set_seq_state(admit.slot, state.data):
-            why = "llama.cpp refused it"
-        elif (last := ctx.seq_pos_max(admit.slot)) != state.n_tokens - 1 or (
-            state.n_tokens != admit.n_cached
-        ):
-            why = f"it holds positions 0-{last} for an Admit of {admit.n_cached} cached tokens"
-        if not why:
-            ctx.seq_rm(admit.slot, self._reused(admit))
-            return True
-        log.warning("sequence %d: the prefilled KV state is refused (%s)", admit.seq_id, why)
-        ctx.seq_rm(admit.slot, 0)
-        self._finished.append(SeqOutput(admit.seq_id, [], "", "preempted"))
-        return False
-
-    @staticmethod
-    def _reused(admit: Admit) -> int:
-        return min(admit.n_cached, len(admit.tokens) - 1)  # the last token gives logits
+        why = set_up_cells(self.context, admit, self.fingerprint)
+        if why:
+            log.warning("sequence %d: the prefilled KV state is refused (%s)", admit.seq_id, why)
+            self._finished.append(SeqOutput(admit.seq_id, [], "", "preempted"))
+        return not why
 
     def start(self, admit: Admit, images: list[ImageRows] | None = None) -> None:
         """Start generating in the slot `reserve` prepared for this Admit."""
@@ -150,7 +115,7 @@ class Engine:
         sampler.skip_draws(len(generated))
         output = TextOutput(admit.sampling.stop)
         replayed = "".join(output.feed(self.model.piece(t)) for t in generated)
-        n_past = self._reused(admit)
+        n_past = reused(admit)
         seq = Sequence(
             seq_id=admit.seq_id,
             slot=admit.slot,
