@@ -53,14 +53,14 @@ from .messages import (
     WorkerGaveUp,
 )
 from .meter import Meter
-from .remote_prefill import Prefilled, PrefillPeers, prefill_on
+from .remote_prefill import PrefillPeers, RemotePrefillPath
 from .request import Request
 from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
 
 
-class Scheduler(Actor):
+class Scheduler(RemotePrefillPath, Actor):
     mailbox_capacity = 4096
     message_type = SchedulerMessage
     reply_type = Delta
@@ -389,91 +389,6 @@ class Scheduler(Actor):
                 continue
             self._finish(request, out)
         self._admit_waiting()
-
-    # disaggregated prefill ----------------------------------------------------------
-    async def _prefill_remotely(self, request: Request, admission: int) -> None:
-        """Have a prefill node compute the prompt and its first token, then decode here;
-        prefill here instead on any failure (scheduler/remote_prefill.py)."""
-        assert request.remote is not None
-        peer = self.peers.choose()
-        answer = None
-        with request.remote:
-            try:
-                if peer is not None:
-                    answer = await prefill_on(
-                        ActorRef(peer, self.registry), request, self.peers.timeout_s
-                    )
-            except (ActorError, Rejected) as exc:
-                log.warning("request %d trace %s: prefill node %s: %s", request.seq_id,
-                            request.trace_id, peer, exc)  # fmt: skip
-        if self.running.get(request.seq_id) is not request or request.admissions != admission:
-            return  # the worker restarted meanwhile: it was placed again
-        request.remote = None
-        if request.aborted:
-            del self.running[request.seq_id]
-            self.kv.release(request.slot, None)
-            request.envelope.reply(None)
-        elif answer is None or not self._resume_prefilled(request, answer):
-            if peer is not None and not request.aborted:
-                self.peers.failed(peer)
-            self.meter.inc("disagg_fallback")
-            del self.running[request.seq_id]
-            self.kv.release(request.slot, None)
-            request.local_only = True
-            self._enqueue(request, front=True)
-        self._admit_waiting()
-        self.meter.report()
-
-    def _resume_prefilled(self, request: Request, answer: Prefilled) -> bool:
-        """Admit a request whose prompt a prefill node computed: its KV state and first
-        token. False when the answer is no use here (the request is then prefilled here)."""
-        state = answer.kv_state
-        if answer.finish_reason == "error" or len(answer.token_ids) != 1:
-            return False
-        self.meter.inc("disagg_remote")
-        self.meter.observe("kv_transfer", answer.seconds)
-        if answer.finish_reason == "stop":  # the first token ended it: nothing to decode
-            self._record_timing(request, time.monotonic(), 1)
-            request.generated = list(answer.token_ids)
-            self._finish(request, SeqOutput(request.seq_id, answer.token_ids, answer.text, "stop"))
-            return True
-        if state is None or state.fingerprint != self.worker_fingerprint:
-            log.warning(
-                "request %d trace %s: the prefill node's KV state does not fit this worker "
-                "(%s, here %s): serve the same model with the same --ctx-size on both",
-                request.seq_id, request.trace_id,
-                state.fingerprint if state else "no state", self.worker_fingerprint,
-            )  # fmt: skip
-            return False
-        self.meter.inc("kv_transfer_bytes", len(state.data))
-        self._record_timing(request, time.monotonic(), 1)
-        request.generated = list(answer.token_ids)
-        request.admitted_tokens = request.prompt + request.generated
-        request.prompt_done = state.n_tokens
-        request.cached_tokens = max(request.cached_tokens, state.n_tokens)
-        # The token now; its text comes from the worker, which replays it through its own
-        # detokenizer (recompute's path, one token long), so stop strings and split
-        # characters are held back as in a unified run.
-        self._send(request, Delta(list(answer.token_ids), "", logprobs=answer.logprobs))
-        if request.aborted:  # the client left just now
-            del self.running[request.seq_id]
-            self.kv.release(request.slot, None)
-            request.envelope.reply(None)
-            return True
-        self._cast(
-            Admit(
-                request.seq_id,
-                request.slot,
-                request.admitted_tokens,
-                request.sampling,
-                state.n_tokens,
-                n_generated=1,
-                text_sent=request.text_sent,
-                trace_id=request.trace_id,
-                kv_state=state,
-            )
-        )
-        return True
 
     def _count_drafts(self, drafted: int, accepted: int) -> None:
         self.drafted += drafted
