@@ -24,13 +24,18 @@ def fresh_grammar() -> str:
     return schema_grammar({"type": "object", "properties": fields, "required": list(fields)})
 
 
-async def test_a_grammar_compiles_without_holding_up_other_messages(model_path: str) -> None:
+def make_worker(model_path: str) -> tuple[DeviceWorker, ActorRef]:
+    """A worker of 3 slots of 256 cells, in-process, and a ref to it."""
     registry = Registry()
     worker = DeviceWorker(
         "w", model_path=model_path, n_slots=3, cells_per_slot=256, step_tokens=256, threads=2,
         in_registry=registry,
     )  # fmt: skip
-    ref = ActorRef("w", registry)
+    return worker, ActorRef("w", registry)
+
+
+async def test_a_grammar_compiles_without_holding_up_other_messages(model_path: str) -> None:
+    worker, ref = make_worker(model_path)
     prompt = [1, 2, 3, 4]
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
@@ -95,12 +100,7 @@ async def test_a_deferred_admit_sets_up_its_cells_in_message_order(model_path: s
     copy being done, and C copies A's prefix from A's slot. B's and C's Admits arrive while
     A's grammar still compiles. A and C must run on their own prompts all the same: each
     gives what it gives alone in a fresh slot."""
-    registry = Registry()
-    worker = DeviceWorker(
-        "w", model_path=model_path, n_slots=3, cells_per_slot=256, step_tokens=256, threads=2,
-        in_registry=registry,
-    )  # fmt: skip
-    ref = ActorRef("w", registry)
+    worker, ref = make_worker(model_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         assert worker.engine is not None
