@@ -261,8 +261,14 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """role decode: a prompt goes to a prefill node when this many of its tokens are not
     in the local prefix cache; shorter ones are prefilled here."""
     prefill_timeout_s: float = 30.0
-    """role decode: a remote prefill (compute and transfer) taking longer is given up,
-    and the prompt prefilled here."""
+    """role decode: a remote prefill taking longer is given up, and the prompt prefilled
+    here; so is bringing its KV state here."""
+    prefill_backlog_tokens: int = 4096
+    """role prefill: with this many prompt tokens still to compute, the node refuses new
+    prompts at once and their decode nodes prefill them (0: never refuse)."""
+    lease_s: float = 30.0
+    """An exported KV state nobody released is removed this long after it was written
+    (its decode node died mid-handoff)."""
     heartbeat_s: float = 0.5
     down_after_s: float = 3.0
     """A peer not heard from for this long is down: what was in flight to it fails (and

@@ -47,13 +47,16 @@ class ImageInput(msgspec.Struct, frozen=True, array_like=True):
 
 class KVState(msgspec.Struct, frozen=True, array_like=True):
     """A sequence's KV, exported by a prefill node's worker for a decode node's
-    (llama_state_seq_get_data): the cells of `n_tokens` prompt tokens. `fingerprint` names
-    the model and KV layout it was computed with; a worker whose own differs refuses it
-    and prefills itself."""
+    (llama_state_seq_get_data): the cells of `n_tokens` prompt tokens, `size` bytes in the
+    staging file `name` (kvcache/staging.py) on the host `host` (staging.host_id). Only
+    this handle travels in messages. `fingerprint` names the model and KV layout it was
+    computed with; a worker whose own differs refuses it and prefills itself."""
 
     fingerprint: str
     n_tokens: int
-    data: bytes
+    name: str
+    size: int
+    host: str
 
 
 class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
@@ -79,10 +82,11 @@ class Admit(msgspec.Struct, tag=True, frozen=True, array_like=True):
     text_sent: int = 0  # recompute: characters of text the client already has
     trace_id: str = ""  # the request's W3C trace id, for the worker's logs
     images: list[ImageInput] = []
-    # Disaggregated prefill (issue 14). On a prefill node: export the sequence's KV when it
-    # finishes (SeqOutput.kv_state). On a decode node: the slot's KV comes from this state
-    # (it holds tokens[:kv_state.n_tokens], n_cached says the same) instead of copy_from.
-    export_kv: bool = False
+    # Disaggregated prefill (issue 14). On a prefill node: export the sequence's KV to the
+    # staging file of this name when it finishes (SeqOutput.kv_state). On a decode node:
+    # the slot's KV comes from this state (it holds tokens[:kv_state.n_tokens], n_cached
+    # says the same) instead of copy_from.
+    export_to: str = ""
     kv_state: KVState | None = None
 
 
@@ -153,7 +157,7 @@ class SeqOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     kv_tokens: int = 0  # tokens of this sequence now held in KV (on finish: what stays cached)
     logprobs: list[TokenLogprob] = []  # one per token_ids entry, when requested
     error: str = ""  # finish_reason "error": what went wrong (a grammar that broke)
-    kv_state: KVState | None = None  # on finishing, when the Admit asked for export_kv
+    kv_state: KVState | None = None  # on finishing, when the Admit had export_to
 
 
 class StepResult(msgspec.Struct, tag=True, frozen=True, array_like=True, gc=False):

@@ -92,10 +92,16 @@ class Metrics:
             "local (here, by choice), fallback (here, after the remote prefill failed).",
             ("path",),
         )
+        self.remote_prefill = histogram(
+            "remote_prefill_seconds",
+            "A remote prefill, asked to answered: the prompt computed on a prefill node "
+            "(its queue included) and its first token sampled there.",
+            LATENCY_BUCKETS,
+        )
         self.kv_transfer = histogram(
             "kv_transfer_seconds",
-            "A remote prefill, asked to answered: the prompt computed there and its KV "
-            "state brought here.",
+            "A prefill node's KV state brought here once it answered: pulled in chunks "
+            "from another host, or found on this one (mapped by the worker, not copied).",
             LATENCY_BUCKETS,
         )
         self.kv_transfer_bytes = counter(

@@ -32,6 +32,7 @@ import trio
 
 from actors import Actor, ActorError, ActorRef, Envelope, Rejected
 
+from ..kvcache import staging
 from ..kvcache.manager import KVCacheManager
 from ..messages import (
     Admit,
@@ -82,6 +83,8 @@ class Scheduler(RemotePrefillPath, Actor):
         prefill_prefix: str = "",
         min_prefill_tokens: int = 512,
         prefill_timeout_s: float = 30.0,
+        prefill_backlog_tokens: int = 0,
+        kvcache: str = "kvcache",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -113,6 +116,10 @@ class Scheduler(RemotePrefillPath, Actor):
         self._unwatch_peers: Callable[[], None] = lambda: None
         # Disaggregated prefill (issue 14): prefill nodes' schedulers, imported by name.
         self.peers = PrefillPeers(prefill_prefix, min_prefill_tokens, prefill_timeout_s)
+        self.kvcache = ActorRef(kvcache, self.registry)  # this node's KV handoffs
+        # On a prefill node: prompt tokens yet to compute at which it refuses new prefill
+        # jobs (their decode nodes compute them at once instead); 0: never.
+        self.prefill_backlog_tokens = prefill_backlog_tokens
 
     # requests ------------------------------------------------------------------------
     async def started(self) -> None:
@@ -171,6 +178,8 @@ class Scheduler(RemotePrefillPath, Actor):
             return
         # With auth off every caller is "anonymous": one principal, nobody to share with.
         refusal = self.waiting.refusal(submit.principal, submit.principal != "anonymous")
+        if refusal is None and submit.export_kv:
+            refusal = self._backed_up()
         if refusal is not None:
             envelope.fail(self._refusal(Overloaded(f"server overloaded: {refusal}")))
             return
@@ -185,6 +194,17 @@ class Scheduler(RemotePrefillPath, Actor):
         self._enqueue(request)
         self.meter.inc("prompt_tokens", len(submit.prompt))
         self._admit_waiting()
+
+    def _backed_up(self) -> str | None:
+        """A prefill node with more prompt tokens to compute than its backlog allows
+        refuses the next prefill job: its decode node computes it sooner itself."""
+        if not self.prefill_backlog_tokens:
+            return None
+        backlog = sum(len(r.admitted_tokens) - r.prompt_done for r in self.running.values())
+        backlog += sum(len(r.prompt) + len(r.generated) for r in self.waiting)
+        if backlog < self.prefill_backlog_tokens:
+            return None
+        return f"prefill node backed up: {backlog} prompt tokens to compute"
 
     def _enqueue(self, request: Request, front: bool = False) -> None:
         self.waiting.push(request, request.principal, request.priority, requeued=front)
@@ -255,7 +275,7 @@ class Scheduler(RemotePrefillPath, Actor):
                     request.text_sent,
                     request.trace_id,
                     request.images,
-                    request.export_kv,
+                    staging.new_name() if request.export_kv else "",
                 )
             )
         self._update_gauges()
@@ -353,6 +373,7 @@ class Scheduler(RemotePrefillPath, Actor):
             if request.remote is not None:  # placed again, and asked again
                 request.remote.cancel()
                 request.remote = None
+            self._release_staged(request)
             request.crashes += 1  # a suspect until it makes progress
             self._enqueue(request, front=True)
         self.running.clear()
@@ -372,6 +393,8 @@ class Scheduler(RemotePrefillPath, Actor):
             request = self.running.get(out.seq_id)
             if request is None:
                 continue
+            if request.staged:  # the worker has its KV state, or refused it
+                self._release_staged(request)
             if out.n_prompt_computed:
                 request.prompt_done += out.n_prompt_computed
                 self.meter.inc("prompt_computed", out.n_prompt_computed)

@@ -39,7 +39,14 @@ Counter = Literal[
     "kv_transfer_bytes",
 ]
 Histogram = Literal[
-    "batch_size", "step_duration", "ttft", "itl", "e2e", "image_encode", "kv_transfer"
+    "batch_size",
+    "step_duration",
+    "ttft",
+    "itl",
+    "e2e",
+    "image_encode",
+    "remote_prefill",
+    "kv_transfer",
 ]
 Gauge = Literal["running", "waiting", "kv_usage", "spec_acceptance"]
 

@@ -6,18 +6,23 @@ nothing of it was generated yet, it has no images, it wants more than one token,
 peer is not being avoided. The scheduler has placed it first: its slot is reserved, so
 this node's KV bounds the transfers in flight. The peer (a prefill node's scheduler,
 reached over a node link) runs the prompt in its own continuous batch, samples the first
-token from the prompt's logits and answers with it and the sequence's KV state. The
-scheduler then admits the request here with that state and that token, as the recompute
-of one generated token: the text is the one unified serving gives (measured 40/40;
-re-decoding the last prompt token instead diverges).
+token from the prompt's logits and answers with it and a handle to the sequence's KV
+state (a staging file there). This node's kvcache actor brings the state here (the same
+file on one host, else pulled in chunks: kvcache/actor.py). The scheduler then admits the
+request here with that state and that token, as the recompute of one generated token: the
+text is the one unified serving gives (measured 40/40; re-decoding the last prompt token
+instead diverges). Once the worker has loaded the state, its staging file is released.
 
-Whatever goes wrong (the peer is down, partitioned, refuses, answers too late, or for
-another model) costs a local prefill, never an error: the peer is avoided for a while and
+A prefill node with a backlog refuses the prompt at once (Overloaded): it is prefilled
+here, and the peer is asked again for the next one. Whatever else goes wrong (the peer is
+down, partitioned, refuses, answers too late or for another model, the state cannot be
+brought here) costs a local prefill, never an error: the peer is avoided for a while and
 the request goes back to the front of the queue, to be prefilled here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -31,12 +36,14 @@ import trio
 from actors import ActorError, ActorRef, Registry, Rejected
 
 from ..kvcache.manager import KVCacheManager
+from ..kvcache.messages import Fetched, FetchKV, ReleaseKV, holder_name
 from ..messages import Admit, FinishReason, KVState, SeqOutput, TokenLogprob
-from .messages import Delta, Submit
+from .messages import Delta, Overloaded, Submit
 from .meter import Meter
 from .request import Request
 
 log = logging.getLogger("inferflux.scheduler")
+FETCH_GRACE_S = 5.0  # the kvcache's own fetch timeout answers first
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,8 @@ async def prefill_on(peer: ActorRef, request: Request, timeout_s: float) -> Pref
 
 class RemotePrefillPath:
     """The scheduler's side of a remote prefill (a part of Scheduler, kept here with the
-    rest of the decode side): ask a peer, then admit the answer here, or fall back.
+    rest of the decode side): ask a peer, have this node's kvcache bring its KV state
+    here, then admit the request with it, or fall back.
     Uses the scheduler's running set, KV manager, meter and its send/cast/finish paths."""
 
     # Provided by Scheduler.
@@ -150,6 +158,7 @@ class RemotePrefillPath:
     meter: Meter
     peers: PrefillPeers
     registry: Registry
+    kvcache: ActorRef
     worker_fingerprint: str
     _send: Callable[[Request, Delta], None]
     _cast: Callable[[Any], None]
@@ -160,30 +169,45 @@ class RemotePrefillPath:
 
     async def _prefill_remotely(self, request: Request, admission: int) -> None:
         """Have a prefill node compute the prompt and its first token, then decode here;
-        prefill here instead on any failure (scheduler/remote_prefill.py)."""
+        prefill here instead when the peer is busy or on any failure."""
         assert request.remote is not None
         peer = self.peers.choose()
-        answer = None
+        answer: Prefilled | None = None
+        fetched: Fetched | None = None
+        busy = False
         with request.remote:
             try:
                 if peer is not None:
                     answer = await prefill_on(
                         ActorRef(peer, self.registry), request, self.peers.timeout_s
                     )
-            except (ActorError, Rejected) as exc:
+                if peer is not None and answer is not None:
+                    fetched = await self._bring_state_here(request, peer, answer)
+            except Rejected as exc:
+                busy = isinstance(exc.error, Overloaded)
+                if not busy:
+                    log.warning("request %d trace %s: prefill node %s: %s", request.seq_id,
+                                request.trace_id, peer, exc)  # fmt: skip
+            except ActorError as exc:
                 log.warning("request %d trace %s: prefill node %s: %s", request.seq_id,
                             request.trace_id, peer, exc)  # fmt: skip
         if self.running.get(request.seq_id) is not request or request.admissions != admission:
+            self._release_fetched(fetched)
             return  # the worker restarted meanwhile: it was placed again
         request.remote = None
         if request.aborted:
+            self._release_fetched(fetched)
             del self.running[request.seq_id]
             self.kv.release(request.slot, None)
             request.envelope.reply(None)
-        elif answer is None or not self._resume_prefilled(request, answer):
-            if peer is not None and not request.aborted:
-                self.peers.failed(peer)
-            self.meter.inc("disagg_fallback")
+        elif answer is None or not self._resume_prefilled(request, answer, fetched):
+            self._release_fetched(fetched)
+            if busy:  # a prefill node with a backlog: this prompt is computed here now
+                self.meter.inc("disagg_local")
+            else:
+                if peer is not None and not request.aborted:
+                    self.peers.failed(peer)
+                self.meter.inc("disagg_fallback")
             del self.running[request.seq_id]
             self.kv.release(request.slot, None)
             request.local_only = True
@@ -191,28 +215,68 @@ class RemotePrefillPath:
         self._admit_waiting()
         self.meter.report()
 
-    def _resume_prefilled(self, request: Request, answer: Prefilled) -> bool:
+    async def _bring_state_here(
+        self, request: Request, peer: str, answer: Prefilled
+    ) -> Fetched | None:
+        """The answer's KV state, made loadable by this node's worker (kvcache/actor.py:
+        the same file on one host, else pulled here); None when the answer needs none or
+        is no use here. Raises what the kvcache raises when the state cannot come."""
+        state = answer.kv_state
+        if state is None:
+            return None
+        holder = holder_name(peer)
+        if not _needs_state(answer) or state.fingerprint != self.worker_fingerprint:
+            if state.fingerprint != self.worker_fingerprint:
+                log.warning(
+                    "request %d trace %s: the prefill node's KV state does not fit this "
+                    "worker (%s, here %s): serve the same model with the same --ctx-size "
+                    "on both",
+                    request.seq_id, request.trace_id, state.fingerprint,
+                    self.worker_fingerprint,
+                )  # fmt: skip
+            with contextlib.suppress(ActorError):
+                ActorRef(holder, self.registry).cast_nowait(ReleaseKV(state.name))
+            return None
+        fetched = await self.kvcache.call(
+            FetchKV(holder, state), timeout_s=self.peers.timeout_s + FETCH_GRACE_S
+        )
+        assert isinstance(fetched, Fetched)
+        return fetched
+
+    def _release_fetched(self, fetched: Fetched | None) -> None:
+        if fetched is not None:
+            with contextlib.suppress(ActorError):
+                self.kvcache.cast_nowait(ReleaseKV(fetched.state.name))
+
+    def _release_staged(self, request: Request) -> None:
+        """The worker has loaded the request's KV state (or refused it, or is gone): its
+        staging file can go."""
+        if request.staged:
+            with contextlib.suppress(ActorError):
+                self.kvcache.cast_nowait(ReleaseKV(request.staged))
+            request.staged = ""
+
+    def _resume_prefilled(
+        self, request: Request, answer: Prefilled, fetched: Fetched | None
+    ) -> bool:
         """Admit a request whose prompt a prefill node computed: its KV state and first
         token. False when the answer is no use here (the request is then prefilled here)."""
-        state = answer.kv_state
         if answer.finish_reason == "error" or len(answer.token_ids) != 1:
             return False
-        self.meter.inc("disagg_remote")
-        self.meter.observe("kv_transfer", answer.seconds)
         if answer.finish_reason == "stop":  # the first token ended it: nothing to decode
+            self.meter.inc("disagg_remote")
+            self.meter.observe("remote_prefill", answer.seconds)
             self._record_timing(request, time.monotonic(), 1)
             request.generated = list(answer.token_ids)
             self._finish(request, SeqOutput(request.seq_id, answer.token_ids, answer.text, "stop"))
             return True
-        if state is None or state.fingerprint != self.worker_fingerprint:
-            log.warning(
-                "request %d trace %s: the prefill node's KV state does not fit this worker "
-                "(%s, here %s): serve the same model with the same --ctx-size on both",
-                request.seq_id, request.trace_id,
-                state.fingerprint if state else "no state", self.worker_fingerprint,
-            )  # fmt: skip
+        if fetched is None:
             return False
-        self.meter.inc("kv_transfer_bytes", len(state.data))
+        state = fetched.state
+        self.meter.inc("disagg_remote")
+        self.meter.observe("remote_prefill", answer.seconds)
+        self.meter.observe("kv_transfer", fetched.seconds)
+        self.meter.inc("kv_transfer_bytes", state.size)
         self._record_timing(request, time.monotonic(), 1)
         request.generated = list(answer.token_ids)
         request.admitted_tokens = request.prompt + request.generated
@@ -223,10 +287,12 @@ class RemotePrefillPath:
         # characters are held back as in a unified run.
         self._send(request, Delta(list(answer.token_ids), "", logprobs=answer.logprobs))
         if request.aborted:  # the client left just now
+            self._release_fetched(fetched)
             del self.running[request.seq_id]
             self.kv.release(request.slot, None)
             request.envelope.reply(None)
             return True
+        request.staged = state.name
         self._cast(
             Admit(
                 request.seq_id,
@@ -241,3 +307,9 @@ class RemotePrefillPath:
             )
         )
         return True
+
+
+def _needs_state(answer: Prefilled) -> bool:
+    """Decoding goes on here from the first token: it was one token and ended nothing but
+    the prefill job (max_tokens 1)."""
+    return answer.finish_reason == "length" and len(answer.token_ids) == 1

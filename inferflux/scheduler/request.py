@@ -41,3 +41,4 @@ class Request:
     # belong to the current placement)
     remote: trio.CancelScope | None = None  # while a prefill node computes its prompt
     local_only: bool = False  # its remote prefill failed: prefill it here
+    staged: str = ""  # the staging file its worker loads its KV from, until it did

@@ -3,16 +3,17 @@
 A `ClusterNode` is a child of the served model's subtree: an actors.Node on that model's
 registry, so the scheduler reaches peers by name like local actors.
 - role prefill: the node opens its door at cluster.listen; decode nodes join there and
-  send their long prompts to this node's `scheduler`.
+  send their long prompts to this node's `scheduler`, and pull the KV states from its
+  `kvcache`.
 - role decode: the node joins the prefill nodes of cluster.prefill and imports each one's
   scheduler as `prefill-...`: the names its own scheduler sends prefill jobs to (it
-  watches the registry for that prefix). A door at an IP address is one peer, joined
-  again and again with back-off while it does not answer (once joined, the link keeps
-  itself joined). A door at a host name is every address the name resolves to (a
-  Kubernetes headless Service: one per pod), resolved again every RESOLVE_EVERY_S: a new
-  address is joined, one gone is left (its scheduler leaves the registry with the link);
-  their certificates must carry the name. A peer not joined yet is simply not there: its
-  prompts are prefilled here.
+  watches the registry for that prefix), and its kvcache as `kvcache@prefill-...`. A
+  door at an IP address is one peer, joined again and again with back-off while it does
+  not answer (once joined, the link keeps itself joined). A door at a host name is every
+  address the name resolves to (a Kubernetes headless Service: one per pod), resolved
+  again every RESOLVE_EVERY_S: a new address is joined, one gone is left (its scheduler
+  leaves the registry with the link); their certificates must carry the name. A peer not
+  joined yet is simply not there: its prompts are prefilled here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from actors import ActorInfo, JoinFailed, Node, Registry
 from transports import TLS, parse_address
 
 from ..config import Config
+from ..kvcache.actor import KVCache
+from ..kvcache.messages import holder_name
 from ..scheduler.actor import Scheduler
 
 log = logging.getLogger("inferflux.cluster")
@@ -101,6 +104,8 @@ class ClusterNode:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, JOIN_BACKOFF_S[1])
                 continue
+            # The peer's kvcache first: the scheduler's name is what makes it a peer.
+            link.import_actor("kvcache", KVCache, as_name=holder_name(name))
             link.import_actor("scheduler", Scheduler, as_name=name)
             log.info("decode node: prefill node %s joined as %s", door, name)
             return

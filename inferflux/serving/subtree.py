@@ -4,6 +4,8 @@
     ├── engine (one_for_one, supervision.worker_max_restarts / window)
     │   └── worker-0      process actor: the model, the step loop  [inferflux-worker]
     ├── metrics           applies the scheduler's MeterReports to prometheus
+    ├── kvcache           KV handoffs in flight (role prefill or decode: kvcache/actor.py)
+    ├── cluster           this node among its peers (role prefill or decode)
     └── scheduler         queues, admission, KV accounting, prefix reuse
                           (a process actor [inferflux-scheduler] with server.isolate)
 
@@ -30,6 +32,7 @@ from actors import ActorError, ActorRef, ChildSpec, ProcessActor, Registry, Supe
 from ..config import Config
 from ..environment import child_environment
 from ..ingress.served import ServedModel
+from ..kvcache.actor import KVCache
 from ..metrics import Metrics
 from ..scheduler.actor import Scheduler
 from ..scheduler.messages import WorkerGaveUp
@@ -39,6 +42,7 @@ from .cluster import PEER_PREFIX, ClusterNode
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
 SCHEDULER_TARGET = "inferflux.scheduler.actor:Scheduler"
 METRICS_TARGET = "inferflux.scheduler.meter:MetricsActor"
+KVCACHE_TARGET = "inferflux.kvcache.actor:KVCache"
 
 
 @dataclass
@@ -128,7 +132,23 @@ def engine_subtree(
             "min_prefill_tokens": config.cluster.min_prefill_tokens,
             "prefill_timeout_s": config.cluster.prefill_timeout_s,
         }
-    cluster = [ChildSpec("cluster", lambda: ClusterNode(config, registry))] if clustered else []
+    if clustered and config.role == "prefill":
+        options["prefill_backlog_tokens"] = config.cluster.prefill_backlog_tokens
+    cluster = (
+        [
+            ChildSpec(
+                "kvcache",
+                lambda: KVCache(
+                    lease_s=config.cluster.lease_s,
+                    fetch_timeout_s=config.cluster.prefill_timeout_s,
+                    in_registry=registry,
+                ),
+            ),
+            ChildSpec("cluster", lambda: ClusterNode(config, registry)),
+        ]
+        if clustered
+        else []
+    )
 
     def make_scheduler() -> Scheduler | ProcessActor:
         scheduler: Scheduler | ProcessActor
@@ -141,7 +161,8 @@ def engine_subtree(
                 socket_dir=socket_dir,
                 env=child_environment(os.environ),
                 in_registry=registry,
-                imports={"worker-0": WORKER_TARGET, "metrics": METRICS_TARGET},
+                imports={"worker-0": WORKER_TARGET, "metrics": METRICS_TARGET}
+                | ({"kvcache": KVCACHE_TARGET} if clustered else {}),
             )
         else:
             scheduler = Scheduler("scheduler", in_registry=registry, **options)

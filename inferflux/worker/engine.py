@@ -20,6 +20,7 @@ import time
 import llama_cpp as L
 
 from ..config import SpeculativeConfig
+from ..kvcache import staging
 from ..messages import Admit, KVState, SeqOutput, StepResult
 from .constraint import Constraint, GrammarError
 from .llama import Context, Model
@@ -131,7 +132,7 @@ class Engine:
             logprobs=admit.sampling.logprobs,
             fast_greedy=sampler.plain_greedy and constraint is None and admit.sampling.logprobs < 0,
             images=sorted(images or [], key=lambda image: image.start),
-            export_kv=admit.export_kv,
+            export_to=admit.export_to,
         )
         self.sequences[admit.seq_id] = seq
         if self.spec is not None:
@@ -374,8 +375,8 @@ class Engine:
         kv_state = None
         if reason in ("stop", "length"):
             seq.new_text.append(seq.output.flush())
-            if seq.export_kv:  # a prefill job: its prompt's KV (the new token is not in it)
-                kv_state = KVState(self.fingerprint, seq.n_past, self.context.seq_state(seq.slot))
+            if seq.export_to:  # a prefill job: its prompt's KV (the new token is not in it)
+                kv_state = self._export(seq)
         self._finished.append(
             SeqOutput(
                 seq.seq_id,
@@ -393,6 +394,20 @@ class Engine:
         del self.sequences[seq.seq_id]
         if self.spec is not None:
             self.spec.remove(seq.seq_id)
+
+    def _export(self, seq: Sequence) -> KVState | None:
+        """Write the sequence's KV into its staging file; None when there is no room (the
+        decode node then prefills the prompt itself)."""
+        try:
+            size = staging.write(
+                seq.export_to,
+                self.context.seq_state_size(seq.slot),
+                lambda buffer: self.context.write_seq_state(seq.slot, buffer),
+            )
+        except staging.StagingError as exc:
+            log.warning("sequence %d: its KV state is not exported: %s", seq.seq_id, exc)
+            return None
+        return KVState(self.fingerprint, seq.n_past, seq.export_to, size, staging.host_id())
 
     def _on_decode_failure(self, code: int, batch_seqs: list[Sequence]) -> None:
         """KV cache full (code 1): preempt the newest sequence in the batch; the scheduler

@@ -262,19 +262,21 @@ class Context:
         """The last position the sequence holds in KV; -1 when it holds none."""
         return L.llama_memory_seq_pos_max(self.memory, seq)
 
-    def seq_state(self, seq: int) -> bytes:
-        """One sequence's KV as llama.cpp serializes it (llama_state_seq_get_data): what a
-        prefill node hands to a decode node."""
-        size = L.llama_state_seq_get_size(self.ptr, seq)
-        buffer = (ctypes.c_uint8 * size)()
-        written = L.llama_state_seq_get_data(self.ptr, buffer, size, seq)
-        return bytes(memoryview(buffer)[:written])
+    def seq_state_size(self, seq: int) -> int:
+        """The bytes of one sequence's KV as llama.cpp serializes it (write_seq_state)."""
+        return L.llama_state_seq_get_size(self.ptr, seq)
 
-    def set_seq_state(self, seq: int, state: bytes) -> bool:
-        """Load `state` (seq_state's output) into this sequence's stream; False when llama.cpp
-        refuses it (another model's layout, more cells than the stream has)."""
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        return L.llama_state_seq_set_data(self.ptr, buffer, len(state), seq) != 0
+    def write_seq_state(self, seq: int, buffer: ctypes.Array[ctypes.c_uint8]) -> int:
+        """Serialize one sequence's KV into `buffer` (llama_state_seq_get_data; a staging
+        file's mapping): what a prefill node hands to a decode node. Returns the bytes
+        written, 0 when the buffer is too small."""
+        return L.llama_state_seq_get_data(self.ptr, buffer, len(buffer), seq)
+
+    def load_seq_state(self, seq: int, buffer: ctypes.Array[ctypes.c_uint8], size: int) -> bool:
+        """Load a state (write_seq_state's output, `size` bytes of `buffer`) into this
+        sequence's stream; False when llama.cpp refuses it (another model's layout, more
+        cells than the stream has)."""
+        return L.llama_state_seq_set_data(self.ptr, buffer, size, seq) != 0
 
     def decode(self, n_tokens: int) -> int:
         self.batch.n_tokens = n_tokens

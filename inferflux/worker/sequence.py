@@ -52,7 +52,7 @@ class Sequence:
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
     images: list[ImageRows] = field(default_factory=list)  # in prompt order
     image_rows_this_step: int = 0  # image rows decoded this step (before the batch)
-    export_kv: bool = False  # a prefill job: its KV state goes out with its last output
+    export_to: str = ""  # a prefill job: its KV state's staging file (Admit.export_to)
 
     def image_at(self, position: int) -> ImageRows | None:
         """The image chunk whose rows hold this position, if any."""

@@ -11,6 +11,7 @@ cells (the soak run of issue 18).
 
 from __future__ import annotations
 
+from ..kvcache import staging
 from ..messages import Admit, KVState
 from .llama import Context
 
@@ -37,14 +38,25 @@ def set_up_cells(context: Context, admit: Admit, fingerprint: str) -> str:
 
 def _restore(context: Context, admit: Admit, state: KVState, fingerprint: str) -> str:
     context.seq_rm(admit.slot, 0)
-    why = ""
     if state.fingerprint != fingerprint:
         why = f"it was computed for {state.fingerprint!r}, this worker is {fingerprint!r}"
-    elif not context.set_seq_state(admit.slot, state.data):
-        why = "llama.cpp refused it"
-    elif (last := context.seq_pos_max(admit.slot)) != state.n_tokens - 1 or (
-        state.n_tokens != admit.n_cached
-    ):
-        why = f"it holds positions 0-{last} for an Admit of {admit.n_cached} cached tokens"
+    else:
+        why = _load(context, admit.slot, state)
+    if not why:
+        last = context.seq_pos_max(admit.slot)
+        if last != state.n_tokens - 1 or state.n_tokens != admit.n_cached:
+            why = f"it holds positions 0-{last} for an Admit of {admit.n_cached} cached tokens"
     context.seq_rm(admit.slot, 0 if why else reused(admit))
     return why
+
+
+def _load(context: Context, slot: int, state: KVState) -> str:
+    """Load the state from its staging file (llama.cpp reads the mapping itself); "" when
+    done, else why not."""
+    try:
+        loaded = staging.load(
+            state.name, lambda buffer, size: context.load_seq_state(slot, buffer, size)
+        )
+    except staging.StagingError as exc:
+        return str(exc)
+    return "" if loaded else "llama.cpp refused it"

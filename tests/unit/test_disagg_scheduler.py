@@ -3,16 +3,22 @@ scripted worker of test_scheduler.py on both sides, a prefill scheduler standing
 prefill node (over a node link in production; tests/integration/test_disagg.py runs the
 real thing). A long prompt is prefilled there and decoded here with the same tokens as
 unified; a short one stays here; a prefill node that refuses or is too slow costs a local
-prefill and no error, and is avoided for a while; peers are found by name in the registry
-as they come and go; a client that leaves during the remote prefill frees its slot."""
+prefill and no error, and is avoided for a while; one with a backlog refuses at once and
+is asked again next time; peers are found by name in the registry as they come and go; a
+client that leaves during the remote prefill frees its slot. Real kvcache actors hand the
+states over (one host: the file itself; `elsewhere`: pulled in chunks), and every staging
+file is released once the decode worker has it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 from actors import ChildSpec, Envelope
+from inferflux.kvcache import staging
+from inferflux.kvcache.actor import KVCache
 from inferflux.scheduler.actor import Scheduler
 from tests.unit.test_scheduler import Harness, ScriptedWorker, expected_tokens, wait_for
 
@@ -38,7 +44,12 @@ class DisaggHarness(Harness):
     all, so it refuses every job as not ready)."""
 
     def __init__(
-        self, prefill_delay_s: float = 0.0, timeout_s: float = 5.0, refusing: bool = False
+        self,
+        prefill_delay_s: float = 0.0,
+        timeout_s: float = 5.0,
+        refusing: bool = False,
+        backlog_tokens: int = 0,
+        elsewhere: bool = False,
     ) -> None:
         self.prefill_workers: list[ScriptedWorker] = []
 
@@ -51,10 +62,19 @@ class DisaggHarness(Harness):
             return Scheduler(
                 "prefill-0", worker="nobody" if refusing else "pworker", n_slots=2,
                 cells_per_slot=4096, worker_wait_s=0.0, in_registry=self.registry,
+                prefill_backlog_tokens=backlog_tokens, kvcache="kvcache@prefill-0",
             )  # fmt: skip
+
+        # The decode node's kvcache, on another host when `elsewhere` (it pulls then).
+        def make_kvcache() -> KVCache:
+            host = "another host" if elsewhere else ""
+            return KVCache(host=host, chunk_bytes=7, window=3, in_registry=self.registry)
 
         super().__init__(
             extra=[
+                ChildSpec("kvcache", make_kvcache),
+                ChildSpec("kvcache@prefill-0", lambda: KVCache(
+                    "kvcache@prefill-0", in_registry=self.registry)),  # fmt: skip
                 ChildSpec("pworker", make_prefill_worker),
                 # temporary: a stopped one stays stopped (a peer that left)
                 ChildSpec("prefill-0", make_prefill_scheduler, restart="temporary"),
@@ -70,23 +90,55 @@ def count(h: Harness, path: str) -> float:
     return h.metrics.registry.get_sample_value("inferflux:disagg_requests_total", labels) or 0.0
 
 
-async def test_a_long_prompt_is_prefilled_remotely_and_decoded_here_identically() -> None:
-    h = DisaggHarness()
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["one host", "pulled"])
+async def test_a_long_prompt_is_prefilled_remotely_and_decoded_here_identically(
+    elsewhere: bool,
+) -> None:
+    h = DisaggHarness(elsewhere=elsewhere)
     async with h.running():
         await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
         tokens, reason = await h.generate(1, LONG, 12)
         short, _ = await h.generate(2, SHORT, 5)
         await wait_for(lambda: count(h, "remote") == 1 and count(h, "local") == 1)
+        here = {a.seq_id: a for a in h.workers[0].admitted}
+        [job] = h.prefill_workers[0].admitted  # the long prompt only
+        # Released once the worker had it: the prefill node's file and, pulled, the copy.
+        await wait_for(lambda: not staging.exists(job.export_to))
+        assert here[1].kv_state is not None
+        await wait_for(lambda: not staging.exists(here[1].kv_state.name))
+        kvcache = h.root.child("kvcache").details()
     assert (tokens, reason) == (expected_tokens(LONG, 12), "length")
     assert short == expected_tokens(SHORT, 5)
-    [job] = h.prefill_workers[0].admitted  # the long prompt only
-    assert job.export_kv and job.sampling.max_tokens == 1 and job.tokens == LONG
-    here = {a.seq_id: a for a in h.workers[0].admitted}
+    assert job.export_to and job.sampling.max_tokens == 1 and job.tokens == LONG
     resumed = here[1]
     assert resumed.kv_state is not None and resumed.kv_state.n_tokens == len(LONG)
     assert resumed.n_cached == len(LONG) and resumed.n_generated == 1
     assert resumed.tokens == LONG + tokens[:1]
     assert here[2].kv_state is None  # short: prefilled here
+    if elsewhere:  # 40 bytes in chunks of 7, three in flight, into a file of its own
+        assert resumed.kv_state.name != job.export_to
+        assert (kvcache["pulled"], kvcache["pulled_bytes"]) == (1, 40)
+    else:  # one host: the worker maps the prefill node's own file
+        assert resumed.kv_state.name == job.export_to and kvcache["pulled"] == 0
+
+
+async def test_a_backed_up_prefill_node_refuses_at_once_and_stays_in_use() -> None:
+    """Its backlog is one prompt here: the second long prompt, sent while the first is
+    still being computed there, is refused at once and prefilled here (no time-out, no
+    fallback, the peer not avoided); once the backlog is gone the peer is used again."""
+    h = DisaggHarness(prefill_delay_s=0.5, backlog_tokens=1)
+    async with h.running():
+        await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
+        async with trio.open_nursery() as clients:
+            clients.start_soon(h.generate, 1, LONG, 6)
+            await wait_for(lambda: h.scheduler.details()["remote_prefills"] == 1)
+            with trio.fail_after(0.4):  # before the first one's prefill is even admitted
+                refused, _ = await h.generate(2, LONG[::-1], 6)
+        third, _ = await h.generate(3, LONG[1:], 6)
+        await wait_for(lambda: count(h, "remote") == 2)
+    assert refused == expected_tokens(LONG[::-1], 6) and third == expected_tokens(LONG[1:], 6)
+    assert count(h, "local") == 1 and count(h, "fallback") == 0
+    assert [a.seq_id != 2 for a in h.prefill_workers[0].admitted] == [True, True]
 
 
 async def test_a_refusing_peer_costs_a_local_prefill_then_is_avoided() -> None:

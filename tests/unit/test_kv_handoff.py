@@ -2,16 +2,20 @@
 prefill engine computes a prompt, samples the first token and exports the sequence's KV; a
 decode engine (another llama.cpp context) loads it and decodes on from that token. The
 text equals what one engine gives alone, greedy and seeded; a state that does not fit is
-refused and the sequence ends "preempted" (the scheduler then prefills it locally)."""
+refused and the sequence ends "preempted" (the scheduler then prefills it locally).
+The state travels as a staging file (kvcache/staging.py): llama.cpp writes it into the
+file's mapping and reads it from one."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import msgspec
 import pytest
 
-from inferflux.messages import Admit, KVState, SamplingParams, SeqOutput
+from inferflux.kvcache import staging
+from inferflux.messages import Admit, SamplingParams, SeqOutput
 from inferflux.worker.engine import Engine
 from inferflux.worker.llama import Context, Model
 
@@ -64,12 +68,14 @@ def test_decoding_on_from_an_exported_prefill_equals_one_engine(
 ) -> None:
     prompt = model.tokenize(PROMPT, add_special=True)
     prefill, decode, alone = make_engine(model), make_engine(model), make_engine(model)
+    state = None
     try:
         expected = tokens_and_text(run(alone, Admit(1, 0, prompt, sampling)))
         first = msgspec.structs.replace(sampling, max_tokens=1)
-        prefilled = run(prefill, Admit(2, 1, prompt, first, export_kv=True))
+        prefilled = run(prefill, Admit(2, 1, prompt, first, export_to=staging.new_name()))
         state = prefilled[-1].kv_state
         assert state is not None and state.n_tokens == len(prompt)
+        assert os.path.getsize(staging.path(state.name)) == state.size > 100_000
         assert state.fingerprint == decode.fingerprint
         [token] = tokens_and_text(prefilled)[0]
         # Decoding on: the prompt's KV from the state, the first token as if already sent
@@ -83,20 +89,28 @@ def test_decoding_on_from_an_exported_prefill_equals_one_engine(
     finally:
         for engine in (prefill, decode, alone):
             close(engine)
+        if state is not None:
+            staging.remove(state.name)
 
 
 def test_a_state_that_does_not_fit_is_refused_and_the_sequence_preempted(model: Model) -> None:
     prompt = model.tokenize(PROMPT, add_special=True)
     engine = make_engine(model)
+    names = [staging.new_name() for _ in range(3)]
     try:
         greedy = SamplingParams(max_tokens=1, temperature=0.0)
-        state = run(engine, Admit(1, 0, prompt, greedy, export_kv=True))[-1].kv_state
+        state = run(engine, Admit(1, 0, prompt, greedy, export_to=names[0]))[-1].kv_state
         assert state is not None
+        with open(staging.path(state.name), "rb") as exported:
+            cut_short = exported.read(100)
+        with open(staging.path(names[1]), "wb") as short:
+            short.write(cut_short)
         resume = SamplingParams(max_tokens=8, temperature=0.0)
         cases = {
             "another model": msgspec.structs.replace(state, fingerprint="another model"),
-            "cut short": KVState(state.fingerprint, state.n_tokens, state.data[:100]),
+            "cut short": msgspec.structs.replace(state, name=names[1], size=100),
             "fewer tokens": msgspec.structs.replace(state, n_tokens=state.n_tokens - 3),
+            "gone": msgspec.structs.replace(state, name=names[2]),
         }
         tokens = prompt + [42]
         for seq_id, bad in enumerate(cases.values(), start=10):
@@ -110,3 +124,5 @@ def test_a_state_that_does_not_fit_is_refused_and_the_sequence_preempted(model: 
         assert run(engine, good)[-1].finish_reason == "length"
     finally:
         close(engine)
+        for name in names:
+            staging.remove(name)

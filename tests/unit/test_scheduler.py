@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from actors import Actor, ActorRef, ChildSpec, Envelope, Registry, Rejected, Supervisor
+from inferflux.kvcache import staging
 from inferflux.messages import (
     Admit,
     Attach,
@@ -73,7 +74,7 @@ class ScriptedWorker(Actor):
                     "generated": message.n_generated,
                     "max": message.sampling.max_tokens,
                     "cancel": False,
-                    "export_kv": message.export_kv,
+                    "export_to": message.export_to,
                 }
             case Cancel(seq_id):
                 if seq_id in self.seqs:
@@ -107,8 +108,7 @@ class ScriptedWorker(Actor):
                     s["n_past"] += 0 if prefill else 1
                 else:
                     del self.seqs[seq_id]
-                # A prefill job's "KV state": as many bytes as the prompt has tokens.
-                state = KVState("", s["n_past"], bytes(s["n_past"])) if s["export_kv"] else None
+                state = export(s["export_to"], s["n_past"]) if s["export_to"] and done else None
                 outputs.append(
                     SeqOutput(
                         seq_id,
@@ -117,7 +117,7 @@ class ScriptedWorker(Actor):
                         "length" if done else None,
                         max(prefill, 0),
                         s["n_past"],
-                        kv_state=state if done else None,
+                        kv_state=state,
                     )
                 )
             self.steps += 1
@@ -125,6 +125,19 @@ class ScriptedWorker(Actor):
             result = StepResult(self.steps, len(outputs), len(outputs), 0.0, outputs)
             self.port.send(msgspec.structs.replace(result, images_encoded=images,
                                                    encode_s=0.25 * images))  # fmt: skip
+
+
+def export(name: str, n_tokens: int) -> KVState:
+    """A prefill job's "KV state": a real staging file of as many bytes as the prompt
+    has tokens (the kvcache actors hand it over as they would a real one)."""
+    data = bytes(range(256)) * (n_tokens // 256 + 1)
+
+    def fill(buffer: Any) -> int:
+        buffer[:n_tokens] = data[:n_tokens]
+        return n_tokens
+
+    size = staging.write(name, n_tokens, fill)
+    return KVState("", n_tokens, name, size, staging.host_id())
 
 
 def expected_tokens(prompt: list[int], n: int) -> list[int]:
