@@ -17,8 +17,10 @@ import httpx
 import openai
 import pytest
 
+from inferflux.kvcache import staging
 from inferflux.testing import free_port
 from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server
+from tests.integration.test_isolation import actor
 
 pytestmark = pytest.mark.model
 
@@ -97,6 +99,13 @@ def test_decode_with_a_prefill_node_gives_the_unified_text(nodes) -> None:
     assert remote(decode, "remote") == 3 and remote(decode, "fallback") == 0
     assert prefill.metric("inferflux:prompt_tokens_computed_total") - computed_before > 3 * 100
     assert decode.metric("inferflux:kv_transfer_bytes_total") > 3 * 100 * 20_000  # ~23 KB a token
+    # One host: each decode worker mapped the prefill node's staging file (nothing pulled),
+    # and every file was released once loaded.
+    assert actor(decode, "kvcache")["details"]["pulled"] == 0
+    deadline = time.monotonic() + 5
+    while any(name.startswith(staging.PREFIX) for name in os.listdir(staging.directory())):
+        assert time.monotonic() < deadline, os.listdir(staging.directory())
+        time.sleep(0.1)
     # A short prompt stays on the decode node.
     short = client(decode).chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=5

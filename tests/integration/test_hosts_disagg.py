@@ -1,7 +1,8 @@
 """Disaggregated prefill/decode across hosts (issue 14): a prefill node in one network
 namespace, a decode node in another (tests/netns.py: a veth pair, addresses only inside
 the namespaces made here), joined over tls+tcp with the cluster CA. The official client,
-run on the decode node's host, gets the text a unified server gives; an iptables DROP
+run on the decode node's host, gets the text a unified server gives (the KV state pulled
+across in checksummed chunks by the decode node's kvcache); an iptables DROP
 partition between them costs a local prefill (same text, no error), and the prefill
 node is used again after the partition heals. Skipped, with the reason, where
 namespaces or iptables are missing."""
@@ -41,7 +42,12 @@ paths = {}
 for line in httpx.get(url + "/metrics").text.splitlines():
     if line.startswith("inferflux:disagg_requests_total{"):
         paths[line.split('path="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-print(json.dumps({"text": reply.choices[0].message.content, "paths": paths}))
+def find(info, name):
+    if info["name"] == name:
+        return info
+    return next((f for c in info.get("children", []) if (f := find(c, name))), None)
+kvcache = find(httpx.get(url + "/debug/actors").json(), "kvcache")["details"]
+print(json.dumps({"text": reply.choices[0].message.content, "paths": paths, "kvcache": kvcache}))
 """
 
 
@@ -131,6 +137,8 @@ def test_prefill_on_another_host_gives_the_unified_text_and_survives_a_partition
     first = decode.ask(prompt("a harbour at dawn"))
     assert first["text"] == reference(unified, prompt("a harbour at dawn"))
     assert first["paths"].get("remote") == 1
+    # Another host (another mount namespace): the state was pulled, in chunks, not mapped.
+    assert first["kvcache"]["pulled"] == 1 and first["kvcache"]["pulled_bytes"] > 1_000_000
     why = hosts.iptables_unavailable()
     if why:
         pytest.skip(why)
