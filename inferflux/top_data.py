@@ -162,9 +162,16 @@ def model_lines(sample: Sample) -> list[str]:
             continue
         scheduler = info.find("scheduler")
         d = scheduler.details if scheduler else {}
-        # A decode node (a cluster node in the subtree): its prompts on prefill nodes now.
+        # A decode node (a cluster node in the subtree): its prompts on prefill nodes now,
+        # and the KV states being brought here (kvcache/actor.py).
         clustered = any(child.kind == "node" for child in info.children)
-        remote = f", remote prefills {d.get('remote_prefills', 0)}" if clustered else ""
+        kvcache = info.find("kvcache")
+        transfers = kvcache.details.get("transfers", 0) if kvcache else 0
+        remote = (
+            f", remote prefills {d.get('remote_prefills', 0)}, KV transfers {transfers}"
+            if clustered
+            else ""
+        )
         lines.append(
             f"{info.name.removeprefix('model:')}: {info.state}, running {d.get('running', 0)}, "
             f"waiting {d.get('waiting', 0)}{remote}, KV cells {d.get('kv_cells_used', 0)}, "

@@ -73,8 +73,10 @@ class DisaggHarness(Harness):
         super().__init__(
             extra=[
                 ChildSpec("kvcache", make_kvcache),
-                ChildSpec("kvcache@prefill-0", lambda: KVCache(
-                    "kvcache@prefill-0", in_registry=self.registry)),  # fmt: skip
+                ChildSpec(
+                    "kvcache@prefill-0",
+                    lambda: KVCache("kvcache@prefill-0", in_registry=self.registry),
+                ),  # fmt: skip
                 ChildSpec("pworker", make_prefill_worker),
                 # temporary: a stopped one stays stopped (a peer that left)
                 ChildSpec("prefill-0", make_prefill_scheduler, restart="temporary"),

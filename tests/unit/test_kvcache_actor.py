@@ -59,8 +59,12 @@ async def two_nodes(
     here = ("here", "another host", 1000, 3)  # name, host, chunk_bytes, window
     children = [
         ChildSpec("there", lambda: there(registry)),
-        ChildSpec("here", lambda: KVCache(here[0], host=here[1], chunk_bytes=here[2],
-                                          window=here[3], in_registry=registry)),  # fmt: skip
+        ChildSpec(
+            "here",
+            lambda: KVCache(
+                here[0], host=here[1], chunk_bytes=here[2], window=here[3], in_registry=registry
+            ),
+        ),  # fmt: skip
     ]
     root = Supervisor("root", children)
     async with trio.open_nursery() as nursery:

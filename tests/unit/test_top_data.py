@@ -62,7 +62,7 @@ async def test_top_shows_nodes_links_and_remote_actors() -> None:
             nursery.cancel_scope.cancel()
 
 
-def test_a_decode_node_shows_its_prompts_on_prefill_nodes() -> None:
+def test_a_decode_node_shows_its_prompts_on_prefill_nodes_and_kv_transfers() -> None:
     def model(*children: ActorInfo) -> ActorInfo:
         scheduler = ActorInfo(
             name="scheduler", kind="actor", state="running",
@@ -73,8 +73,9 @@ def test_a_decode_node_shows_its_prompts_on_prefill_nodes() -> None:
         )
 
     node = ActorInfo(name="node decode@h:8000", kind="node", state="running")
-    [decode] = model_lines(Sample(ActorInfo(name="inferflux", kind="supervisor",
-                                            state="running", children=[model(node)])))  # fmt: skip
-    assert "running 3, waiting 0, remote prefills 2," in decode
+    kvcache = ActorInfo(name="kvcache", kind="actor", state="running", details={"transfers": 1})
+    [decode] = model_lines(Sample(ActorInfo(name="inferflux", kind="supervisor", state="running",
+                                            children=[model(node, kvcache)])))  # fmt: skip
+    assert "running 3, waiting 0, remote prefills 2, KV transfers 1," in decode
     [unified] = model_lines(Sample(model()))
     assert "remote prefills" not in unified
