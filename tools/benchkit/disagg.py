@@ -173,21 +173,24 @@ def samples(target: Target) -> dict[str, float]:
 
 
 def transfer_share(prefill: Target, decode: Target) -> dict:
-    """Means over the run: the decode side's remote prefill (asked to answered) and the
-    prefill node's own request time (queue + prompt + first token + export)."""
+    """Means over the run. The transfer: the decode side's remote prefill (asked to
+    answered) less the prefill node's own request time (queue + prompt + first token +
+    export), plus bringing the state here (kv_transfer_seconds: a pull, or finding the
+    file on one host); as a share of the prefill node's time."""
     here, there = samples(decode), samples(prefill)
-    remote = here["inferflux:kv_transfer_seconds_sum"] / here["inferflux:kv_transfer_seconds_count"]
+    count = here["inferflux:remote_prefill_seconds_count"]
+    remote = here["inferflux:remote_prefill_seconds_sum"] / count
+    brought = here["inferflux:kv_transfer_seconds_sum"] / count
     computed = there["inferflux:e2e_request_latency_seconds_sum"] / max(
         1.0, there["inferflux:e2e_request_latency_seconds_count"]
     )
     return {
-        "remote_prefills": here["inferflux:kv_transfer_seconds_count"],
+        "remote_prefills": count,
         "remote_prefill_s": remote,
         "prefill_node_s": computed,
-        "transfer_share": (remote - computed) / computed,
-        "kv_mb_each": here["inferflux:kv_transfer_bytes_total"]
-        / here["inferflux:kv_transfer_seconds_count"]
-        / 1e6,
+        "kv_brought_s": brought,
+        "transfer_share": (remote - computed + brought) / computed,
+        "kv_mb_each": here["inferflux:kv_transfer_bytes_total"] / count / 1e6,
     }
 
 
@@ -213,7 +216,8 @@ def disagg_main(args: argparse.Namespace) -> dict:
     print(
         f"\nremote prefills {split['remote_prefills']:.0f}, {split['kv_mb_each']:.1f} MB of KV "
         f"each; remote prefill {split['remote_prefill_s']:.2f} s of which the prefill node "
-        f"{split['prefill_node_s']:.2f} s: transfer share {100 * split['transfer_share']:.1f}%"
+        f"{split['prefill_node_s']:.2f} s, then {1000 * split['kv_brought_s']:.1f} ms to bring "
+        f"the state here: transfer share {100 * split['transfer_share']:.1f}%"
     )
     print(f"machine: {os.cpu_count()} cores")
     return results
