@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--n-parallel", type=int, help="sequences generated at once (default 16)")
     run.add_argument("--ctx-size", type=int, help="context window per sequence (default 2048)")
     run.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all)")
+    run.add_argument("--workers", type=int, help="device-worker processes per model (default 1)")
     run.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (CUDA builds)")
     run.add_argument("--no-prefix-cache", action="store_true", help="turn prefix reuse off")
     run.add_argument(
@@ -121,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
                     "ctx_size": args.ctx_size,
                     "mmproj": args.mmproj,
                     "threads": args.threads,
+                    "workers": args.workers,
                     "gpu_layers": args.gpu_layers,
                 },
                 "scheduler": {

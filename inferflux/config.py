@@ -116,7 +116,13 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Multimodal projector GGUF (mmproj) of the first model: chat requests may then carry
     images (docs/openai.md). Empty: the one the model store keeps beside the model, if any."""
     threads: int = 0
-    """CPU threads for llama.cpp. 0: all cores."""
+    """CPU threads for llama.cpp, shared out among the workers. 0: all cores."""
+    workers: int = 1
+    """Device-worker processes per model on this node (`run --workers N`), each with its
+    own llama.cpp context, `scheduler.n_parallel` slots and prefix cache, and threads /
+    workers threads. A request goes to the worker holding the longest prefix of its
+    prompt unless that unbalances load (kvcache/placement.py); a worker that crashes
+    costs its own requests a pause, the others go on."""
     gpu_layers: int = -1
     """Layers offloaded to the GPU (CUDA builds of llama-cpp-python). -1: all of them when
     llama.cpp finds a GPU, none otherwise; 0: CPU only; n: the last n layers."""
@@ -396,6 +402,8 @@ def _check(config: Config) -> None:
             "speculative.ngram_min and ngram_max must satisfy 1 <= ngram_min <= ngram_max "
             f"<= 32, got {spec.ngram_min} and {spec.ngram_max}"
         )
+    if not 1 <= config.model.workers <= 64:
+        problems.append(f"model.workers must be 1-64, got {config.model.workers}")
     server = config.server
     if server.chaos_poison_text and not server.chaos:
         problems.append("server.chaos_poison_text needs server.chaos (fault injection)")

@@ -90,6 +90,13 @@ class KVCacheManager:
             self.prefix_hit_tokens,
         )
 
+    def cached_prefix(self, prompt: list[int]) -> int:
+        """Prompt tokens a placement here would reuse (no decision taken)."""
+        if not self.prefix_cache:
+            return 0
+        length = min(self.tree.longest_match(prompt)[0], len(prompt) - 1)
+        return length if length >= self.min_reuse_tokens else 0
+
     # decisions -------------------------------------------------------------------------
     def place(self, prompt: list[int]) -> Placement | None:
         """Choose a slot for a new sequence and what of `prompt` it can reuse; commit it.

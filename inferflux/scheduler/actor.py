@@ -33,7 +33,7 @@ import trio
 from actors import Actor, ActorError, ActorRef, Envelope, Rejected
 
 from ..kvcache import staging
-from ..kvcache.manager import KVCacheManager
+from ..kvcache.placement import NodeKV
 from ..messages import (
     Admit,
     Attach,
@@ -71,7 +71,7 @@ class Scheduler(RemotePrefillPath, Actor):
         self,
         name: str,
         *,
-        worker: str,
+        workers: list[str],
         n_slots: int,
         cells_per_slot: int,
         meter: str = "",
@@ -88,16 +88,18 @@ class Scheduler(RemotePrefillPath, Actor):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        self.worker = ActorRef(worker, self.registry)
-        self.kv = KVCacheManager(n_slots, cells_per_slot, prefix_cache=prefix_cache)
+        # The node's device workers, each with its own slots and prefix cache; a request
+        # goes to one of them (kvcache/placement.py) and stays there.
+        self.workers = [ActorRef(worker, self.registry) for worker in workers]
+        self.kv = NodeKV(len(workers), n_slots, cells_per_slot, prefix_cache=prefix_cache)
         # Numbers go out as MeterReports to the `meter` actor (scheduler/meter.py).
         self.meter = Meter(ActorRef(meter, self.registry) if meter else None)
         self.max_waiting = max_waiting
         self.worker_wait_s = worker_wait_s
         self.poison_crashes = poison_crashes
         self.poisoned = 0  # requests failed for crashing the worker
-        # Monotonic time since when no worker is attached (starting counts: a restarted
-        # scheduler queues requests while it re-attaches, within worker_wait_s).
+        # Monotonic time since when no worker at all is attached (starting counts: a
+        # restarted scheduler queues requests while it re-attaches, within worker_wait_s).
         self.down_since: float | None = time.monotonic()
         self.gave_up = ""  # why the worker's supervisor gave up, until a worker is back
         # One principal may hold a quarter of the queue by default: a burst from one key
@@ -105,14 +107,16 @@ class Scheduler(RemotePrefillPath, Actor):
         share = max_waiting_per_principal or max(1, max_waiting // 4)
         self.waiting: WaitingQueue[Request] = WaitingQueue(max_waiting, share)
         self.running: dict[int, Request] = {}
-        self.ready = trio.Event()
-        self.worker_seen = False  # a WorkerReady after the first one is a restarted worker
+        self.ready = trio.Event()  # set while some worker is attached
+        # Per worker: a WorkerReady after the first one is a restarted worker.
+        self.worker_seen = [False] * len(workers)
         self.steps = 0
         self.max_batch_seen = 0
         self.drafted = 0  # speculative decoding: draft tokens the worker verified
         self.accepted = 0
         self.worker_restarts = 0
-        self.worker_fingerprint = ""  # the model and KV layout of the attached worker
+        # The model and KV layout of each worker (WorkerReady): the KV states it loads.
+        self.fingerprints = [""] * len(workers)
         self._unwatch_peers: Callable[[], None] = lambda: None
         # Disaggregated prefill (issue 14): prefill nodes' schedulers, imported by name.
         self.peers = PrefillPeers(prefill_prefix, min_prefill_tokens, prefill_timeout_s)
@@ -127,7 +131,8 @@ class Scheduler(RemotePrefillPath, Actor):
             for name in self.registry.names():
                 self.peers.seen(name, True)
             self._unwatch_peers = self.registry.watch(self.peers.seen)
-        self.nursery.start_soon(self._follow_worker)
+        for worker in range(len(self.workers)):
+            self.nursery.start_soon(self._follow_worker, worker)
         self.nursery.start_soon(self._expire_while_down)
 
     async def stopping(self) -> None:
@@ -217,7 +222,7 @@ class Scheduler(RemotePrefillPath, Actor):
                 request.remote.cancel()  # _prefill_remotely ends it
             if not request.aborted:
                 request.aborted = True
-                self._cast(Cancel(seq_id, request.trace_id))
+                self._cast(request.worker, Cancel(seq_id, request.trace_id))
             return
         for queued in self.waiting:
             if queued.seq_id == seq_id:
@@ -238,11 +243,13 @@ class Scheduler(RemotePrefillPath, Actor):
                 self.waiting.remove(request)
                 continue
             tokens = request.prompt + request.generated
-            placement = self.kv.place(tokens)
-            if placement is None:
+            placed = self.kv.place(tokens)
+            if placed is None:
                 self._maybe_preempt_for(request)
                 break
+            placement = placed.placement
             self.waiting.pop(skip)
+            request.worker = placed.worker
             request.slot = placement.slot
             request.admitted_tokens = tokens
             request.prompt_done = placement.n_cached
@@ -259,11 +266,12 @@ class Scheduler(RemotePrefillPath, Actor):
                 self.meter.inc("disagg_local")
             if remote:
                 # The slot is reserved; its cells come later, from the prefill node.
-                self.kv.unadvertise(placement.slot)
+                self.kv[request.worker].unadvertise(placement.slot)
                 request.remote = trio.CancelScope()
                 self.nursery.start_soon(self._prefill_remotely, request, request.admissions)
                 continue
             self._cast(
+                request.worker,
                 Admit(
                     request.seq_id,
                     placement.slot,
@@ -276,7 +284,7 @@ class Scheduler(RemotePrefillPath, Actor):
                     request.trace_id,
                     request.images,
                     staging.new_name() if request.export_kv else "",
-                )
+                ),
             )
         self._update_gauges()
 
@@ -291,41 +299,42 @@ class Scheduler(RemotePrefillPath, Actor):
         victim = min(candidates, key=lambda r: (r.priority, -r.arrival))
         if victim.priority < request.priority:
             victim.preempting = True
-            self._cast(Cancel(victim.seq_id, victim.trace_id))
+            self._cast(victim.worker, Cancel(victim.seq_id, victim.trace_id))
 
-    def _cast(self, message: Any) -> None:
+    def _cast(self, worker: int, message: Any) -> None:
         try:
-            self.worker.cast_nowait(message)
+            self.workers[worker].cast_nowait(message)
         except ActorError:
-            pass  # worker down: _follow_worker re-admits everything when it is back
+            pass  # worker down: _follow_worker re-admits its requests when it is back
 
     # the worker's results -------------------------------------------------------------
-    async def _follow_worker(self) -> None:
+    async def _follow_worker(self, worker: int) -> None:
         while True:
             try:
-                async with self.worker.stream(
+                async with self.workers[worker].stream(
                     Attach(), buffer=100_000, first_timeout_s=1.0
                 ) as results:
                     async for item in results:
                         if isinstance(item, WorkerReady):
-                            self.worker_fingerprint = item.fingerprint
-                            self._on_worker_ready()
+                            self.fingerprints[worker] = item.fingerprint
+                            self._on_worker_ready(worker)
                         else:
-                            self._on_step(item)
+                            self._on_step(worker, item)
                         self.meter.report()
             except ActorError:
                 pass
-            if self.ready.is_set():
-                self._on_worker_lost()
+            if self.kv.attached[worker]:
+                self._on_worker_lost(worker)
                 self.meter.report()
             await trio.sleep(0.05)
 
     def worker_gave_up(self, reason: str) -> None:
-        """The worker's supervisor exceeded its restart intensity: every request that
-        waits on it (streams under way included) ends now with a 503 error, and new
+        """The workers' supervisor exceeded its restart intensity: every request that
+        waits on them (streams under way included) ends now with a 503 error, and new
         requests get 503 until a worker is ready again."""
         self.gave_up = reason
-        self._on_worker_lost()
+        for worker in range(len(self.workers)):
+            self._on_worker_lost(worker)
         self._fail_waiting(NotReady(f"the model worker keeps crashing ({reason}); try again later"))
 
     def _fail_waiting(self, error: NotReady) -> None:
@@ -336,13 +345,13 @@ class Scheduler(RemotePrefillPath, Actor):
             self.meter.finished("error")
         self._update_gauges()
 
-    def _on_worker_ready(self) -> None:
+    def _on_worker_ready(self, worker: int) -> None:
         self.gave_up = ""
-        if self.worker_seen:
+        if self.worker_seen[worker]:
             self.worker_restarts += 1
-        self.worker_seen = True
+        self.worker_seen[worker] = True
         self.down_since = None
-        self.kv.reset()
+        self.kv.attach(worker)
         self._fail_poison()
         self.ready.set()
         self._admit_waiting()
@@ -364,22 +373,25 @@ class Scheduler(RemotePrefillPath, Actor):
             self.meter.finished("error")
         self._update_gauges()
 
-    def _on_worker_lost(self) -> None:
-        """Every running sequence goes back to the queue, to be recomputed on the new
-        worker from prompt + the tokens its client already has."""
-        self.ready = trio.Event()
-        self.down_since = self.down_since or time.monotonic()
-        for request in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
+    def _on_worker_lost(self, worker: int) -> None:
+        """Every sequence running on the worker goes back to the queue, to be recomputed
+        (on whichever worker is ready) from prompt + the tokens its client already has."""
+        self.kv.detach(worker)
+        if not self.kv.any_attached:
+            self.ready = trio.Event()
+            self.down_since = self.down_since or time.monotonic()
+        lost = [r for r in self.running.values() if r.worker == worker]
+        for request in sorted(lost, key=lambda r: r.arrival, reverse=True):
             if request.remote is not None:  # placed again, and asked again
                 request.remote.cancel()
                 request.remote = None
             self._release_staged(request)
             request.crashes += 1  # a suspect until it makes progress
+            del self.running[request.seq_id]
             self._enqueue(request, front=True)
-        self.running.clear()
-        self.kv.reset()
+        self._admit_waiting()
 
-    def _on_step(self, result: StepResult) -> None:
+    def _on_step(self, worker: int, result: StepResult) -> None:
         self.steps += 1
         self.max_batch_seen = max(self.max_batch_seen, result.n_seqs)
         self.meter.observe("batch_size", result.n_seqs)
@@ -391,7 +403,7 @@ class Scheduler(RemotePrefillPath, Actor):
         now = time.monotonic()
         for out in result.outputs:
             request = self.running.get(out.seq_id)
-            if request is None:
+            if request is None or request.worker != worker:
                 continue
             if request.staged:  # the worker has its KV state, or refused it
                 self._release_staged(request)
@@ -400,12 +412,12 @@ class Scheduler(RemotePrefillPath, Actor):
                 self.meter.inc("prompt_computed", out.n_prompt_computed)
                 if request.prompt_done >= len(request.admitted_tokens) and not request.resident:
                     request.resident = True
-                    self.kv.prompt_resident(request.slot, request.admitted_tokens)
+                    self.kv[worker].prompt_resident(request.slot, request.admitted_tokens)
             if out.token_ids:
                 request.crashes = 0  # progress: not what crashes the worker
                 self._record_timing(request, now, len(out.token_ids))
                 request.generated.extend(out.token_ids)
-                self.kv.grew(request.slot, out.kv_tokens)
+                self.kv[worker].grew(request.slot, out.kv_tokens)
             if out.finish_reason is None:
                 if out.token_ids or out.text:
                     self._send(request, Delta(out.token_ids, out.text, logprobs=out.logprobs))
@@ -439,12 +451,12 @@ class Scheduler(RemotePrefillPath, Actor):
         if reason == "preempted" or (
             reason == "cancelled" and request.preempting and not request.aborted
         ):
-            self.kv.release(request.slot, None)
+            self.kv[request.worker].release(request.slot, None)
             if token_ids or text:
                 self._send(request, Delta(token_ids, text, logprobs=out.logprobs))
             self._enqueue(request, front=True)
             return
-        self.kv.release(request.slot, held[: out.kv_tokens])
+        self.kv[request.worker].release(request.slot, held[: out.kv_tokens])
         if reason == "cancelled":
             request.envelope.reply(None)
             return
@@ -475,7 +487,7 @@ class Scheduler(RemotePrefillPath, Actor):
         request.envelope.send(delta)
         if request.envelope.closed and not request.aborted:
             request.aborted = True
-            self._cast(Cancel(request.seq_id, request.trace_id))
+            self._cast(request.worker, Cancel(request.seq_id, request.trace_id))
 
     # views ---------------------------------------------------------------------------
     def _update_gauges(self) -> None:
@@ -495,6 +507,11 @@ class Scheduler(RemotePrefillPath, Actor):
             "kv_slots_cached": stats.cached,
             "prefix_hit_tokens": stats.prefix_hit_tokens,
             "worker_restarts": self.worker_restarts,
+            # Per worker, in order: sequences running there ("-" while it is not attached).
+            "running_by_worker": ",".join(
+                str(kv.running) if attached else "-"
+                for kv, attached in zip(self.kv.workers, self.kv.attached, strict=True)
+            ),
             "poisoned": self.poisoned,
             # Disaggregated prefill: prompts being computed on a prefill node right now.
             "remote_prefills": sum(1 for r in self.running.values() if r.remote is not None),

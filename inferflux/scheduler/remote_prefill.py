@@ -35,8 +35,8 @@ import trio
 
 from actors import ActorError, ActorRef, Registry, Rejected
 
-from ..kvcache.manager import KVCacheManager
 from ..kvcache.messages import Fetched, FetchKV, ReleaseKV, holder_name
+from ..kvcache.placement import NodeKV
 from ..messages import Admit, FinishReason, KVState, SeqOutput, TokenLogprob
 from .messages import Delta, Overloaded, Submit
 from .meter import Meter
@@ -154,14 +154,14 @@ class RemotePrefillPath:
 
     # Provided by Scheduler.
     running: dict[int, Request]
-    kv: KVCacheManager
+    kv: NodeKV
     meter: Meter
     peers: PrefillPeers
     registry: Registry
     kvcache: ActorRef
-    worker_fingerprint: str
+    fingerprints: list[str]
     _send: Callable[[Request, Delta], None]
-    _cast: Callable[[Any], None]
+    _cast: Callable[[int, Any], None]
     _finish: Callable[[Request, SeqOutput], None]
     _enqueue: Callable[..., None]
     _admit_waiting: Callable[[], None]
@@ -198,7 +198,7 @@ class RemotePrefillPath:
         if request.aborted:
             self._release_fetched(fetched)
             del self.running[request.seq_id]
-            self.kv.release(request.slot, None)
+            self.kv[request.worker].release(request.slot, None)
             request.envelope.reply(None)
         elif answer is None or not self._resume_prefilled(request, answer, fetched):
             self._release_fetched(fetched)
@@ -209,7 +209,7 @@ class RemotePrefillPath:
                     self.peers.failed(peer)
                 self.meter.inc("disagg_fallback")
             del self.running[request.seq_id]
-            self.kv.release(request.slot, None)
+            self.kv[request.worker].release(request.slot, None)
             request.local_only = True
             self._enqueue(request, front=True)
         self._admit_waiting()
@@ -225,14 +225,14 @@ class RemotePrefillPath:
         if state is None:
             return None
         holder = holder_name(peer)
-        if not _needs_state(answer) or state.fingerprint != self.worker_fingerprint:
-            if state.fingerprint != self.worker_fingerprint:
+        fingerprint = self.fingerprints[request.worker]
+        if not _needs_state(answer) or state.fingerprint != fingerprint:
+            if state.fingerprint != fingerprint:
                 log.warning(
                     "request %d trace %s: the prefill node's KV state does not fit this "
                     "worker (%s, here %s): serve the same model with the same --ctx-size "
                     "on both",
-                    request.seq_id, request.trace_id, state.fingerprint,
-                    self.worker_fingerprint,
+                    request.seq_id, request.trace_id, state.fingerprint, fingerprint,
                 )  # fmt: skip
             with contextlib.suppress(ActorError):
                 ActorRef(holder, self.registry).cast_nowait(ReleaseKV(state.name))
@@ -289,11 +289,12 @@ class RemotePrefillPath:
         if request.aborted:  # the client left just now
             self._release_fetched(fetched)
             del self.running[request.seq_id]
-            self.kv.release(request.slot, None)
+            self.kv[request.worker].release(request.slot, None)
             request.envelope.reply(None)
             return True
         request.staged = state.name
         self._cast(
+            request.worker,
             Admit(
                 request.seq_id,
                 request.slot,
@@ -304,7 +305,7 @@ class RemotePrefillPath:
                 text_sent=request.text_sent,
                 trace_id=request.trace_id,
                 kv_state=state,
-            )
+            ),
         )
         return True
 

@@ -22,6 +22,7 @@ class Request:
     envelope: Envelope
     arrival: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
+    worker: int = 0  # which of the node's workers it was placed on (its slot is there)
     slot: int = -1
     admitted_tokens: list[int] = field(default_factory=list)
     prompt_done: int = 0

@@ -68,13 +68,18 @@ class EngineHandle:
         )
 
 
+def worker_names(config: Config) -> list[str]:
+    return [f"worker-{i}" for i in range(config.model.workers)]
+
+
 def worker_options(config: Config, model_path: str, ctx_size: int) -> dict[str, Any]:
+    threads = config.model.threads or os.cpu_count() or 1
     options: dict[str, Any] = {
         "model_path": model_path,
         "n_slots": config.scheduler.n_parallel,
         "cells_per_slot": ctx_size,
         "step_tokens": config.scheduler.step_tokens,
-        "threads": config.model.threads,
+        "threads": max(1, threads // config.model.workers),
         "gpu_layers": config.model.gpu_layers,
         "crash_on_text": config.server.chaos_poison_text if config.server.chaos else "",
     }
@@ -103,9 +108,9 @@ def engine_subtree(
     )
     sched, supervision = config.scheduler, config.supervision
 
-    def make_worker() -> ProcessActor:
+    def make_worker(name: str) -> ProcessActor:
         return ProcessActor(
-            "worker-0",
+            name,
             WORKER_TARGET,
             worker_options(config, model_path, served.ctx_size)
             | ({"mmproj_path": served.mmproj} if served.mmproj else {}),
@@ -116,7 +121,7 @@ def engine_subtree(
         )
 
     options: dict[str, Any] = {
-        "worker": "worker-0",
+        "workers": worker_names(config),
         "n_slots": sched.n_parallel,
         "cells_per_slot": served.ctx_size,
         "meter": "metrics",
@@ -161,7 +166,8 @@ def engine_subtree(
                 socket_dir=socket_dir,
                 env=child_environment(os.environ),
                 in_registry=registry,
-                imports={"worker-0": WORKER_TARGET, "metrics": METRICS_TARGET}
+                imports={name: WORKER_TARGET for name in worker_names(config)}
+                | {"metrics": METRICS_TARGET}
                 | ({"kvcache": KVCACHE_TARGET} if clustered else {}),
             )
         else:
@@ -182,7 +188,12 @@ def engine_subtree(
                     "engine",
                     lambda: Supervisor(
                         "engine",
-                        [ChildSpec("worker-0", make_worker, shutdown_timeout_s=10)],
+                        [
+                            ChildSpec(
+                                name, lambda name=name: make_worker(name), shutdown_timeout_s=10
+                            )  # fmt: skip
+                            for name in worker_names(config)
+                        ],
                         max_restarts=supervision.worker_max_restarts,
                         max_seconds=supervision.worker_restart_window_s,
                         on_give_up=engine_gave_up,

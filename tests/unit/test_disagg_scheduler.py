@@ -60,7 +60,7 @@ class DisaggHarness(Harness):
 
         def make_prefill_scheduler() -> Scheduler:
             return Scheduler(
-                "prefill-0", worker="nobody" if refusing else "pworker", n_slots=2,
+                "prefill-0", workers=["nobody" if refusing else "pworker"], n_slots=2,
                 cells_per_slot=4096, worker_wait_s=0.0, in_registry=self.registry,
                 prefill_backlog_tokens=backlog_tokens, kvcache="kvcache@prefill-0",
             )  # fmt: skip

@@ -25,7 +25,7 @@ async def test_a_request_arriving_while_the_scheduler_restarts_waits_for_it() ->
         await h.root.stop_child("scheduler")  # away, as between a crash and its restart
 
         def fresh() -> Scheduler:
-            return Scheduler("scheduler", worker="worker", n_slots=2, cells_per_slot=4096,
+            return Scheduler("scheduler", workers=["worker"], n_slots=2, cells_per_slot=4096,
                              in_registry=h.registry)  # fmt: skip
 
         async def back_soon() -> None:

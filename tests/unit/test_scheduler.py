@@ -149,19 +149,25 @@ def expected_tokens(prompt: list[int], n: int) -> list[int]:
 
 class Harness:
     def __init__(
-        self, n_slots: int = 2, max_waiting: int = 64, extra: list[ChildSpec] = (), **options: Any
+        self,
+        n_slots: int = 2,
+        max_waiting: int = 64,
+        extra: list[ChildSpec] = (),
+        n_workers: int = 1,
+        **options: Any,
     ) -> None:
         self.registry = Registry()
-        self.workers: list[ScriptedWorker] = []
+        self.workers: list[ScriptedWorker] = []  # every one started, restarts included
+        names = ["worker"] if n_workers == 1 else [f"worker-{i}" for i in range(n_workers)]
 
-        def make_worker() -> ScriptedWorker:
-            worker = ScriptedWorker("worker", in_registry=self.registry)
+        def make_worker(name: str) -> ScriptedWorker:
+            worker = ScriptedWorker(name, in_registry=self.registry)
             self.workers.append(worker)
             return worker
 
         self.scheduler = Scheduler(
             "scheduler",
-            worker="worker",
+            workers=names,
             n_slots=n_slots,
             cells_per_slot=4096,
             meter="metrics",
@@ -174,7 +180,7 @@ class Harness:
             "root",
             [
                 *extra,
-                ChildSpec("worker", make_worker),
+                *[ChildSpec(name, lambda name=name: make_worker(name)) for name in names],
                 ChildSpec(
                     "metrics",
                     lambda: MetricsActor(
@@ -264,7 +270,7 @@ async def test_abort_frees_the_slot_for_the_next_request() -> None:
         assert reason == "length" and tokens == expected_tokens([2], 3)
         await h.ref.cast(Abort(999))  # unknown ids are ignored
         await wait_for(lambda: not h.scheduler.running)
-        assert h.scheduler.kv.state == ["cached"]
+        assert h.scheduler.kv[0].state == ["cached"]
 
 
 async def test_worker_crash_readmits_every_stream_by_recompute() -> None:
@@ -284,6 +290,39 @@ async def test_worker_crash_readmits_every_stream_by_recompute() -> None:
         assert results[i] == expected_tokens([i, 7], 300)
     assert h.scheduler.worker_restarts == 1
     assert any(a.n_generated > 0 for a in h.workers[1].admitted)
+
+
+async def test_two_workers_share_the_load_and_a_crash_costs_only_its_own_streams() -> None:
+    """Fresh prompts spread over both workers; a shared prefix goes where it is cached;
+    when worker-1 dies only its streams are recomputed (on whichever worker is ready),
+    worker-0's run on undisturbed, and every text is exact."""
+    h = Harness(n_slots=3, n_workers=2)
+    results: dict[int, list[int]] = {}
+    async with h.running() as nursery:
+        await wait_for(lambda: all(h.scheduler.kv.attached))
+
+        async def run(seq_id: int, prompt: list[int], n: int) -> None:
+            results[seq_id], _ = await h.generate(seq_id, prompt, n)
+
+        for i in range(1, 5):
+            nursery.start_soon(run, i, [i, 7], 300)
+        await wait_for(lambda: len(h.scheduler.running) == 4)
+        placed = {r.seq_id: r.worker for r in h.scheduler.running.values()}
+        assert sorted(placed.values()) == [0, 0, 1, 1]
+        await wait_for(lambda: sum(len(r.generated) for r in h.scheduler.running.values()) > 80)
+        await ActorRef("worker-1", h.registry).cast(CrashNow())
+        await wait_for(lambda: len(h.workers) == 3)  # worker-1 again
+    for i in range(1, 5):
+        assert results[i] == expected_tokens([i, 7], 300)
+    first0, first1 = h.workers[0], h.workers[1]
+    assert first0.name == "worker-0" and first1.name == "worker-1"
+    on_0 = [seq for seq, worker in placed.items() if worker == 0]
+    # worker-0's streams were admitted once; worker-1's again (recompute), somewhere.
+    assert sorted(a.seq_id for a in first0.admitted if a.n_generated == 0) == sorted(on_0)
+    assert not any(a.seq_id in on_0 for a in h.workers[2].admitted)
+    recomputed = [a for w in (first0, h.workers[2]) for a in w.admitted if a.n_generated > 0]
+    assert sorted(a.seq_id for a in recomputed) == sorted(set(placed) - set(on_0))
+    assert h.scheduler.worker_restarts == 1
 
 
 async def test_full_queue_answers_overloaded() -> None:
@@ -347,7 +386,7 @@ async def test_requests_get_503_when_the_worker_stays_down() -> None:
 
     scheduler = Scheduler(
         "scheduler",
-        worker="worker",
+        workers=["worker"],
         n_slots=2,
         cells_per_slot=4096,
         worker_wait_s=0.3,

@@ -1,0 +1,97 @@
+"""`--workers 2`: two device-worker processes behind one scheduler (issue 14). Streams
+spread over both; a SIGKILLed worker costs only a pause: every text is exactly the
+undisturbed run's (its streams are recomputed, the other worker's run on), and the
+other worker process is untouched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import httpx
+import openai
+import pytest
+import trio
+
+from tests.conftest import MODEL_ID, RunningServer, serving
+from tests.integration.test_isolation import find
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = [
+    "Write a story about a red fox.",
+    "Explain how rain forms.",
+    "Describe a castle.",
+    "Plan a garden.",
+]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory):
+    yield from serving(tmp_path_factory, "workers", 2, "--workers", "2")
+
+
+def worker_pids(server: RunningServer) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", "-P", str(server.process.pid), "inferflux-worker"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return sorted(int(pid) for pid in out)
+
+
+def scheduler_details(server: RunningServer) -> dict:
+    tree = httpx.get(f"{server.url}/debug/actors", timeout=10).json()
+    found = find(tree, "scheduler")
+    assert found is not None, tree
+    return found["details"]
+
+
+async def test_streams_spread_over_two_workers_and_survive_one_being_killed(
+    two_workers: RunningServer,
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{two_workers.url}/v1", api_key="x", max_retries=0)
+    kwargs = dict(model=MODEL_ID, max_tokens=120, temperature=0, extra_body={"ignore_eos": True})
+    reference = {}
+    for q in QUESTIONS:
+        reply = await client.chat.completions.create(
+            messages=[{"role": "user", "content": q}], **kwargs
+        )
+        reference[q] = reply.choices[0].message.content
+    pids = worker_pids(two_workers)
+    assert len(pids) == 2, pids
+    received: dict[str, list[str]] = {q: [] for q in QUESTIONS}
+    finish: dict[str, str] = {}
+
+    async def stream(q: str) -> None:
+        chunks = await client.chat.completions.create(
+            messages=[{"role": "user", "content": q}], stream=True, **kwargs
+        )
+        async for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received[q].append(chunk.choices[0].delta.content)
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish[q] = chunk.choices[0].finish_reason
+
+    async with trio.open_nursery() as nursery:
+        for q in QUESTIONS:
+            nursery.start_soon(stream, q)
+        with trio.fail_after(60):
+            while min(len(v) for v in received.values()) < 20:
+                await trio.sleep(0.01)
+        # Four streams, two slots each: both workers have two.
+        assert scheduler_details(two_workers)["running_by_worker"] == "2,2"
+        os.kill(pids[1], signal.SIGKILL)
+
+    for q in QUESTIONS:
+        assert "".join(received[q]) == reference[q], q
+        assert finish[q] == "length"
+    with trio.fail_after(60):  # the killed one is restarted; the other never touched
+        while (
+            scheduler_details(two_workers)["running_by_worker"] != "0,0"
+            or len(worker_pids(two_workers)) != 2
+        ):
+            await trio.sleep(0.1)
+    assert pids[0] in worker_pids(two_workers) and pids[1] not in worker_pids(two_workers)
+    assert scheduler_details(two_workers)["worker_restarts"] == 1
