@@ -2,8 +2,9 @@
 computes, and asking one.
 
 A request goes to a prefill node when its uncached prompt is at least `min_tokens` long,
-nothing of it was generated yet, it has no images, it wants more than one token, and some
-peer is not being avoided. The scheduler has placed it first: its slot is reserved, so
+nothing of it was generated yet, it wants more than one token, and some peer is not being
+avoided. Its images go with it: the prefill node encodes them, and the state it hands
+back holds their rows like any others. The scheduler has placed it first: its slot is reserved, so
 this node's KV bounds the transfers in flight. The peer (a prefill node's scheduler,
 reached over a node link) runs the prompt in its own continuous batch, samples the first
 token from the prompt's logits and answers with it and a handle to the sequence's KV
@@ -88,7 +89,6 @@ class PrefillPeers:
             bool(self.names)
             and not request.local_only
             and not request.generated
-            and not request.images
             and request.sampling.max_tokens > 1
             and len(request.prompt) - n_cached >= self.min_tokens
             and self._available() is not None
@@ -126,6 +126,7 @@ async def prefill_on(peer: ActorRef, request: Request, timeout_s: float) -> Pref
         request.priority,
         request.trace_id,
         principal=request.principal,
+        images=request.images,
         export_kv=True,
     )
     token_ids: list[int] = []

@@ -19,7 +19,9 @@ import trio
 from actors import ChildSpec, Envelope
 from inferflux.kvcache import staging
 from inferflux.kvcache.actor import KVCache
+from inferflux.messages import ImageInput, SamplingParams
 from inferflux.scheduler.actor import Scheduler
+from inferflux.scheduler.messages import Submit
 from tests.unit.test_scheduler import Harness, ScriptedWorker, expected_tokens, wait_for
 
 LONG = list(range(1, 41))  # 40 uncached tokens: remote (min_prefill_tokens 16)
@@ -122,6 +124,25 @@ async def test_a_long_prompt_is_prefilled_remotely_and_decoded_here_identically(
         assert (kvcache["pulled"], kvcache["pulled_bytes"]) == (1, 40)
     else:  # one host: the worker maps the prefill node's own file
         assert resumed.kv_state.name == job.export_to and kvcache["pulled"] == 0
+
+
+async def test_a_prompt_with_images_goes_to_the_prefill_node_with_them() -> None:
+    image = ImageInput("d", 2, 2, bytes(12), [(1, 2)])
+    prompt = [LONG[0], -9, -9, *LONG[1:]]
+    h = DisaggHarness()
+    async with h.running():
+        await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
+        tokens: list[int] = []
+        submit = Submit(1, prompt, SamplingParams(max_tokens=6), images=[image])
+        async with h.ref.stream(submit) as deltas:
+            async for delta in deltas:
+                tokens += delta.token_ids
+        await wait_for(lambda: count(h, "remote") == 1)
+    assert tokens == expected_tokens(prompt, 6)
+    [job] = h.prefill_workers[0].admitted
+    assert job.images == [image] and job.tokens == prompt
+    [resumed] = h.workers[0].admitted  # decoded here from the state: nothing to encode
+    assert resumed.kv_state is not None and resumed.images == []
 
 
 async def test_a_backed_up_prefill_node_refuses_at_once_and_stays_in_use() -> None:

@@ -9,11 +9,13 @@ import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 
 from inferflux.ingress.images import image_prompt, read_image
 from inferflux.ingress.request_types import ChatMessage, ImagePart, ImageURL, TextPart
 from inferflux.ingress.served import ServedModel
+from inferflux.kvcache import staging
 from inferflux.messages import Admit, ImageInput, SamplingParams
 from inferflux.worker.engine import Engine
 from inferflux.worker.llama import Context, Model
@@ -139,3 +141,27 @@ def test_reuse_that_ends_inside_an_image_and_recompute_continue_identically(rig:
         [(Admit(42, 2, prompt + cold[:10], GREEDY, n_generated=10, images=images), rows)]
     )[42]
     assert cold[:10] + resumed == cold
+
+
+def test_an_image_prompts_kv_state_hands_over_and_decodes_on_identically(rig: Rig) -> None:
+    """Disaggregated prefill of a prompt with an image (issue 14): the prefill side
+    encodes the image and exports the prompt's KV; the decode side loads it (no image
+    to encode there) and decodes on from the prefill side's first token."""
+    prompt, images = rig.prompt("Describe it.", png(seed=3))
+    alone = rig.run([(Admit(1, 0, prompt, GREEDY, images=images), rig.rows(images))])[1]
+    name = staging.new_name()
+    try:
+        first = msgspec.structs.replace(GREEDY, max_tokens=1)
+        rig.engine.admit(
+            Admit(2, 1, prompt, first, images=images, export_to=name), rig.rows(images)
+        )
+        outputs = []
+        while not rig.engine.idle:
+            outputs += [o for o in rig.engine.step().outputs if o.seq_id == 2]
+        [token] = [t for o in outputs for t in o.token_ids]
+        state = outputs[-1].kv_state
+        assert state is not None and state.n_tokens == len(prompt)
+        handed = Admit(3, 2, prompt + [token], GREEDY, len(prompt), n_generated=1, kv_state=state)
+        assert [token] + rig.run([(handed, [])])[3] == alone
+    finally:
+        staging.remove(name)
