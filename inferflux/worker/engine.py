@@ -61,9 +61,13 @@ class Engine:
         self._finished: list[SeqOutput] = []
         self.steps = 0
         self.spec: Speculation | None = None
-        # An exported sequence's KV fits another worker only with the same model and the
-        # same per-slot stream layout (llama.cpp checks the cells; this, the rest).
-        self.fingerprint = f"{model.fingerprint()}; {context.cells_per_slot} cells per slot, f16"
+        # An exported sequence's KV fits another worker only with the same model, the
+        # same per-slot stream layout and KV type, and the same state format (the same
+        # llama.cpp build): llama.cpp checks the cells; this, the rest.
+        self.fingerprint = (
+            f"{model.fingerprint()}; {context.cells_per_slot} cells per slot, f16; "
+            f"state of llama-cpp-python {L.__version__}"
+        )
         if speculative is not None and speculative.enabled:
             self.spec = Speculation(speculative, context)
 
