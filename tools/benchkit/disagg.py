@@ -172,6 +172,18 @@ def samples(target: Target) -> dict[str, float]:
     return found
 
 
+def prompt_paths(decode: Target) -> dict[str, float]:
+    """The decode node's fresh requests by where their prompt was computed: remote, local
+    (short, or refused by a backed-up prefill node), fallback."""
+    text = httpx.get(f"http://127.0.0.1:{decode.port}/metrics", timeout=10).text
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("inferflux:disagg_requests_total{"):
+            path = line.split('path="', 1)[1].split('"', 1)[0]
+            found[path] = found.get(path, 0.0) + float(line.rpartition(" ")[2])
+    return found
+
+
 def transfer_share(prefill: Target, decode: Target) -> dict:
     """Means over the run. The transfer: the decode side's remote prefill (asked to
     answered) less the prefill node's own request time (queue + prompt + first token +
@@ -191,6 +203,7 @@ def transfer_share(prefill: Target, decode: Target) -> dict:
         "kv_brought_s": brought,
         "transfer_share": (remote - computed + brought) / computed,
         "kv_mb_each": here["inferflux:kv_transfer_bytes_total"] / count / 1e6,
+        "paths": prompt_paths(decode),
     }
 
 
@@ -217,7 +230,8 @@ def disagg_main(args: argparse.Namespace) -> dict:
         f"\nremote prefills {split['remote_prefills']:.0f}, {split['kv_mb_each']:.1f} MB of KV "
         f"each; remote prefill {split['remote_prefill_s']:.2f} s of which the prefill node "
         f"{split['prefill_node_s']:.2f} s, then {1000 * split['kv_brought_s']:.1f} ms to bring "
-        f"the state here: transfer share {100 * split['transfer_share']:.1f}%"
+        f"the state here: transfer share {100 * split['transfer_share']:.1f}%; decode node's "
+        f"prompts by path: {split['paths']}"
     )
     print(f"machine: {os.cpu_count()} cores")
     return results
