@@ -296,7 +296,7 @@ class ModelManager(Actor):
         finally:
             entry.loaded.set()
         entry.served, entry.engine, entry.state = served, handle, "loaded"
-        fp = footprint(entry.path, self.config.scheduler.n_parallel, served.ctx_size)
+        fp = footprint(entry.path, self.config.scheduler.n_parallel * self.config.model.workers, served.ctx_size)
         entry.memory_bytes = fp.weights + fp.kv_cache
         entry.load_s = time.monotonic() - started
         entry.last_used = time.monotonic()
@@ -325,7 +325,7 @@ class ModelManager(Actor):
         """Unload idle models, least recently used first, until the server holds fewer than
         max_loaded_models and the new model's memory is free; 503 if that cannot be."""
         loaded = [e for e in self.entries.values() if e.state == "loaded"]
-        need = footprint(entry.path, self.config.scheduler.n_parallel, self.config.model.ctx_size)
+        need = footprint(entry.path, self.config.scheduler.n_parallel * self.config.model.workers, self.config.model.ctx_size)
         idle = sorted(
             (e for e in loaded if not e.leases and not e.pinned), key=lambda e: e.last_used
         )
