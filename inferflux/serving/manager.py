@@ -296,7 +296,7 @@ class ModelManager(Actor):
         finally:
             entry.loaded.set()
         entry.served, entry.engine, entry.state = served, handle, "loaded"
-        fp = footprint(entry.path, self.config.scheduler.n_parallel * self.config.model.workers, served.ctx_size)
+        fp = footprint(entry.path, self._slots(), served.ctx_size)
         entry.memory_bytes = fp.weights + fp.kv_cache
         entry.load_s = time.monotonic() - started
         entry.last_used = time.monotonic()
@@ -305,6 +305,10 @@ class ModelManager(Actor):
         )
         self.metrics.model_load.labels(model=entry.id, role=self.config.role).observe(entry.load_s)
         log.info("model %r loaded in %.1fs", entry.id, entry.load_s)
+
+    def _slots(self) -> int:
+        """Slots a loaded model holds KV for: every worker's."""
+        return self.config.scheduler.n_parallel * self.config.model.workers
 
     def _mmproj(self, entry: Entry) -> str:
         """The projector for images (issue 16): --mmproj / model.mmproj for the first
@@ -325,7 +329,7 @@ class ModelManager(Actor):
         """Unload idle models, least recently used first, until the server holds fewer than
         max_loaded_models and the new model's memory is free; 503 if that cannot be."""
         loaded = [e for e in self.entries.values() if e.state == "loaded"]
-        need = footprint(entry.path, self.config.scheduler.n_parallel * self.config.model.workers, self.config.model.ctx_size)
+        need = footprint(entry.path, self._slots(), self.config.model.ctx_size)
         idle = sorted(
             (e for e in loaded if not e.leases and not e.pinned), key=lambda e: e.last_used
         )

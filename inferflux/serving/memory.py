@@ -1,6 +1,7 @@
 """How much memory a model takes once loaded, and how much the machine has free.
 
-Weights: the GGUF file's size (llama.cpp maps it). KV cache: every slot holds ctx_size
+Weights: the GGUF file's size (llama.cpp maps it: a model's workers share one copy in
+the page cache). KV cache: every slot of every worker holds ctx_size
 cells of layers x 2 (K and V) x kv_heads x head_dim x 2 bytes (f16), read from the GGUF
 header; for the default model that is ~23 KB a token. The estimate leaves out llama.cpp's
 compute buffers (tens of MB), hence a margin.
