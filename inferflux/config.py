@@ -268,10 +268,8 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     in the local prefix cache; shorter ones are prefilled here."""
     prefill_timeout_s: float = 30.0
     """role decode: a remote prefill taking longer is given up, and the prompt prefilled
-    here; so is bringing its KV state here."""
-    prefill_backlog_tokens: int = 4096
-    """role prefill: with this many prompt tokens still to compute, the node refuses new
-    prompts at once and their decode nodes prefill them (0: never refuse)."""
+    here; so is bringing its KV state here. A prefill node that could not finish a prompt
+    within most of this (its backlog at its measured speed) refuses it at once instead."""
     lease_s: float = 30.0
     """An exported KV state nobody released is removed this long after it was written
     (its decode node died mid-handoff)."""

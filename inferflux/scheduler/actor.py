@@ -59,6 +59,24 @@ from .request import Request
 from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
+BACKLOG_SHARE = 0.9  # of a prefill job's time: the rest is for its answer and transfer
+
+
+class PromptSpeed:
+    """Prompt tokens per second over the recent steps that computed prompt tokens
+    (decaying sums, so one short tail chunk does not swing it)."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.decay, self.tokens, self.seconds = decay, 0.0, 0.0
+
+    def step(self, tokens: int, seconds: float) -> None:
+        if tokens and seconds > 0:
+            self.tokens = self.decay * self.tokens + tokens
+            self.seconds = self.decay * self.seconds + seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 class Scheduler(RemotePrefillPath, Actor):
@@ -83,7 +101,6 @@ class Scheduler(RemotePrefillPath, Actor):
         prefill_prefix: str = "",
         min_prefill_tokens: int = 512,
         prefill_timeout_s: float = 30.0,
-        prefill_backlog_tokens: int = 0,
         kvcache: str = "kvcache",
         **kwargs: Any,
     ) -> None:
@@ -121,9 +138,9 @@ class Scheduler(RemotePrefillPath, Actor):
         # Disaggregated prefill (issue 14): prefill nodes' schedulers, imported by name.
         self.peers = PrefillPeers(prefill_prefix, min_prefill_tokens, prefill_timeout_s)
         self.kvcache = ActorRef(kvcache, self.registry)  # this node's KV handoffs
-        # On a prefill node: prompt tokens yet to compute at which it refuses new prefill
-        # jobs (their decode nodes compute them at once instead); 0: never.
-        self.prefill_backlog_tokens = prefill_backlog_tokens
+        # Prompt tokens computed and the seconds their steps took, decaying: this node's
+        # prefill speed, which says whether a prefill job can be done in time.
+        self.prompt_speed = PromptSpeed()
 
     # requests ------------------------------------------------------------------------
     async def started(self) -> None:
@@ -183,8 +200,8 @@ class Scheduler(RemotePrefillPath, Actor):
             return
         # With auth off every caller is "anonymous": one principal, nobody to share with.
         refusal = self.waiting.refusal(submit.principal, submit.principal != "anonymous")
-        if refusal is None and submit.export_kv:
-            refusal = self._backed_up()
+        if refusal is None and submit.export_kv and submit.within_s:
+            refusal = self._backed_up(submit)
         if refusal is not None:
             envelope.fail(self._refusal(Overloaded(f"server overloaded: {refusal}")))
             return
@@ -200,16 +217,23 @@ class Scheduler(RemotePrefillPath, Actor):
         self.meter.inc("prompt_tokens", len(submit.prompt))
         self._admit_waiting()
 
-    def _backed_up(self) -> str | None:
-        """A prefill node with more prompt tokens to compute than its backlog allows
-        refuses the next prefill job: its decode node computes it sooner itself."""
-        if not self.prefill_backlog_tokens:
-            return None
+    def _backed_up(self, submit: Submit) -> str | None:
+        """A prefill job that would not be done within most of its decode node's wait, at
+        this node's measured speed, behind the prompt tokens it already has: refused at
+        once, so the decode node computes it itself now rather than after a time-out."""
+        speed = self.prompt_speed.tokens_per_s
+        if not speed:
+            return None  # not measured yet: take it
         backlog = sum(len(r.admitted_tokens) - r.prompt_done for r in self.running.values())
         backlog += sum(len(r.prompt) + len(r.generated) for r in self.waiting)
-        if backlog < self.prefill_backlog_tokens:
+        backlog += len(submit.prompt)
+        done_in = backlog / speed
+        if done_in <= BACKLOG_SHARE * submit.within_s:
             return None
-        return f"prefill node backed up: {backlog} prompt tokens to compute"
+        return (
+            f"prefill node backed up: {backlog} prompt tokens to compute at {speed:.0f} "
+            f"tokens/s, ~{done_in:.0f}s against the {submit.within_s:.0f}s it may take"
+        )
 
     def _enqueue(self, request: Request, front: bool = False) -> None:
         self.waiting.push(request, request.principal, request.priority, requeued=front)
@@ -398,6 +422,9 @@ class Scheduler(RemotePrefillPath, Actor):
         self.meter.observe("step_duration", result.duration_s)
         if result.n_drafted:
             self._count_drafts(result.n_drafted, result.n_accepted)
+        self.prompt_speed.step(
+            sum(out.n_prompt_computed for out in result.outputs), result.duration_s
+        )
         for _ in range(result.images_encoded):  # the worker sends their total: each its mean
             self.meter.observe("image_encode", result.encode_s / result.images_encoded)
         now = time.monotonic()

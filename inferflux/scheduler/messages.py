@@ -32,6 +32,9 @@ class Submit(msgspec.Struct, tag=True, frozen=True):
     export_kv: bool = False
     """A prefill job from a decode node (issue 14): the last Delta carries the sequence's
     KV state (the prompt's cells; the sampled token is not in them)."""
+    within_s: float = 0.0
+    """A prefill job: how long its decode node waits for it. Refused at once (Overloaded)
+    when the prefill node's backlog would not let it finish in time."""
 
 
 class Abort(msgspec.Struct, tag=True, frozen=True):

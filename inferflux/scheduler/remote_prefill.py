@@ -128,6 +128,7 @@ async def prefill_on(peer: ActorRef, request: Request, timeout_s: float) -> Pref
         principal=request.principal,
         images=request.images,
         export_kv=True,
+        within_s=timeout_s,
     )
     token_ids: list[int] = []
     logprobs: list[TokenLogprob] = []

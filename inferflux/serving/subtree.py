@@ -137,8 +137,6 @@ def engine_subtree(
             "min_prefill_tokens": config.cluster.min_prefill_tokens,
             "prefill_timeout_s": config.cluster.prefill_timeout_s,
         }
-    if clustered and config.role == "prefill":
-        options["prefill_backlog_tokens"] = config.cluster.prefill_backlog_tokens
     cluster = (
         [
             ChildSpec(

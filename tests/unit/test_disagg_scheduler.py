@@ -50,13 +50,14 @@ class DisaggHarness(Harness):
         prefill_delay_s: float = 0.0,
         timeout_s: float = 5.0,
         refusing: bool = False,
-        backlog_tokens: int = 0,
+        prefill_step_s: float = 0.0,
         elsewhere: bool = False,
     ) -> None:
         self.prefill_workers: list[ScriptedWorker] = []
 
         def make_prefill_worker() -> ScriptedWorker:
             worker = SlowWorker("pworker", prefill_delay_s, in_registry=self.registry)
+            worker.step_s = prefill_step_s
             self.prefill_workers.append(worker)
             return worker
 
@@ -64,7 +65,7 @@ class DisaggHarness(Harness):
             return Scheduler(
                 "prefill-0", workers=["nobody" if refusing else "pworker"], n_slots=2,
                 cells_per_slot=4096, worker_wait_s=0.0, in_registry=self.registry,
-                prefill_backlog_tokens=backlog_tokens, kvcache="kvcache@prefill-0",
+                kvcache="kvcache@prefill-0",
             )  # fmt: skip
 
         # The decode node's kvcache, on another host when `elsewhere` (it pulls then).
@@ -146,22 +147,25 @@ async def test_a_prompt_with_images_goes_to_the_prefill_node_with_them() -> None
 
 
 async def test_a_backed_up_prefill_node_refuses_at_once_and_stays_in_use() -> None:
-    """Its backlog is one prompt here: the second long prompt, sent while the first is
-    still being computed there, is refused at once and prefilled here (no time-out, no
-    fallback, the peer not avoided); once the backlog is gone the peer is used again."""
-    h = DisaggHarness(prefill_delay_s=0.5, backlog_tokens=1)
+    """The prefill node computes 80 prompt tokens a second (8 a step of 0.1 s, as its
+    worker reports them) and a decode node waits 1 s for a prefill: one 40-token prompt
+    (0.5 s) fits, two (1 s) do not. The second long prompt, sent while the first is still
+    there, is refused at once and prefilled here (no time-out, no fallback, the peer not
+    avoided); once the backlog is gone the peer is used again."""
+    h = DisaggHarness(prefill_delay_s=0.3, timeout_s=1.0, prefill_step_s=0.1)
     async with h.running():
         await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
+        await h.generate(1, LONG[2:], 6)  # its speed is measured from here on
         async with trio.open_nursery() as clients:
-            clients.start_soon(h.generate, 1, LONG, 6)
+            clients.start_soon(h.generate, 2, LONG, 6)
             await wait_for(lambda: h.scheduler.details()["remote_prefills"] == 1)
-            with trio.fail_after(0.4):  # before the first one's prefill is even admitted
-                refused, _ = await h.generate(2, LONG[::-1], 6)
-        third, _ = await h.generate(3, LONG[1:], 6)
-        await wait_for(lambda: count(h, "remote") == 2)
-    assert refused == expected_tokens(LONG[::-1], 6) and third == expected_tokens(LONG[1:], 6)
+            with trio.fail_after(0.25):  # before the first one's prefill is even admitted
+                refused, _ = await h.generate(3, LONG[::-1], 6)
+        again, _ = await h.generate(4, LONG[1:], 6)
+        await wait_for(lambda: count(h, "remote") == 3)
+    assert refused == expected_tokens(LONG[::-1], 6) and again == expected_tokens(LONG[1:], 6)
     assert count(h, "local") == 1 and count(h, "fallback") == 0
-    assert [a.seq_id != 2 for a in h.prefill_workers[0].admitted] == [True, True]
+    assert len(h.prefill_workers[0].admitted) == 3  # the refused one never got there
 
 
 async def test_a_refusing_peer_costs_a_local_prefill_then_is_avoided() -> None:

@@ -49,6 +49,7 @@ class ScriptedWorker(Actor):
     def __init__(self, name: str, step_tokens: int = 8, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self.step_tokens = step_tokens
+        self.step_s = 0.0  # the step time it reports (its real steps take ~2 ms)
         self.seqs: dict[int, dict[str, Any]] = {}
         self.port: Envelope | None = None
         self.admitted: list[Admit] = []
@@ -122,7 +123,7 @@ class ScriptedWorker(Actor):
                 )
             self.steps += 1
             images, self.images = self.images, 0
-            result = StepResult(self.steps, len(outputs), len(outputs), 0.0, outputs)
+            result = StepResult(self.steps, len(outputs), len(outputs), self.step_s, outputs)
             self.port.send(msgspec.structs.replace(result, images_encoded=images,
                                                    encode_s=0.25 * images))  # fmt: skip
 
