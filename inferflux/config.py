@@ -134,6 +134,10 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     step_tokens: int = 512
     """Token budget of one engine step: decodes first, then prompt chunks (chunked
     prefill), so a long prompt never stalls running streams."""
+    max_step_ms: float = 0.0
+    """While streams are decoding, cut a step's prompt chunks to what fits in about this
+    many milliseconds (at the measured cost per row, in tiles of 64 rows): on a CPU a
+    512-token chunk takes seconds, and every stream waits for it. 0: step_tokens only."""
     max_waiting: int = 256
     """Requests allowed to wait for a slot; beyond it the server answers 429."""
     max_waiting_per_principal: int = 0

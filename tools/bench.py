@@ -151,6 +151,12 @@ def main() -> None:
     parser.add_argument("--disagg-streams", type=int, default=8)
     parser.add_argument("--disagg-every", type=float, default=40.0, help="seconds")
     parser.add_argument("--disagg-seconds", type=float, default=150.0)
+    parser.add_argument(
+        "--max-step-ms",
+        type=float,
+        default=0.0,
+        help="--disagg: also run unified with scheduler.max_step_ms set to this",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="--structured alternations")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--log-dir", default="/tmp")

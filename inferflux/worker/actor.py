@@ -66,6 +66,7 @@ class DeviceWorker(Actor):
         n_slots: int,
         cells_per_slot: int,
         step_tokens: int,
+        max_step_s: float = 0.0,
         threads: int,
         gpu_layers: int = 0,
         speculative: dict | None = None,
@@ -78,6 +79,7 @@ class DeviceWorker(Actor):
         self.n_slots = n_slots
         self.cells_per_slot = cells_per_slot
         self.step_tokens = step_tokens
+        self.max_step_s = max_step_s
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.gpu_layers = gpu_layers
         # [speculative] of the server's config, as a dict (it crosses the process line)
@@ -106,7 +108,7 @@ class DeviceWorker(Actor):
             n_batch=self.step_tokens,
             n_threads=self.threads,
         )
-        self.engine = Engine(model, context, self.speculative)
+        self.engine = Engine(model, context, self.speculative, self.max_step_s)
         if self.mmproj_path:
             self.projector = Projector(self.mmproj_path, model, threads=self.threads)
         self.nursery.start_soon(self._step_loop)

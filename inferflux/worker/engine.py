@@ -3,7 +3,10 @@
 Each step packs, in this order and within `step_tokens`:
   1. one token for every decoding sequence (its last sampled token), then
   2. prompt chunks of prefilling sequences, oldest first (chunked prefill: a long prompt
-     takes several steps and never stalls the decodes of others).
+     takes several steps and never stalls the decodes of others). While sequences are
+     decoding and `max_step_s` is set, the chunks are also cut to what fits in about
+     that much time at the measured cost per row (RowCost), in whole tiles of
+     CHUNK_ROWS: on a CPU a 512-token chunk takes seconds, and every stream waits for it.
 Logits are requested only where a token must be sampled (a decode, or the last chunk of a
 prompt). Sampling, detokenization and stop strings then run per sequence, and the step's
 outcome is one StepResult for all of them. With speculative decoding on, a decoding
@@ -47,16 +50,53 @@ from .speculation import Speculation
 #   a row against 4.9 in a tiled chunk). Earlier chunks keep full size (capping them too
 #   costs 3x on long-prompt prefill).
 SMALL_CHUNK = 63
+CHUNK_ROWS = SMALL_CHUNK + 1  # a time-cut chunk is whole tiles of this many rows
+
+
+class RowCost:
+    """Seconds per batch row over recent steps of at least CHUNK_ROWS rows (decaying
+    sums): what a step of n rows will take, about. On a CPU a row costs about the same
+    in a decode or a prompt chunk (compute-bound); on a GPU it is tiny, and the time cut
+    never binds."""
+
+    def __init__(self, decay: float = 0.8) -> None:
+        self.decay, self.rows, self.seconds = decay, 0.0, 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows >= CHUNK_ROWS and seconds > 0:
+            self.rows = self.decay * self.rows + rows
+            self.seconds = self.decay * self.seconds + seconds
+
+    @property
+    def per_row_s(self) -> float:
+        return self.seconds / self.rows if self.rows else 0.0
+
 
 log = logging.getLogger("inferflux.worker")
 
 
+def prompt_rows(room: int, n_decoding: int, max_step_s: float, per_row_s: float) -> int:
+    """Rows prompt chunks may take in a step: all the room, unless sequences are decoding
+    and a time target is set; then what fits in max_step_s beside the decodes, in whole
+    CHUNK_ROWS tiles, at least one tile (a prompt always moves on)."""
+    if not (n_decoding and max_step_s and per_row_s):
+        return room
+    fits = int(max_step_s / per_row_s) - n_decoding
+    return min(room, max(CHUNK_ROWS, fits // CHUNK_ROWS * CHUNK_ROWS))
+
+
 class Engine:
     def __init__(
-        self, model: Model, context: Context, speculative: SpeculativeConfig | None = None
+        self,
+        model: Model,
+        context: Context,
+        speculative: SpeculativeConfig | None = None,
+        max_step_s: float = 0.0,
     ) -> None:
         self.model = model
         self.context = context
+        self.max_step_s = max_step_s
+        self.row_cost = RowCost()
         self.sequences: dict[int, Sequence] = {}
         self._finished: list[SeqOutput] = []
         self.steps = 0
@@ -201,6 +241,7 @@ class Engine:
             seq.prompt_done_this_step = seq.image_rows_this_step = 0
         self.steps += 1
         duration = time.perf_counter() - start
+        self.row_cost.observe(n_tokens, duration)
         if self.spec is not None and n_tokens:
             self.spec.observe_step(duration)
         return StepResult(
@@ -246,11 +287,12 @@ class Engine:
                 planned.append((seq, 1))
                 decoding.append(seq)
                 room -= 1
+        prompt_room = prompt_rows(room, len(decoding), self.max_step_s, self.row_cost.per_row_s)
         for seq in self.sequences.values():
-            if seq.prefilling and room > 0:
+            if seq.prefilling and room > 0 and prompt_room > 0:
                 if seq.n_past < seq.n_prompt:  # the prompt; replayed tokens start a new chunk
                     left = seq.n_prompt - seq.n_past
-                    n = min(room, left)
+                    n = min(room, prompt_room, left)
                     if n == left and n > 1 and seq.n_prompt > SMALL_CHUNK:
                         n -= 1  # the last token goes alone, next step
                     n = min(n, seq.text_end(seq.n_past) - seq.n_past)  # images: own decodes
@@ -260,6 +302,7 @@ class Engine:
                     n = min(room, SMALL_CHUNK, len(seq.tokens) - seq.n_past)
                 planned.append((seq, n))
                 room -= n
+                prompt_room -= n
         if self.spec is not None and decoding:
             self.spec.draft(decoding, planned, room, self.context.cells_per_slot)
         # Python lists, then one slice assignment per batch array (Context.fill): per-row

@@ -252,3 +252,27 @@ def test_plain_greedy_argmax_picks_what_the_sampler_chain_picks(model: Model) ->
         engine.context.close()
     assert by_argmax.tokens == by_chain.tokens
     assert by_argmax.accepted > 10  # draft rows were picked too
+
+
+def test_prompt_chunks_beside_decodes_are_cut_to_the_step_time(model: Model) -> None:
+    """With max_step_s set, a long prompt arriving while another sequence decodes is
+    prefilled in whole 64-row tiles that fit the time at the measured cost per row (here
+    the smallest: one tile), not in step_tokens chunks; alone it takes full chunks."""
+    context = Context(model, n_ctx=2 * 1024, n_seq_max=2, n_batch=512, n_threads=2)
+    engine = Engine(model, context, max_step_s=0.001)
+    try:
+        long_prompt = model.tokenize("Once upon a time " * 150, add_special=True)  # 601
+        greedy = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+        engine.admit(Admit(1, 0, long_prompt, greedy))  # alone: full chunks
+        first = [o.n_prompt_computed for o in engine.step().outputs if o.seq_id == 1]
+        assert first == [512] and engine.row_cost.per_row_s > 0
+        while any(s.prefilling for s in engine.sequences.values()):
+            engine.step()
+        engine.admit(Admit(2, 1, long_prompt, greedy))  # beside a decoding sequence
+        chunks = []
+        while engine.sequences[2].prefilling:
+            chunks += [o.n_prompt_computed for o in engine.step().outputs if o.seq_id == 2]
+        assert chunks[:-2] == [64] * (len(chunks) - 2) and sum(chunks) == len(long_prompt)
+    finally:
+        engine.close()
+        context.close()

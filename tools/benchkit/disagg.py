@@ -73,7 +73,17 @@ def setups(args: argparse.Namespace) -> list[tuple[str, list[Target]]]:
          "--role", "decode", "--prefill", door],
         decode_port,
     )  # fmt: skip
-    return [("unified", [unified]), ("disaggregated", [prefill, decode])]
+    found = [("unified", [unified]), ("disaggregated", [prefill, decode])]
+    if args.max_step_ms:  # unified again, its prompt chunks cut to fit the step time
+        cut_port = free_port()
+        cut = Target(
+            f"unified (2 cores, max_step_ms {args.max_step_ms:g})",
+            [*python, "--port", str(cut_port), "--threads", "2", *common],
+            cut_port,
+            env={"INFERFLUX_SCHEDULER_MAX_STEP_MS": str(args.max_step_ms)},
+        )
+        found.insert(1, ("unified_cut", [cut]))
+    return found
 
 
 async def decoding_stream(
@@ -226,6 +236,16 @@ def disagg_main(args: argparse.Namespace) -> dict:
         ratio = unified[key] / split[key] if split[key] else float("nan")
         print(f"| {key} | {unified[key]:.3g} | {split[key]:.3g} | {ratio:.2f}x |")
     print(f"| decode_tok_s | {unified['decode_tok_s']:.1f} | {split['decode_tok_s']:.1f} | |")
+    if "unified_cut" in results:
+        cut = results["unified_cut"]
+        print(f"\n| | unified | unified, max_step_ms {args.max_step_ms:g} | unified / cut |")
+        print("|---|---|---|---|")
+        for key in (
+            "itl_p50_ms", "itl_p99_ms", "itl_max_ms", "long_ttft_p50_s", "long_ttft_max_s",
+            "decode_tok_s",
+        ):  # fmt: skip
+            ratio = unified[key] / cut[key] if cut[key] else float("nan")
+            print(f"| {key} | {unified[key]:.3g} | {cut[key]:.3g} | {ratio:.2f}x |")
     print(
         f"\nremote prefills {split['remote_prefills']:.0f}, {split['kv_mb_each']:.1f} MB of KV "
         f"each; remote prefill {split['remote_prefill_s']:.2f} s of which the prefill node "
