@@ -42,7 +42,6 @@ from .cluster import PEER_PREFIX, ClusterNode
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
 SCHEDULER_TARGET = "inferflux.scheduler.actor:Scheduler"
 METRICS_TARGET = "inferflux.scheduler.meter:MetricsActor"
-KVCACHE_TARGET = "inferflux.kvcache.actor:KVCache"
 
 
 @dataclass
@@ -166,8 +165,7 @@ def engine_subtree(
                 env=child_environment(os.environ),
                 in_registry=registry,
                 imports={name: WORKER_TARGET for name in worker_names(config)}
-                | {"metrics": METRICS_TARGET}
-                | ({"kvcache": KVCACHE_TARGET} if clustered else {}),
+                | {"metrics": METRICS_TARGET},
             )
         else:
             scheduler = Scheduler("scheduler", in_registry=registry, **options)
