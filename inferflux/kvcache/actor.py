@@ -120,11 +120,11 @@ class KVCache(Actor):
             return state, False  # one host: the worker maps the prefill node's file
         name = staging.new_name()
         try:
+            # receiving() removes the partial file when the pull fails or is cut short.
             with trio.move_on_after(self.fetch_timeout_s) as timer:
                 with staging.receiving(name, state.size) as put:
                     await self._pull(holder, state, put)
             if timer.cancelled_caught:
-                staging.remove(name)
                 raise _PullFailed(f"not pulled within {self.fetch_timeout_s:.0f}s")
         finally:
             with contextlib.suppress(ActorError):  # gone with its node: its lease ends it

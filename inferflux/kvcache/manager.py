@@ -92,10 +92,18 @@ class KVCacheManager:
 
     def cached_prefix(self, prompt: list[int]) -> int:
         """Prompt tokens a placement here would reuse (no decision taken)."""
+        return self._match(prompt)[0]
+
+    def _match(self, prompt: list[int]) -> tuple[int, set[int]]:
+        """The reusable prefix of `prompt` and the slots holding it."""
         if not self.prefix_cache:
-            return 0
-        length = min(self.tree.longest_match(prompt)[0], len(prompt) - 1)
-        return length if length >= self.min_reuse_tokens else 0
+            return 0, set()
+        length, holders = self.tree.longest_match(prompt)
+        # The last prompt token is always computed: its logits give the first new token.
+        length = min(length, len(prompt) - 1)
+        if length < self.min_reuse_tokens:
+            return 0, set()
+        return length, holders
 
     # decisions -------------------------------------------------------------------------
     def place(self, prompt: list[int]) -> Placement | None:
@@ -107,14 +115,8 @@ class KVCacheManager:
         """
         if not self.can_place():
             return None
-        length, holders, queried = 0, set(), 0
-        if self.prefix_cache:
-            length, holders = self.tree.longest_match(prompt)
-            queried = len(prompt)
-        # The last prompt token is always computed: its logits give the first new token.
-        length = min(length, len(prompt) - 1)
-        if length < self.min_reuse_tokens:
-            length, holders = 0, set()
+        length, holders = self._match(prompt)
+        queried = len(prompt) if self.prefix_cache else 0
         cached_holders = [s for s in holders if self.state[s] == "cached"]
         if cached_holders:
             slot = max(cached_holders, key=lambda s: self._last_used[s])

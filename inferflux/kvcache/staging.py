@@ -28,6 +28,7 @@ import mmap
 import os
 import re
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -66,8 +67,6 @@ def host_id() -> str:
             boot_id = boot.read().strip()
         mounts = os.stat("/proc/self/ns/mnt").st_ino
     except OSError:  # not Linux: the host name, and the name check in `exists` decides
-        import socket
-
         return f"{socket.gethostname()}:{directory()}"
     return f"{boot_id}:{mounts}"
 
@@ -210,9 +209,9 @@ _cuda_runtime: Any = None
 
 
 def use_cuda_pinning() -> None:
-    """Register staging mappings with CUDA from now on (a GPU worker calls this once it
-    has offloaded layers). CuPy is the optional `gpu` extra: without it the copies simply
-    run unpinned."""
+    """Register staging mappings with CUDA from now on (a worker that offloads layers to
+    a GPU calls this at start). CuPy is the optional `gpu` extra: without it the copies
+    simply run unpinned."""
     global _cuda_runtime
     try:
         import cupy  # noqa: PLC0415 - optional, CUDA hosts only

@@ -33,6 +33,7 @@ from ..messages import (
     Admit,
     Cancel,
 )
+from ..rate import DecayingRate
 from .messages import (
     Abort,
     Delta,
@@ -47,7 +48,7 @@ from .meter import Meter
 from .remote_prefill import PrefillPeers, RemotePrefillPath
 from .request import Request
 from .waiting import WaitingQueue
-from .worker_results import PromptSpeed, WorkerResults
+from .worker_results import WorkerResults
 
 log = logging.getLogger("inferflux.scheduler")
 BACKLOG_SHARE = 0.9  # of a prefill job's time: the rest is for its answer and transfer
@@ -114,7 +115,7 @@ class Scheduler(WorkerResults, RemotePrefillPath, Actor):
         self.kvcache = ActorRef(kvcache, self.registry)  # this node's KV handoffs
         # Prompt tokens computed and the seconds their steps took, decaying: this node's
         # prefill speed, which says whether a prefill job can be done in time.
-        self.prompt_speed = PromptSpeed()
+        self.prompt_speed = DecayingRate(decay=0.9)
 
     # requests ------------------------------------------------------------------------
     async def started(self) -> None:
@@ -195,7 +196,7 @@ class Scheduler(WorkerResults, RemotePrefillPath, Actor):
         """A prefill job that would not be done within most of its decode node's wait, at
         this node's measured speed, behind the prompt tokens it already has: refused at
         once, so the decode node computes it itself now rather than after a time-out."""
-        speed = self.prompt_speed.tokens_per_s
+        speed = self.prompt_speed.per_second
         if not speed:
             return None  # not measured yet: take it
         backlog = sum(len(r.admitted_tokens) - r.prompt_done for r in self.running.values())

@@ -32,29 +32,13 @@ from actors import ActorError, ActorRef, Rejected
 
 from ..kvcache.placement import NodeKV
 from ..messages import Attach, Cancel, SeqOutput, StepResult, WorkerReady
+from ..rate import DecayingRate
 from .messages import Delta, GenerationFailed, NotReady, SchedulerError
 from .meter import Meter
 from .request import Request
 from .waiting import WaitingQueue
 
 log = logging.getLogger("inferflux.scheduler")
-
-
-class PromptSpeed:
-    """Prompt tokens per second over the recent steps that computed prompt tokens
-    (decaying sums, so one short tail chunk does not swing it)."""
-
-    def __init__(self, decay: float = 0.9) -> None:
-        self.decay, self.tokens, self.seconds = decay, 0.0, 0.0
-
-    def step(self, tokens: int, seconds: float) -> None:
-        if tokens and seconds > 0:
-            self.tokens = self.decay * self.tokens + tokens
-            self.seconds = self.decay * self.seconds + seconds
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 class WorkerResults:
@@ -78,7 +62,7 @@ class WorkerResults:
     max_batch_seen: int
     drafted: int
     accepted: int
-    prompt_speed: PromptSpeed
+    prompt_speed: DecayingRate
     _enqueue: Callable[..., None]
     _admit_waiting: Callable[[], None]
     _cast: Callable[[int, Any], None]
@@ -176,12 +160,10 @@ class WorkerResults:
         self.meter.observe("step_duration", result.duration_s)
         if result.n_drafted:
             self._count_drafts(result.n_drafted, result.n_accepted)
-        self.prompt_speed.step(
-            sum(out.n_prompt_computed for out in result.outputs), result.duration_s
-        )
         for _ in range(result.images_encoded):  # the worker sends their total: each its mean
             self.meter.observe("image_encode", result.encode_s / result.images_encoded)
         now = time.monotonic()
+        prompt_computed = 0
         for out in result.outputs:
             request = self.running.get(out.seq_id)
             if request is None or request.worker != worker:
@@ -189,8 +171,8 @@ class WorkerResults:
             if request.staged:  # the worker has its KV state, or refused it
                 self._release_staged(request)
             if out.n_prompt_computed:
+                prompt_computed += out.n_prompt_computed
                 request.prompt_done += out.n_prompt_computed
-                self.meter.inc("prompt_computed", out.n_prompt_computed)
                 if request.prompt_done >= len(request.admitted_tokens) and not request.resident:
                     request.resident = True
                     self.kv[worker].prompt_resident(request.slot, request.admitted_tokens)
@@ -204,6 +186,8 @@ class WorkerResults:
                     self._send(request, Delta(out.token_ids, out.text, logprobs=out.logprobs))
                 continue
             self._finish(request, out)
+        self.meter.inc("prompt_computed", prompt_computed)
+        self.prompt_speed.observe(prompt_computed, result.duration_s)
         self._admit_waiting()
 
     def _count_drafts(self, drafted: int, accepted: int) -> None:

@@ -33,6 +33,7 @@ import trio
 from actors import Actor, ActorUnavailable, Envelope, Rejected
 
 from ..config import SpeculativeConfig
+from ..kvcache import staging
 from ..messages import (
     Admit,
     Attach,
@@ -101,6 +102,8 @@ class DeviceWorker(Actor):
 
     async def started(self) -> None:
         model = Model(self.model_path, n_gpu_layers=self.gpu_layers)
+        if model.on_gpu:  # exported KV states are copied from the GPU: pin their buffers
+            staging.use_cuda_pinning()
         context = Context(
             model,
             n_ctx=self.n_slots * self.cells_per_slot,

@@ -5,8 +5,8 @@ Each step packs, in this order and within `step_tokens`:
   2. prompt chunks of prefilling sequences, oldest first (chunked prefill: a long prompt
      takes several steps and never stalls the decodes of others). While sequences are
      decoding and `max_step_s` is set, the chunks are also cut to what fits in about
-     that much time at the measured cost per row (RowCost), in whole tiles of
-     CHUNK_ROWS: on a CPU a 512-token chunk takes seconds, and every stream waits for it.
+     that much time at the measured cost per row, in whole tiles (worker/chunking.py):
+     on a CPU a 512-token chunk takes seconds, and every stream waits for it.
 Logits are requested only where a token must be sampled (a decode, or the last chunk of a
 prompt). Sampling, detokenization and stop strings then run per sequence, and the step's
 outcome is one StepResult for all of them. With speculative decoding on, a decoding
@@ -23,66 +23,19 @@ import time
 import llama_cpp as L
 
 from ..config import SpeculativeConfig
-from ..kvcache import staging
-from ..messages import Admit, KVState, SeqOutput, StepResult
+from ..messages import Admit, SeqOutput, StepResult
+from ..rate import DecayingRate
+from .chunking import CHUNK_ROWS, SMALL_CHUNK, prompt_rows
 from .constraint import Constraint, GrammarError
 from .llama import Context, Model
 from .logprobs import log_softmax, token_logprob
 from .output import TextOutput
 from .sampling import Sampler
 from .sequence import ImageRows, Sequence
-from .slot_cells import reused, set_up_cells
+from .slot_cells import export_cells, reused, set_up_cells
 from .speculation import Speculation
 
-# ggml's CPU flash attention rounds the rows of any chunk below 64 rows of one stream the
-# way it rounds a decode in company, and switches to a tiled kernel that rounds differently
-# at 64 (GGML_FA_TILE_Q). A single row of a single stream (a sequence alone in its
-# ubatch) with 512 or more KV cells in view takes a third, split-KV kernel. So:
-# - recompute replays the tokens a client already has (decodes the first time) in chunks
-#   of at most this many;
-# - a prompt of more than this many tokens ends with its last token alone, a chunk of
-#   one row: a prefix-cache hit on the same prompt reuses all but that token and decodes
-#   it alone too, so its logits (the first token) come from the same kernel either way
-#   (same seed, same request, same output), alone or in company, short or long. Until
-#   now the last 63 rows went alone: that broke the equality past 256 cells (the cached
-#   row took the split-KV kernel; measured, 716-token prompt: max logit difference 0.49)
-#   and made a 716-token prompt's prefill 3% slower (one-row kernel for 63 rows: 6.8 ms
-#   a row against 4.9 in a tiled chunk). Earlier chunks keep full size (capping them too
-#   costs 3x on long-prompt prefill).
-SMALL_CHUNK = 63
-CHUNK_ROWS = SMALL_CHUNK + 1  # a time-cut chunk is whole tiles of this many rows
-
-
-class RowCost:
-    """Seconds per batch row over recent steps of at least CHUNK_ROWS rows (decaying
-    sums): what a step of n rows will take, about. On a CPU a row costs about the same
-    in a decode or a prompt chunk (compute-bound); on a GPU it is tiny, and the time cut
-    never binds."""
-
-    def __init__(self, decay: float = 0.8) -> None:
-        self.decay, self.rows, self.seconds = decay, 0.0, 0.0
-
-    def observe(self, rows: int, seconds: float) -> None:
-        if rows >= CHUNK_ROWS and seconds > 0:
-            self.rows = self.decay * self.rows + rows
-            self.seconds = self.decay * self.seconds + seconds
-
-    @property
-    def per_row_s(self) -> float:
-        return self.seconds / self.rows if self.rows else 0.0
-
-
 log = logging.getLogger("inferflux.worker")
-
-
-def prompt_rows(room: int, n_decoding: int, max_step_s: float, per_row_s: float) -> int:
-    """Rows prompt chunks may take in a step: all the room, unless sequences are decoding
-    and a time target is set; then what fits in max_step_s beside the decodes, in whole
-    CHUNK_ROWS tiles, at least one tile (a prompt always moves on)."""
-    if not (n_decoding and max_step_s and per_row_s):
-        return room
-    fits = int(max_step_s / per_row_s) - n_decoding
-    return min(room, max(CHUNK_ROWS, fits // CHUNK_ROWS * CHUNK_ROWS))
 
 
 class Engine:
@@ -96,7 +49,8 @@ class Engine:
         self.model = model
         self.context = context
         self.max_step_s = max_step_s
-        self.row_cost = RowCost()
+        # Seconds per batch row over recent steps of at least a tile (the step-time cut).
+        self.row_cost = DecayingRate(decay=0.8)
         self.sequences: dict[int, Sequence] = {}
         self._finished: list[SeqOutput] = []
         self.steps = 0
@@ -241,7 +195,8 @@ class Engine:
             seq.prompt_done_this_step = seq.image_rows_this_step = 0
         self.steps += 1
         duration = time.perf_counter() - start
-        self.row_cost.observe(n_tokens, duration)
+        if n_tokens >= CHUNK_ROWS:  # smaller steps are overhead, not rows
+            self.row_cost.observe(n_tokens, duration)
         if self.spec is not None and n_tokens:
             self.spec.observe_step(duration)
         return StepResult(
@@ -287,7 +242,7 @@ class Engine:
                 planned.append((seq, 1))
                 decoding.append(seq)
                 room -= 1
-        prompt_room = prompt_rows(room, len(decoding), self.max_step_s, self.row_cost.per_row_s)
+        prompt_room = prompt_rows(room, len(decoding), self.max_step_s, self.row_cost.seconds_each)
         for seq in self.sequences.values():
             if seq.prefilling and room > 0 and prompt_room > 0:
                 if seq.n_past < seq.n_prompt:  # the prompt; replayed tokens start a new chunk
@@ -423,7 +378,9 @@ class Engine:
         if reason in ("stop", "length"):
             seq.new_text.append(seq.output.flush())
             if seq.export_to:  # a prefill job: its prompt's KV (the new token is not in it)
-                kv_state = self._export(seq)
+                kv_state = export_cells(
+                    self.context, seq.slot, seq.export_to, self.fingerprint, seq.n_past
+                )
         self._finished.append(
             SeqOutput(
                 seq.seq_id,
@@ -441,20 +398,6 @@ class Engine:
         del self.sequences[seq.seq_id]
         if self.spec is not None:
             self.spec.remove(seq.seq_id)
-
-    def _export(self, seq: Sequence) -> KVState | None:
-        """Write the sequence's KV into its staging file; None when there is no room (the
-        decode node then prefills the prompt itself)."""
-        try:
-            size = staging.write(
-                seq.export_to,
-                self.context.seq_state_size(seq.slot),
-                lambda buffer: self.context.write_seq_state(seq.slot, buffer),
-            )
-        except staging.StagingError as exc:
-            log.warning("sequence %d: its KV state is not exported: %s", seq.seq_id, exc)
-            return None
-        return KVState(self.fingerprint, seq.n_past, seq.export_to, size, staging.host_id())
 
     def _on_decode_failure(self, code: int, batch_seqs: list[Sequence]) -> None:
         """KV cache full (code 1): preempt the newest sequence in the batch; the scheduler

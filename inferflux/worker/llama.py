@@ -74,6 +74,7 @@ class Model:
         # buffers are safe everywhere. INFERFLUX_EXTRA_BUFTS=1 turns them back on.
         params.use_extra_bufts = os.environ.get("INFERFLUX_EXTRA_BUFTS") == "1"
         self.path = path
+        self.n_gpu_layers = n_gpu_layers
         self.ptr = L.llama_model_load_from_file(path.encode(), params)
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF model?)")
@@ -90,6 +91,11 @@ class Model:
         # One piece buffer per thread: the ingress tokenizes and detokenizes in worker
         # threads while the event loop renders logprobs with the same Model.
         self._buffers = threading.local()
+
+    @property
+    def on_gpu(self) -> bool:
+        """Layers are offloaded to a GPU (a GPU build, and gpu_layers not 0)."""
+        return self.n_gpu_layers != 0 and bool(L.llama_supports_gpu_offload())
 
     def fingerprint(self) -> str:
         """What a sequence's exported KV depends on besides the context's layout: the

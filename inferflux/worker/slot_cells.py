@@ -1,6 +1,7 @@
-"""Setting up a slot's KV cells for an Admit: what the scheduler's KV manager believes the
-slot holds from that Admit on (the reused prefix, copied from another slot if need be, or
-a prefill node's exported state), and nothing after it.
+"""A slot's KV cells in and out. In: setting them up for an Admit, to what the scheduler's
+KV manager believes the slot holds from that Admit on (the reused prefix, copied from
+another slot if need be, or a prefill node's exported state), and nothing after it. Out:
+a prefill job's cells exported for a decode node (disaggregated prefill, issue 14).
 
 This must run in message order, when the Admit arrives, even when the sequence starts
 later (once its grammar is compiled or its images encoded): the manager's next placement
@@ -11,9 +12,13 @@ cells (the soak run of issue 18).
 
 from __future__ import annotations
 
+import logging
+
 from ..kvcache import staging
 from ..messages import Admit, KVState
 from .llama import Context
+
+log = logging.getLogger("inferflux.worker")
 
 
 def reused(admit: Admit) -> int:
@@ -60,3 +65,20 @@ def _load(context: Context, slot: int, state: KVState) -> str:
     except staging.StagingError as exc:
         return str(exc)
     return "" if loaded else "llama.cpp refused it"
+
+
+def export_cells(
+    context: Context, slot: int, name: str, fingerprint: str, n_tokens: int
+) -> KVState | None:
+    """Write the slot's KV (its `n_tokens` prompt tokens) into the staging file `name`;
+    None when there is no room (the decode node then prefills the prompt itself)."""
+    try:
+        size = staging.write(
+            name,
+            context.seq_state_size(slot),
+            lambda buffer: context.write_seq_state(slot, buffer),
+        )
+    except staging.StagingError as exc:
+        log.warning("slot %d: its KV state is not exported: %s", slot, exc)
+        return None
+    return KVState(fingerprint, n_tokens, name, size, staging.host_id())

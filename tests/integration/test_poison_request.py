@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.conftest import MODEL_ID, RunningServer, serving
+from tests.streams import reference_texts, stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -30,22 +31,12 @@ async def test_a_poison_request_is_failed_alone_and_the_others_resume(
     client = openai.AsyncOpenAI(base_url=f"{poisonable.url}/v1", api_key="x", max_retries=0)
     questions = ["Write a story about a red fox.", "Explain how rain forms."]
     kwargs = dict(model=MODEL_ID, max_tokens=120, extra_body=GREEDY)
-    reference = {}
-    for q in questions:
-        reply = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}], **kwargs
-        )
-        reference[q] = reply.choices[0].message.content
+    reference = await reference_texts(client, questions, **kwargs)
     received: dict[str, list[str]] = {q: [] for q in questions}
     poisoned: list[openai.APIStatusError] = []
 
     async def stream(q: str) -> None:
-        chunks = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}], stream=True, **kwargs
-        )
-        async for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received[q].append(chunk.choices[0].delta.content)
+        await stream_chat(client, q, received[q], **kwargs)
 
     async def poison() -> None:
         try:

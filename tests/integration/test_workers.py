@@ -16,6 +16,7 @@ import trio
 
 from tests.conftest import MODEL_ID, RunningServer, serving
 from tests.integration.test_isolation import find
+from tests.streams import reference_texts, stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -53,26 +54,14 @@ async def test_streams_spread_over_two_workers_and_survive_one_being_killed(
 ) -> None:
     client = openai.AsyncOpenAI(base_url=f"{two_workers.url}/v1", api_key="x", max_retries=0)
     kwargs = dict(model=MODEL_ID, max_tokens=120, temperature=0, extra_body={"ignore_eos": True})
-    reference = {}
-    for q in QUESTIONS:
-        reply = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}], **kwargs
-        )
-        reference[q] = reply.choices[0].message.content
+    reference = await reference_texts(client, QUESTIONS, **kwargs)
     pids = worker_pids(two_workers)
     assert len(pids) == 2, pids
     received: dict[str, list[str]] = {q: [] for q in QUESTIONS}
     finish: dict[str, str] = {}
 
     async def stream(q: str) -> None:
-        chunks = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}], stream=True, **kwargs
-        )
-        async for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received[q].append(chunk.choices[0].delta.content)
-            if chunk.choices and chunk.choices[0].finish_reason:
-                finish[q] = chunk.choices[0].finish_reason
+        finish[q] = await stream_chat(client, q, received[q], **kwargs)
 
     async with trio.open_nursery() as nursery:
         for q in QUESTIONS:

@@ -3,7 +3,8 @@ step's prompt chunks may take, and the per-row cost they are measured with."""
 
 from __future__ import annotations
 
-from inferflux.worker.engine import CHUNK_ROWS, RowCost, prompt_rows
+from inferflux.rate import DecayingRate
+from inferflux.worker.chunking import CHUNK_ROWS, prompt_rows
 
 
 def test_without_decodes_or_a_target_or_a_measurement_the_room_is_all() -> None:
@@ -20,11 +21,12 @@ def test_beside_decodes_the_chunk_fits_the_time_in_whole_tiles() -> None:
     assert prompt_rows(504, 8, 0.05, 0.007) == CHUNK_ROWS
 
 
-def test_step_cost_is_per_row_over_steps_of_at_least_a_tile() -> None:
-    cost = RowCost()
-    cost.observe(8, 0.5)  # a decode-only step: overhead-bound, not counted
-    assert cost.per_row_s == 0.0
+def test_the_cost_per_row_follows_recent_steps() -> None:
+    cost = DecayingRate(decay=0.8)
+    assert cost.seconds_each == 0.0 and cost.per_second == 0.0  # nothing observed yet
     cost.observe(512, 3.584)
-    assert abs(cost.per_row_s - 0.007) < 1e-9
+    assert abs(cost.seconds_each - 0.007) < 1e-9
     cost.observe(128, 1.28)  # 10 ms a row now: the estimate moves towards it
-    assert 0.007 < cost.per_row_s < 0.01
+    assert 0.007 < cost.seconds_each < 0.01
+    cost.observe(0, 1.0)  # nothing computed: no information
+    assert 0.007 < cost.seconds_each < 0.01

@@ -265,7 +265,7 @@ def test_prompt_chunks_beside_decodes_are_cut_to_the_step_time(model: Model) -> 
         greedy = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
         engine.admit(Admit(1, 0, long_prompt, greedy))  # alone: full chunks
         first = [o.n_prompt_computed for o in engine.step().outputs if o.seq_id == 1]
-        assert first == [512] and engine.row_cost.per_row_s > 0
+        assert first == [512] and engine.row_cost.seconds_each > 0
         while any(s.prefilling for s in engine.sequences.values()):
             engine.step()
         engine.admit(Admit(2, 1, long_prompt, greedy))  # beside a decoding sequence
