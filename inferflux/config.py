@@ -122,7 +122,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     own llama.cpp context, `scheduler.n_parallel` slots and prefix cache, and threads /
     workers threads. A request goes to the worker holding the longest prefix of its
     prompt unless that unbalances load (kvcache/placement.py); a worker that crashes
-    costs its own requests a pause, the others go on."""
+    costs its own requests a pause, the others go on. On a multi-GPU host the node's GPUs
+    are dealt out among them (one each, or contiguous groups: serving/gpus.py)."""
     gpu_layers: int = -1
     """Layers offloaded to the GPU (CUDA builds of llama-cpp-python). -1: all of them when
     llama.cpp finds a GPU, none otherwise; 0: CPU only; n: the last n layers."""

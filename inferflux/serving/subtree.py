@@ -38,6 +38,7 @@ from ..scheduler.actor import Scheduler
 from ..scheduler.messages import WorkerGaveUp
 from ..scheduler.meter import MetricsActor
 from .cluster import PEER_PREFIX, ClusterNode
+from .gpus import node_gpus, worker_environment
 
 WORKER_TARGET = "inferflux.worker.actor:DeviceWorker"
 SCHEDULER_TARGET = "inferflux.scheduler.actor:Scheduler"
@@ -108,15 +109,19 @@ def engine_subtree(
     )
     sched, supervision = config.scheduler, config.supervision
 
-    def make_worker(name: str) -> ProcessActor:
+    workers = config.model.workers
+    gpus = node_gpus(os.environ) if workers > 1 else []  # dealt out among them: gpus.py
+
+    def make_worker(index: int) -> ProcessActor:
         return ProcessActor(
-            name,
+            f"worker-{index}",
             WORKER_TARGET,
             worker_options(config, model_path, served.ctx_size)
             | ({"mmproj_path": served.mmproj} if served.mmproj else {}),
             role="worker",
             socket_dir=socket_dir,
-            env=child_environment(os.environ),  # no secrets: environment.py
+            # no secrets: environment.py
+            env=worker_environment(child_environment(os.environ), gpus, index, workers),
             in_registry=registry,
         )
 
@@ -187,9 +192,9 @@ def engine_subtree(
                         "engine",
                         [
                             ChildSpec(
-                                name, lambda name=name: make_worker(name), shutdown_timeout_s=10
+                                name, lambda i=i: make_worker(i), shutdown_timeout_s=10
                             )  # fmt: skip
-                            for name in worker_names(config)
+                            for i, name in enumerate(worker_names(config))
                         ],
                         max_restarts=supervision.worker_max_restarts,
                         max_seconds=supervision.worker_restart_window_s,
