@@ -67,9 +67,11 @@ def start_server(
     timeout_s: float = 120,
     verify: str | None = None,
     cert: tuple[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
     """Start `inferflux run` and wait until it is ready. `verify`: serving HTTPS, the CA
-    to check it with (and `cert`, a client certificate and key, for mutual TLS)."""
+    to check it with (and `cert`, a client certificate and key, for mutual TLS). `env`:
+    set on top of this process's environment."""
     port = free_port()
     log_path = os.path.join(tmp_dir, f"server-{port}.log")
     log = open(log_path, "w")
@@ -78,6 +80,7 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         preexec_fn=dies_with_parent,
     )
     server = RunningServer(process, port, log_path, "https" if verify else "http")
@@ -121,7 +124,11 @@ def server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def serving(
-    factory: pytest.TempPathFactory, name: str, n_parallel: int, *extra: str
+    factory: pytest.TempPathFactory,
+    name: str,
+    n_parallel: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Start a server (1024-token windows, 2 threads), yield it, stop it."""
     running = start_server(
@@ -133,6 +140,7 @@ def serving(
         "--threads",
         "2",
         *extra,
+        env=env,
     )
     try:
         yield running

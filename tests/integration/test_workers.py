@@ -30,7 +30,9 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory):
-    yield from serving(tmp_path_factory, "workers", 2, "--workers", "2")
+    # Two GPUs named to the node (a CPU build ignores them; no GPU here): one each.
+    gpus = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    yield from serving(tmp_path_factory, "workers", 2, "--workers", "2", env=gpus)
 
 
 def worker_pids(server: RunningServer) -> list[int]:
@@ -40,6 +42,23 @@ def worker_pids(server: RunningServer) -> list[int]:
         text=True,
     ).stdout.split()
     return sorted(int(pid) for pid in out)
+
+
+def worker_environment(pid: int) -> tuple[str, dict[str, str]]:
+    """A worker process's actor name and environment, as the kernel has them."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(v.split("=", 1) for v in f.read().decode().split("\0") if "=" in v)
+    return argv[argv.index("--name") + 1], env
+
+
+def test_each_worker_gets_its_own_gpu(two_workers: RunningServer) -> None:
+    seen = dict(worker_environment(pid) for pid in worker_pids(two_workers))
+    assert {name: env.get("CUDA_VISIBLE_DEVICES") for name, env in seen.items()} == {
+        "worker-0": "0",
+        "worker-1": "1",
+    }
 
 
 def scheduler_details(server: RunningServer) -> dict:
