@@ -22,11 +22,18 @@ async def reference_texts(
 
 
 async def stream_chat(
-    client: openai.AsyncOpenAI, question: str, parts: list[str], **kwargs: Any
+    client: openai.AsyncOpenAI,
+    question: str,
+    parts: list[str],
+    usage: list[int] | None = None,
+    **kwargs: Any,
 ) -> str:
     """Stream the reply, appending each text delta to `parts` as it arrives (a test
-    watches them mid-stream); returns the finish reason ("" if none came)."""
+    watches them mid-stream); returns the finish reason ("" if none came). With `usage`,
+    the stream asks for its usage and appends the completion token count to it."""
     finish = ""
+    if usage is not None:
+        kwargs["stream_options"] = {"include_usage": True}
     chunks = await client.chat.completions.create(
         messages=[{"role": "user", "content": question}], stream=True, **kwargs
     )
@@ -35,4 +42,6 @@ async def stream_chat(
             parts.append(chunk.choices[0].delta.content)
         if chunk.choices and chunk.choices[0].finish_reason:
             finish = chunk.choices[0].finish_reason
+        if usage is not None and chunk.usage:
+            usage.append(chunk.usage.completion_tokens)
     return finish

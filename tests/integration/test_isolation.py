@@ -21,6 +21,7 @@ from inferflux.policy import ops
 from inferflux.policy.records import StoreData
 from inferflux.policy.store import PolicyStore
 from tests.conftest import MODEL_ID, RunningServer, serving
+from tests.streams import reference_texts, stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -98,30 +99,16 @@ async def streams_across_a_kill(server: RunningServer, key: str, victim: str) ->
     kwargs = dict(
         model=MODEL_ID, max_tokens=MAX_TOKENS, temperature=0, extra_body={"ignore_eos": True}
     )
-    reference = {}
-    for q in QUESTIONS:
-        reply = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}], **kwargs
-        )
-        reference[q] = reply.choices[0].message.content
+    reference = await reference_texts(client, QUESTIONS, **kwargs)
     first_pid = process_of(server, victim)
     received: dict[str, list[str]] = {q: [] for q in QUESTIONS}
     finish: dict[str, list[Any]] = {q: ["", -1] for q in QUESTIONS}
 
     async def stream(q: str) -> None:
-        chunks = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}],
-            stream=True,
-            stream_options={"include_usage": True},
-            **kwargs,
-        )
-        async for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received[q].append(chunk.choices[0].delta.content)
-            if chunk.choices and chunk.choices[0].finish_reason:
-                finish[q][0] = chunk.choices[0].finish_reason
-            if chunk.usage:
-                finish[q][1] = chunk.usage.completion_tokens
+        usage: list[int] = []
+        finish[q][0] = await stream_chat(client, q, received[q], usage, **kwargs)
+        if usage:
+            finish[q][1] = usage[-1]
 
     async with trio.open_nursery() as nursery:
         for q in QUESTIONS:

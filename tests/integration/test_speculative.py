@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from tests.conftest import MODEL_ID, RunningServer, serving
+from tests.streams import stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -118,12 +119,7 @@ async def test_a_killed_worker_resumes_the_same_text(speculative: RunningServer)
     received: dict[str, list[str]] = {p: [] for p in PROMPTS[:2]}
 
     async def stream(prompt: str) -> None:
-        chunks = await client.chat.completions.create(
-            model=MODEL_ID, messages=[{"role": "user", "content": prompt}], stream=True, **kwargs
-        )
-        async for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received[prompt].append(chunk.choices[0].delta.content)
+        await stream_chat(client, prompt, received[prompt], model=MODEL_ID, **kwargs)
 
     first = worker_pid(speculative)
     async with trio.open_nursery() as nursery:

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from tests.conftest import MODEL_ID, RunningServer, serving
+from tests.streams import reference_texts, stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -91,30 +92,16 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(crash_server: Run
     kwargs = dict(model=MODEL_ID, max_tokens=150, extra_body={"ignore_eos": True})
     sampling = dict(zip(QUESTIONS, SAMPLING, strict=True))
     reference = {}
-    for q in QUESTIONS:
-        reply = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}], **kwargs, **sampling[q]
-        )
-        reference[q] = reply.choices[0].message.content
+    for q in QUESTIONS:  # each with its own sampling
+        reference |= await reference_texts(client, [q], **kwargs, **sampling[q])
     first_pid = worker_pid(crash_server)
     received: dict[str, list[str]] = {q: [] for q in QUESTIONS}
     finish: dict[str, tuple[str, int]] = {}
 
     async def stream(q: str) -> None:
-        chunks = await client.chat.completions.create(
-            messages=[{"role": "user", "content": q}],
-            stream=True,
-            stream_options={"include_usage": True},
-            **kwargs,
-            **sampling[q],
-        )
-        async for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received[q].append(chunk.choices[0].delta.content)
-            if chunk.choices and chunk.choices[0].finish_reason:
-                finish[q] = (chunk.choices[0].finish_reason, -1)
-            if chunk.usage:
-                finish[q] = (finish[q][0], chunk.usage.completion_tokens)
+        usage: list[int] = []
+        reason = await stream_chat(client, q, received[q], usage, **kwargs, **sampling[q])
+        finish[q] = (reason, usage[-1] if usage else -1)
 
     async with trio.open_nursery() as nursery:
         for q in QUESTIONS:
@@ -194,16 +181,11 @@ async def test_restart_intensity_exceeded_ends_streams_with_503(fragile_server) 
     client = openai.AsyncOpenAI(base_url=f"{fragile_server.url}/v1", api_key="x", max_retries=0)
     kwargs = dict(model=MODEL_ID, max_tokens=400, temperature=0, extra_body={"ignore_eos": True})
     errors: list[openai.APIError] = []
-    got_text: list[int] = []
+    got_text: list[str] = []  # both streams' deltas
 
     async def long_stream() -> None:
-        chunks = await client.chat.completions.create(
-            messages=[{"role": "user", "content": "Tell a long story."}], stream=True, **kwargs
-        )
         try:
-            async for chunk in chunks:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    got_text.append(1)
+            await stream_chat(client, "Tell a long story.", got_text, **kwargs)
         except openai.APIError as exc:
             errors.append(exc)
 
