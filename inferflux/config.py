@@ -129,16 +129,29 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     llama.cpp finds a GPU, none otherwise; 0: CPU only; n: the last n layers."""
 
 
+DECODE_NODE_STEP_MS = 500.0  # scheduler.max_step_ms's default on a decode node
+
+
 class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     n_parallel: int = 16
     """Sequences generated at once (KV slots). Each slot holds ctx_size tokens of KV."""
     step_tokens: int = 512
     """Token budget of one engine step: decodes first, then prompt chunks (chunked
     prefill), so a long prompt never stalls running streams."""
-    max_step_ms: float = 0.0
+    max_step_ms: float = -1.0
     """While streams are decoding, cut a step's prompt chunks to what fits in about this
     many milliseconds (at the measured cost per row, in tiles of 64 rows): on a CPU a
-    512-token chunk takes seconds, and every stream waits for it. 0: step_tokens only."""
+    512-token chunk takes seconds, and every stream waits for it. 0: step_tokens only.
+    -1: 500 on a decode node (smooth decoding is what it is for; it prefills a prompt
+    itself only when no prefill node took it), 0 elsewhere (the cut costs throughput:
+    docs/benchmarks.md)."""
+
+    def step_ms_for(self, role: str) -> float:
+        """max_step_ms with its role default applied."""
+        if self.max_step_ms >= 0:
+            return self.max_step_ms
+        return DECODE_NODE_STEP_MS if role == "decode" else 0.0
+
     max_waiting: int = 256
     """Requests allowed to wait for a slot; beyond it the server answers 429."""
     max_waiting_per_principal: int = 0
@@ -404,6 +417,11 @@ def _check(config: Config) -> None:
         problems.append(
             "speculative.ngram_min and ngram_max must satisfy 1 <= ngram_min <= ngram_max "
             f"<= 32, got {spec.ngram_min} and {spec.ngram_max}"
+        )
+    if config.scheduler.max_step_ms < 0 and config.scheduler.max_step_ms != -1:
+        problems.append(
+            f"scheduler.max_step_ms must be >= 0 or -1 (the role's default), "
+            f"got {config.scheduler.max_step_ms}"
         )
     if not 1 <= config.model.workers <= 64:
         problems.append(f"model.workers must be 1-64, got {config.model.workers}")

@@ -31,6 +31,7 @@ def test_precedence_file_then_env_then_flags(tmp_path) -> None:
         ("[speculative]\nmax_draft_tokens = 64\n", "speculative.max_draft_tokens must be 1-62"),
         ("[speculative]\nngram_min = 5\nngram_max = 3\n", "ngram_min <= ngram_max"),
         ("[speculative]\nmethod = 'model'\n", "Invalid enum value 'model'"),
+        ("[scheduler]\nmax_step_ms = -5.0\n", "max_step_ms must be >= 0 or -1"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text: str, complaint: str) -> None:
@@ -48,3 +49,13 @@ def test_speculative_decoding_is_turned_on_from_the_environment() -> None:
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="INFERFLUX_SERVER_PORT"):
         load_config(env={"INFERFLUX_SERVER_PORT": "eighty"})
+
+
+def test_prompt_chunks_are_cut_to_a_step_time_on_decode_nodes_only_by_default() -> None:
+    scheduler = Config().scheduler
+    assert scheduler.step_ms_for("decode") == 500
+    assert scheduler.step_ms_for("unified") == 0 and scheduler.step_ms_for("prefill") == 0
+    chosen = load_config(env={"INFERFLUX_SCHEDULER_MAX_STEP_MS": "0"}).scheduler
+    assert chosen.step_ms_for("decode") == 0  # a choice beats the role's default
+    chosen = load_config(env={"INFERFLUX_SCHEDULER_MAX_STEP_MS": "300"}).scheduler
+    assert chosen.step_ms_for("unified") == 300
