@@ -32,8 +32,12 @@ def prompt_rows(room: int, n_decoding: int, max_step_s: float, per_row_s: float)
     CHUNK_ROWS tiles, at least one tile (a prompt always moves on). `per_row_s` is the
     engine's average over steps of at least a tile; a small chunk costs more per row
     (about 2x for 64 rows against 512 on the 2-vCPU AMD test box), so a cut step runs
-    over its time (docs/benchmarks.md)."""
-    if not (n_decoding and max_step_s and per_row_s):
+    over its time (docs/benchmarks.md). Before any step of a tile or more was measured,
+    one tile: that step measures the cost (a first 512-row chunk on one CPU thread would
+    stall every stream for seconds)."""
+    if not (n_decoding and max_step_s):
         return room
+    if not per_row_s:
+        return min(room, CHUNK_ROWS)
     fits = int(max_step_s / per_row_s) - n_decoding
     return min(room, max(CHUNK_ROWS, fits // CHUNK_ROWS * CHUNK_ROWS))

@@ -7,10 +7,11 @@ from inferflux.rate import DecayingRate
 from inferflux.worker.chunking import CHUNK_ROWS, prompt_rows
 
 
-def test_without_decodes_or_a_target_or_a_measurement_the_room_is_all() -> None:
+def test_without_decodes_or_a_target_the_room_is_all_and_unmeasured_one_tile() -> None:
     assert prompt_rows(500, 0, 0.5, 0.01) == 500  # nobody waits for the step
     assert prompt_rows(500, 8, 0.0, 0.01) == 500  # off
-    assert prompt_rows(500, 8, 0.5, 0.0) == 500  # not measured yet
+    assert prompt_rows(500, 8, 0.5, 0.0) == CHUNK_ROWS  # not measured yet: one tile
+    assert prompt_rows(40, 8, 0.5, 0.0) == 40
 
 
 def test_beside_decodes_the_chunk_fits_the_time_in_whole_tiles() -> None:
