@@ -286,8 +286,10 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     in the local prefix cache; shorter ones are prefilled here."""
     prefill_timeout_s: float = 30.0
     """role decode: a remote prefill taking longer is given up, and the prompt prefilled
-    here; so is bringing its KV state here. A prefill node that could not finish a prompt
-    within most of this (its backlog at its measured speed) refuses it at once instead."""
+    here; so is bringing its KV state here. A long prompt that this node would take longer
+    to prefill itself (at its measured speed) is waited for that long instead. A prefill
+    node that could not finish a prompt within most of the wait (its backlog at its
+    measured speed) refuses it at once instead."""
     lease_s: float = 30.0
     """An exported KV state nobody released is removed this long after it was written
     (its decode node died mid-handoff)."""

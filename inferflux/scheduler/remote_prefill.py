@@ -39,6 +39,7 @@ from actors import ActorError, ActorRef, Registry, Rejected
 from ..kvcache.messages import Fetched, FetchKV, ReleaseKV, holder_name
 from ..kvcache.placement import NodeKV
 from ..messages import Admit, FinishReason, KVState, SeqOutput, TokenLogprob
+from ..rate import DecayingRate
 from .messages import Delta, Overloaded, Submit
 from .meter import Meter
 from .request import Request
@@ -159,6 +160,7 @@ class RemotePrefillPath:
     kv: NodeKV
     meter: Meter
     peers: PrefillPeers
+    prompt_speed: DecayingRate  # this node's own, measured on its worker's steps
     registry: Registry
     kvcache: ActorRef
     fingerprints: list[str]
@@ -181,7 +183,7 @@ class RemotePrefillPath:
             try:
                 if peer is not None:
                     answer = await prefill_on(
-                        ActorRef(peer, self.registry), request, self.peers.timeout_s
+                        ActorRef(peer, self.registry), request, self._remote_wait_s(request)
                     )
                 if peer is not None and answer is not None:
                     fetched = await self._bring_state_here(request, peer, answer)
@@ -216,6 +218,16 @@ class RemotePrefillPath:
             self._enqueue(request, front=True)
         self._admit_waiting()
         self.meter.report()
+
+    def _remote_wait_s(self, request: Request) -> float:
+        """How long to wait for a prefill node: `cluster.prefill_timeout_s`, or as long as
+        prefilling the prompt here would take at this node's measured speed, whichever is
+        longer. A peer that is no faster than that is no gain; one that is, is worth the
+        wait, even past the time-out (on a CPU a long prompt takes tens of seconds on
+        either side). The prefill node refuses at once what it would not finish in it."""
+        speed = self.prompt_speed.per_second
+        here_s = len(request.prompt) / speed if speed else 0.0
+        return max(self.peers.timeout_s, here_s)
 
     async def _bring_state_here(
         self, request: Request, peer: str, answer: Prefilled

@@ -200,6 +200,22 @@ async def test_a_prefill_node_too_slow_costs_a_local_prefill() -> None:
     assert (tokens, reason) == (expected_tokens(LONG, 6), "length")
 
 
+async def test_a_prefill_node_is_waited_for_as_long_as_prefilling_here_would_take() -> None:
+    """The time-out (0.3 s) is shorter than the peer takes (1 s), but this node measured its
+    own prefill at 6 tokens a second (a 3-token prompt in a step its worker reports as
+    0.5 s): the 40-token prompt would take it ~6.7 s here, so the peer is worth waiting for."""
+    h = DisaggHarness(prefill_delay_s=1.0, timeout_s=0.3)
+    async with h.running():
+        await wait_for(lambda: h.prefill_workers and h.prefill_workers[0].port is not None)
+        await wait_for(lambda: h.workers and h.workers[0].port is not None)
+        h.workers[0].step_s = 0.5
+        await h.generate(1, SHORT, 2)  # prefilled here (too short to send): measures it
+        tokens, reason = await h.generate(2, LONG, 6)
+        await wait_for(lambda: count(h, "remote") == 1)
+    assert (tokens, reason) == (expected_tokens(LONG, 6), "length")
+    assert count(h, "fallback") == 0 and len(h.prefill_workers[0].admitted) == 1
+
+
 async def test_a_client_leaving_during_the_remote_prefill_frees_its_slot() -> None:
     h = DisaggHarness(prefill_delay_s=0.5)
     async with h.running():
