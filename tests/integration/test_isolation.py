@@ -149,8 +149,13 @@ async def test_the_isolated_actors_run_in_their_own_processes(
     while server.metric("inferflux:generation_tokens_total") < before + 5:
         assert time.monotonic() < deadline, "no MeterReport reached /metrics"
         await trio.sleep(0.05)
-    # Its details reach the tree through the link (readiness, queues), within 0.25 s.
+    # Its details reach the tree through the link (readiness, queues) every 0.25 s.
+    # The snapshot read first may predate the request (running 0, steps 0), so wait
+    # for one that has seen the steps.
     deadline = time.monotonic() + 5
+    while (details := actor(server, "scheduler")["details"]).get("steps", 0) < 5:
+        assert time.monotonic() < deadline, details
+        await trio.sleep(0.05)
     while (details := actor(server, "scheduler")["details"]).get("running") != 0:
         assert time.monotonic() < deadline, details
         await trio.sleep(0.05)
