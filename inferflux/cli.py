@@ -14,7 +14,8 @@ import trio
 
 from transports import SocketDir, unique_address
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .config_load import load_config
 from .model import cli as model_cli
 from .model.store import ModelStoreError
 from .policy import cli as policy_cli

@@ -1,6 +1,7 @@
 import pytest
 
-from inferflux.config import Config, ConfigError, load_config
+from inferflux.config import Config, ConfigError
+from inferflux.config_load import load_config
 from tests.conftest import REPO
 
 

@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from inferflux import cli
-from inferflux.config import ENV_PREFIX, Config, _sections, load_config
+from inferflux.config import Config
+from inferflux.config_load import ENV_PREFIX, config_sections, load_config
 from inferflux.metrics import Metrics
 from transports import parse_address
 
@@ -195,7 +196,7 @@ def server_config(overlay: str, kind: str, name: str) -> Config:
 def known_env() -> set[str]:
     fields = {
         f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
-        for section, names in _sections().items()
+        for section, names in config_sections().items()
         for field in names
     }
     return fields | OTHER_ENV

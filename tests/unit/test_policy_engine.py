@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import ActorRef, Registry
-from inferflux.config import ConfigError, PolicyConfig, load_config
+from inferflux.config import ConfigError, PolicyConfig
+from inferflux.config_load import load_config
 from inferflux.ingress import policy_client, tickets
 from inferflux.ingress.errors import APIError
 from inferflux.ingress.policy_client import required_permission
