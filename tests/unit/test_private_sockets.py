@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pynng
 import trio
@@ -82,21 +81,30 @@ async def test_an_introspection_client_that_never_reads_cannot_end_the_server() 
     address = unique_address("ipc", "introspection")
     server = IntrospectionServer(address, lambda: big)
 
+    done = threading.Event()
+
     def greedy_client() -> None:
         with pynng.Req0(recv_buffer_size=1) as sock:
             sock.dial(str(address), block=True)
-            for context in [sock.new_context() for _ in range(200)]:
+            contexts = [sock.new_context() for _ in range(200)]
+            for context in contexts:
                 context.send(b"snapshot")  # ...and never read an answer
-            time.sleep(3)
+            done.wait(timeout=30)
+            for context in contexts:  # before the socket: a context the GC finds
+                context.close()  # after its socket raises "Object closed" in __del__
 
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
-        client = threading.Thread(target=greedy_client, daemon=True)
+        client = threading.Thread(target=greedy_client)
         client.start()
-        with trio.fail_after(20):
-            while server.dropped == 0:
-                await trio.sleep(0.05)
-        # still serving everyone else
-        info = await trio.to_thread.run_sync(fetch_snapshot, address)
-        assert info.name == big.name
+        try:
+            with trio.fail_after(20):
+                while server.dropped == 0:
+                    await trio.sleep(0.05)
+            # still serving everyone else
+            info = await trio.to_thread.run_sync(fetch_snapshot, address)
+            assert info.name == big.name
+        finally:
+            done.set()
+            await trio.to_thread.run_sync(client.join, 30)
         nursery.cancel_scope.cancel()
