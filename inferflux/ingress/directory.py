@@ -16,8 +16,8 @@ class Lease(Protocol):
 
     model: ServedModel
     scheduler: ActorRef
-    worker: ActorRef
-    """The model's worker, for embeddings (generations go through the scheduler)."""
+    workers: list[ActorRef]
+    """The model's workers, for embeddings (generations go through the scheduler)."""
 
     def release(self) -> None: ...
 

@@ -1,19 +1,22 @@
-"""POST /v1/embeddings: the inputs tokenized here, embedded by the model's worker.
+"""POST /v1/embeddings: the inputs tokenized here, embedded by the model's workers.
 
-The inputs go to the worker one decode's worth at a time (worker/embedding.py packs the
+The inputs go to a worker one decode's worth at a time (worker/embedding.py packs the
 same way): between two Embed messages the worker runs its generation steps, so a request
 with two thousand inputs slows the streams under way a little, never stops them. The
 gate admits an embedding request like a generation with no output (the key's models, its
 token rate: prompt tokens only) and audits it.
 
-A worker that dies while embedding is waited for and asked again (an Embed has no state);
-inputs that were being embedded in two crashes in a row are refused (400), as the
-scheduler refuses a poison request.
+With `--workers N`, each of those pieces goes to the next worker in turn (over all
+requests), so embeddings spread over the node's workers. A worker that is not there
+(restarting) is skipped for the next one; with none there the request waits for one and
+asks again (an Embed has no state). Inputs that were being embedded in two crashes in a
+row are refused (400), as the scheduler refuses a poison request.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 
 import msgspec
 import numpy as np
@@ -38,6 +41,8 @@ DECODER = msgspec.json.Decoder(EmbeddingRequest)
 ENCODER = msgspec.json.Encoder()
 WORKER_WAIT_S = 30.0
 """How long a request waits for a restarting worker before 503."""
+_turns = itertools.count()
+"""Which worker takes the next piece: one count over every request."""
 CALL_TIMEOUT_S = 120.0
 """One Embed (one decode) on a busy CPU."""
 
@@ -59,7 +64,7 @@ async def embeddings(services: Services) -> Response:
         prepared = Prepared(prompt, 0, 0, SamplingParams(max_tokens=0), n=1, priority=0)
         await services.gate.admit(context, model, prepared, next_seq_id())
         services.metrics.for_model(model.id).of_api("embeddings").inc()
-        vectors = await embed_all(lease.worker, inputs, context.trace_id)
+        vectors = await embed_all(lease.workers, inputs, context.trace_id)
         services.gate.ended(context, 200, "stop")
     finally:
         lease.release()
@@ -104,18 +109,22 @@ def token_lists(model: ServedModel, value: str | list) -> list[list[int]]:
     return inputs
 
 
-async def embed_all(worker: ActorRef, inputs: list[list[int]], trace_id: str) -> list[bytes]:
+async def embed_all(workers: list[ActorRef], inputs: list[list[int]], trace_id: str) -> list[bytes]:
     vectors: list[bytes] = []
     for group in pack([len(t) for t in inputs], EMBEDDING_MAX_TOKENS, MAX_SEQUENCES):
-        reply = await _ask(worker, Embed([inputs[i] for i in group], trace_id))
+        reply = await _ask(workers, Embed([inputs[i] for i in group], trace_id))
         vectors.extend(reply.vectors)
     return vectors
 
 
-async def _ask(worker: ActorRef, embed: Embed) -> Embedded:
+async def _ask(workers: list[ActorRef], embed: Embed) -> Embedded:
     deadline = trio.current_time() + WORKER_WAIT_S
     crashes = 0
+    turn = next(_turns)
+    missing = 0  # workers found not there, in a row
     while True:
+        worker = workers[turn % len(workers)]
+        turn += 1
         try:
             return await worker.call(embed, timeout_s=CALL_TIMEOUT_S)
         except Rejected as refusal:
@@ -126,7 +135,10 @@ async def _ask(worker: ActorRef, embed: Embed) -> Embedded:
                 raise APIError(400, "these inputs crashed the model worker twice; not "
                                "retried", code="embedding_failed") from None  # fmt: skip
         except ActorError:
-            pass  # not there (restarting): wait for it
+            missing += 1
+            if missing < len(workers):
+                continue  # not there (restarting): the next one, at once
+            missing = 0
         if trio.current_time() > deadline:
             raise APIError(503, "the model worker is restarting; try again later",
                            type="service_unavailable", code="not_ready",

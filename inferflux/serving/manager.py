@@ -68,7 +68,7 @@ class Lease:
 
     model: ServedModel
     scheduler: ActorRef
-    worker: ActorRef
+    workers: list[ActorRef]
     release: Callable[[], None]
 
 
@@ -179,7 +179,7 @@ class ModelManager(Actor):
                 seconds = self.config.server.keep_alive_s if keep is None else keep
                 entry.keep_until = entry.last_used + seconds
 
-        return Lease(entry.served, entry.engine.scheduler, entry.engine.worker, release)
+        return Lease(entry.served, entry.engine.scheduler, entry.engine.workers, release)
 
     def describe(self, detailed: bool = False) -> list[dict[str, Any]]:
         """Every model the server knows or the store holds, with its state."""

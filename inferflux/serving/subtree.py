@@ -52,7 +52,7 @@ class EngineHandle:
     name: str
     registry: Registry
     scheduler: ActorRef
-    worker: ActorRef
+    workers: list[ActorRef]
     latest: dict[str, Any]
     """The scheduler of the latest start (the actor, or its process's proxy), for readiness."""
 
@@ -105,7 +105,11 @@ def engine_subtree(
     registry = Registry()
     latest: dict[str, Any] = {}
     handle = EngineHandle(
-        served.id, registry, ActorRef("scheduler", registry), ActorRef("worker-0", registry), latest
+        served.id,
+        registry,
+        ActorRef("scheduler", registry),
+        [ActorRef(name, registry) for name in worker_names(config)],
+        latest,
     )
     sched, supervision = config.scheduler, config.supervision
 

@@ -68,6 +68,27 @@ def scheduler_details(server: RunningServer) -> dict:
     return found["details"]
 
 
+def messages_in(server: RunningServer, name: str) -> int:
+    tree = httpx.get(f"{server.url}/debug/actors", timeout=10).json()
+    found = find(tree, name)
+    assert found is not None, tree
+    return found["messages_in"]
+
+
+async def test_embeddings_spread_over_both_workers_with_the_same_vectors(
+    two_workers: RunningServer,
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{two_workers.url}/v1", api_key="x", max_retries=0)
+    before = {name: messages_in(two_workers, name) for name in ("worker-0", "worker-1")}
+    vectors = [
+        (await client.embeddings.create(model=MODEL_ID, input="a red fox")).data[0].embedding
+        for _ in range(4)
+    ]
+    assert all(vector == vectors[0] for vector in vectors)  # whichever worker embedded it
+    for name, count in before.items():  # one piece each in turn: two each
+        assert messages_in(two_workers, name) >= count + 2, name
+
+
 async def test_streams_spread_over_two_workers_and_survive_one_being_killed(
     two_workers: RunningServer,
 ) -> None:
