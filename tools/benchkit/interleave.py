@@ -11,6 +11,7 @@ import argparse
 import statistics
 
 from .load import load
+from .report import CPU_KEYS
 from .targets import Target
 from .workloads import WORKLOADS
 
@@ -25,6 +26,11 @@ def combine(runs: list[dict]) -> dict:
         "tokens": sum(r["tokens"] for r in runs),
         "prompt_tokens": statistics.mean(r["prompt_tokens"] for r in runs),
         "passes": [round(r["tok_s"], 1) for r in runs],
+        **{  # CPU per token (cpu.py): medians too
+            key: statistics.median(r[key] for r in runs)
+            for key in CPU_KEYS
+            if all(key in r for r in runs)
+        },
     }
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import openai
 import trio
 
+from .cpu import CpuSnapshot
 from .targets import Target
 from .workloads import Workload
 
@@ -101,11 +102,15 @@ async def load(
                 )
             )
 
+    server_pid = target.process.pid if target.process else None
+    cpu_before = CpuSnapshot.take(server_pid)
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for i in range(concurrency):
             nursery.start_soon(user, i)
     wall = time.perf_counter() - start
+    tokens = sum(s.tokens for s in samples)
+    cpu = CpuSnapshot.take(server_pid).per_token_ms(cpu_before, tokens)
     ttfts = sorted(s.ttft_s for s in samples)
     return {
         "tok_s": sum(s.tokens for s in samples) / wall,
@@ -115,6 +120,7 @@ async def load(
         "tokens": sum(s.tokens for s in samples),
         "prompt_tokens": statistics.mean(s.prompt_tokens for s in samples),
         "wall_s": wall,
+        **cpu,
     }
 
 

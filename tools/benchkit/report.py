@@ -3,6 +3,8 @@ share of the engine's limit, and ratios measured in the same run."""
 
 from __future__ import annotations
 
+CPU_KEYS = ("cpu_server_ms", "cpu_children_ms", "cpu_client_ms")
+CPU_HEADER = " CPU ms/token: server process | its child processes (InferFlux's workers) | client |"
 SHARED_HEADER = (
     "| shared-prefix workload (16 concurrent, ~1,300-token system prompt) "
     "| TTFT p50 (s) | TTFT p95 (s) | tok/s |"
@@ -31,15 +33,16 @@ def workload_table(
         f"Workload `{workload}`:",
         "",
         "| server | concurrency | tok/s | TTFT p50 (s) | TTFT p95 (s) |"
-        + (" share of engine limit |" if with_limit else ""),
-        "|---|---|---|---|---|" + ("---|" if with_limit else ""),
+        + (" share of engine limit |" if with_limit else "")
+        + CPU_HEADER,
+        "|---|---|---|---|---|" + ("---|" if with_limit else "") + "---|---|---|",
     ]
     if limits:
         for c in concurrency:
             lim = limits[c]
             lines.append(
                 f"| engine limit (llama-batched-bench -npp {lim['prompt_tokens']} "
-                f"-ntg {lim['gen_tokens']}) | {c} | {lim['tok_s']:.1f} | | | 100% |"
+                f"-ntg {lim['gen_tokens']}) | {c} | {lim['tok_s']:.1f} | | | 100% | | | |"
             )
     for name, by_c in results.items():
         for c in concurrency:
@@ -50,6 +53,7 @@ def workload_table(
             line += f"| {r['ttft_p95']:.2f} |"
             if limits:
                 line += f" {100 * r['tok_s'] / limits[c]['tok_s']:.0f}% |"
+            line += "".join(f" {r[k]:.2f} |" if k in r else " |" for k in CPU_KEYS)
             lines.append(line)
     ours = [n for n in results if n.startswith("inferflux") and "baseline" not in n]
     peers = [n for n in results if not n.startswith("inferflux")]
