@@ -6,7 +6,6 @@ through the same ref. While an actor is down the lookup fails fast with ActorUna
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -127,7 +126,6 @@ class ActorRef:
         message: Any,
         buffer: int = 1024,
         first_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
-        idle_timeout_s: float = math.inf,
     ) -> AsyncIterator[AsyncIterator[Any]]:
         """Open a stream; iterate the items; the stream's terminal error is raised."""
         send, receive = trio.open_memory_channel[ReplyItem](buffer)
@@ -135,15 +133,12 @@ class ActorRef:
 
         async def items() -> AsyncIterator[Any]:
             while True:
-                with trio.move_on_after(idle_timeout_s) as scope:
-                    try:
-                        kind, value = await receive.receive()
-                    except trio.EndOfChannel:
-                        raise ActorUnavailable(
-                            self.name, "stream ended without a terminal message"
-                        ) from None
-                if scope.cancelled_caught:
-                    raise CallTimeout(self.name, idle_timeout_s)
+                try:
+                    kind, value = await receive.receive()
+                except trio.EndOfChannel:
+                    raise ActorUnavailable(
+                        self.name, "stream ended without a terminal message"
+                    ) from None
                 if kind == "item":
                     yield value
                 elif kind == "error":

@@ -1,21 +1,20 @@
-"""The chaos nemesis's restart budget with isolated processes (tools/chaos.py): a kill of
+"""The chaos nemesis's restart budget with isolated processes (tools/chaoskit/): a kill of
 the scheduler's process is charged to its model's subtree (3 restarts / 60 s), a kill of
 the policy's to the root (10 / 60 s), and a fault is sent only while its supervisor has
 room for it and one more."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
 from actors import ActorInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("chaos", os.path.join(REPO, "tools", "chaos.py"))
-assert _spec is not None and _spec.loader is not None
-chaos = sys.modules["chaos"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(chaos)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from chaoskit.budget import RestartBudget, parent_of  # noqa: E402
+from chaoskit.nemesis import TARGETS  # noqa: E402
 
 
 def tree(scheduler_restarts: int = 0, policy_restarts: int = 0) -> ActorInfo:
@@ -35,11 +34,11 @@ def tree(scheduler_restarts: int = 0, policy_restarts: int = 0) -> ActorInfo:
 
 
 def test_scheduler_kills_are_charged_to_the_model_subtree_and_policy_kills_to_the_root() -> None:
-    budget = chaos.RestartBudget("inferflux")
+    budget = RestartBudget("inferflux")
     budget.observe(tree())
-    scheduler, policy = chaos.TARGETS["sigkill-scheduler"], chaos.TARGETS["sigkill-policy"]
-    assert chaos.parent_of(tree(), scheduler).name == "model:m"
-    assert chaos.parent_of(tree(), policy).name == "inferflux"
+    scheduler, policy = TARGETS["sigkill-scheduler"], TARGETS["sigkill-policy"]
+    assert parent_of(tree(), scheduler).name == "model:m"
+    assert parent_of(tree(), policy).name == "inferflux"
     # model:m allows 3 restarts in 60 s: a kill is sent while the restarts seen, this
     # one and one more stay within it (a fault may restart more than planned).
     for restarts in range(2):
