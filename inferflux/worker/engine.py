@@ -308,7 +308,11 @@ class Engine:
         rows: list[int] = []
         for seq in fast:
             rows += range(seq.output_index, seq.output_index + 1 + len(seq.draft))
-        picks = self.context.output_logits(self._n_outputs)[rows].argmax(axis=1).tolist()
+        logits = self.context.output_logits(self._n_outputs)
+        if 2 * len(rows) >= self._n_outputs:  # most rows: no copy of them (25 MB at 128)
+            picks = logits.argmax(axis=1)[rows].tolist()
+        else:
+            picks = logits[rows].argmax(axis=1).tolist()
         start = 0
         for seq in fast:
             end = start + 1 + len(seq.draft)

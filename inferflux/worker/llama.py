@@ -91,6 +91,11 @@ class Model:
         # One piece buffer per thread: the ingress tokenizes and detokenizes in worker
         # threads while the event loop renders logprobs with the same Model.
         self._buffers = threading.local()
+        # A token's text and end-of-generation flag never change, and every decode step
+        # asks for them once a sequence: a dict lookup instead of a call into llama.cpp
+        # (measured: 13% of a worker's CPU at 128 sequences, tools/bench_ingress.py).
+        self._pieces: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})  # [special]
+        self._eog: dict[int, bool] = {}
 
     @property
     def on_gpu(self) -> bool:
@@ -139,6 +144,13 @@ class Model:
         return list(tokens[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
+        pieces = self._pieces[special]
+        text = pieces.get(token)
+        if text is None:
+            text = pieces[token] = self._piece(token, special)
+        return text
+
+    def _piece(self, token: int, special: bool) -> bytes:
         buffer = getattr(self._buffers, "piece", None)
         if buffer is None:
             buffer = self._buffers.piece = ctypes.create_string_buffer(256)
@@ -168,7 +180,10 @@ class Model:
         )
 
     def is_eog(self, token: int) -> bool:
-        return bool(L.llama_vocab_is_eog(self.vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(L.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def close(self) -> None:
         if self.ptr:
